@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv when it is missing.
+# The torch pin for this machine kind lives in constraints.txt (CPU build); pyproject.toml leaves torch open.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := runs/demo
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	MODESCAPE_PROGRESS=0 $(PY) -m pytest -q -n 2
+
+demo: $(STAMP)
+	$(VENV)/bin/modescape train --model mlp --data digits --epochs 20 --seed 0 --out $(DEMO)
+	$(VENV)/bin/modescape eval $(DEMO)/final.safetensors $(DEMO)/checkpoints/epoch-000.safetensors
+	@echo "demo output: $(abspath $(DEMO))"
+
+bench: $(STAMP)
+	$(PY) bench/evaluate.py
+
+clean:
+	rm -rf $(VENV) runs

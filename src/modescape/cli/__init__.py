@@ -1,0 +1,34 @@
+"""The `modescape` command line: a thin shell over the Python API.
+
+Every module in this package defines its commands on the one typer ``app`` (see `app.py`); importing
+the package imports them all. `main` runs the app and turns a `UserError` into one line on stderr and
+exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+from ..errors import UserError
+from .app import app, err_console
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _mod not in ("app", "common"):
+        importlib.import_module(f"{__name__}.{_mod}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    try:
+        app(args=argv, prog_name="modescape")
+    except UserError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

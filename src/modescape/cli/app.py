@@ -1,0 +1,21 @@
+"""The typer application that every CLI module adds its commands to, and the shared consoles."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="modescape",
+    help="Geometry of neural-network loss landscapes: train, evaluate, slice, connect, align, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+
+from . import common  # noqa: E402  (re-exported for command modules: `from .app import app, common`)
+
+__all__ = ["app", "common", "console", "err_console"]

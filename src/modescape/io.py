@@ -1,0 +1,279 @@
+"""Checkpoints, import specs and safe loading.
+
+A checkpoint is ``NAME.safetensors`` (the model's parameters and buffers) plus ``NAME.json`` (the
+sidecar: how to rebuild the model, the data it was trained on, seed, metrics, versions). Safetensors
+cannot run code when loaded; ``.pt``/``.pth`` files are read only with ``torch.load(weights_only=True)``,
+which refuses pickled code.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a crash never
+leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import space as sp
+from .errors import UserError
+
+FORMAT = "modescape-checkpoint/1"
+
+
+# -- atomic files ----------------------------------------------------------------------------------
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write a dict of tensors as safetensors, atomically."""
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=dict(metadata or {}))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read tensors from ``.safetensors`` or (safely) from ``.pt``/``.pth``; clear errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{path} is not a readable safetensors file ({e}): re-save it or pick another file") from None
+    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for code, RuntimeError for corrupt archives
+            raise UserError(f"{path} was refused by the safe loader (torch.load weights_only=True): "
+                            f"{str(e).splitlines()[0][:200]}; convert it to safetensors from code you trust") from None
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise UserError(f"{path} does not hold a state dict of tensors")
+        return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise UserError(f"{path}: unknown checkpoint type '{suffix}'; use .safetensors (or .pt/.pth state dicts)")
+
+
+# -- import specs ----------------------------------------------------------------------------------
+
+def resolve_spec(spec: str) -> Callable[..., Any]:
+    """``package.module:attribute`` -> the object (a model or data factory)."""
+    if ":" not in spec:
+        raise UserError(f"'{spec}' is not an import spec: write package.module:factory")
+    mod_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UserError(f"cannot import module '{mod_name}' of spec '{spec}': {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"module '{mod_name}' has no attribute '{attr}' (spec '{spec}')")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"'{spec}' is not callable")
+    return obj
+
+
+def parse_args(text: str | None) -> dict[str, str]:
+    """``"depth=3,width=128"`` -> {"depth": "3", "width": "128"} (values are coerced by the factory)."""
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise UserError(f"argument '{item}' must look like key=value (as in depth=3,width=128)")
+        k, _, v = item.partition("=")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_from_spec(model_spec: Mapping[str, Any], input_shape=None, num_classes=None) -> nn.Module:
+    """Rebuild a model from a sidecar's ``model`` entry (zoo name or import spec, with arguments)."""
+    from .zoo import build_model
+
+    name = model_spec.get("name")
+    args = dict(model_spec.get("args", {}))
+    shape = model_spec.get("input_shape", input_shape)
+    classes = model_spec.get("num_classes", num_classes)
+    if name and ":" in name:
+        factory = resolve_spec(name)
+        try:
+            model = factory(**args)
+        except TypeError as e:
+            raise UserError(f"model factory '{name}' rejected its arguments {args}: {e}") from None
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model factory '{name}' returned {type(model).__name__}, not an nn.Module")
+        model.modescape_spec = {"name": name, "args": args, "input_shape": shape, "num_classes": classes}
+        return model
+    if not name:
+        raise UserError("the checkpoint's sidecar names no model: pass --model NAME or package.module:factory")
+    if shape is None or classes is None:
+        raise UserError(f"model '{name}' needs the input shape and number of classes: pass --data")
+    return build_model(name, tuple(shape), int(classes), **args)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+    import numpy
+
+    return {"modescape": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def tensor_hash(tensors: Mapping[str, Tensor]) -> str:
+    """A short content hash of named tensors (provenance: which weights produced a result)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model`` to ``path`` (.safetensors) and its sidecar ``path.json``; returns the path.
+
+    ``meta`` may hold ``data`` (how to rebuild the data), ``seed``, ``metrics``, anything JSON-able;
+    ``model`` defaults to the spec the zoo attached to the model (``model.modescape_spec``).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    state = model.state_dict()
+    bad = sp.is_finite(state)
+    if bad is not None:
+        raise UserError(f"refusing to save: tensor '{bad}' has NaN or infinite values")
+    meta = dict(meta or {})
+    meta.setdefault("model", getattr(model, "modescape_spec", None))
+    meta["format"] = FORMAT
+    meta["versions"] = versions()
+    meta["weights_hash"] = tensor_hash(state)
+    save_tensors(path, state, {"format": FORMAT})
+    write_json(sidecar_path(path), meta)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of a checkpoint ({} when there is none)."""
+    side = sidecar_path(path)
+    if not side.exists():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{side} is not valid JSON ({e.msg} at line {e.lineno}): restore or delete it") from None
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> nn.Module:
+    """Load a state dict into ``model`` after checking names and shapes (first difference named) and NaN."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    sp.check_compatible(expected, got, what=source)
+    bad = sp.is_finite(state)
+    if bad is not None:
+        raise UserError(f"{source} tensor '{bad}' has NaN or infinite values: the run diverged; "
+                        f"use an earlier checkpoint")
+    model.load_state_dict(dict(state), strict=True)
+    return model
+
+
+def load_model(path: str | os.PathLike, model: nn.Module | str | None = None, model_args: Mapping[str, Any] | None = None,
+               device=None, data_shape=None, num_classes=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint: ``model, meta = load_model(path)``.
+
+    The sidecar says how to rebuild the model; ``model`` (a module, a zoo name or an import spec, with
+    ``model_args``) overrides it, as needed for bare ``.pt``/``.safetensors`` files without a sidecar.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    meta = read_meta(path)
+    state = load_tensors(path)
+    if isinstance(model, nn.Module):
+        module = model
+    else:
+        spec = dict(meta.get("model") or {})
+        if model is not None:
+            spec = {"name": model, "args": dict(model_args or {}),
+                    "input_shape": spec.get("input_shape", data_shape), "num_classes": spec.get("num_classes", num_classes)}
+        elif model_args:
+            spec["args"] = {**spec.get("args", {}), **model_args}
+        if not spec.get("name"):
+            raise UserError(f"{path} has no sidecar saying which model it holds: pass --model NAME or package.module:factory")
+        module = build_from_spec(spec, data_shape, num_classes)
+    load_state_into(module, state, source=str(path))
+    if device is not None:
+        module = module.to(device)
+    return module, meta
+
+
+def data_meta(split) -> dict[str, Any]:
+    """The sidecar entry that lets a checkpoint's data be rebuilt (zoo name or import spec, args, root)."""
+    return dict(split.meta)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

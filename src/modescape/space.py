@@ -1,0 +1,294 @@
+"""Weight space: a model's parameter layout, and all vector arithmetic on points.
+
+A *point* is a plain ``dict[str, Tensor]`` of parameters, exactly what ``torch.func.functional_call``
+takes. Buffers (BatchNorm running statistics) are kept separately and explicitly: they are not
+coordinates of weight space, they are statistics of the data at a point.
+
+A *stacked point* holds K points at once: every tensor has a leading dimension K. This is what
+``torch.func.vmap`` consumes, and what families return for a batch of coordinates.
+
+Every vector operation used anywhere in the package (add, sub, scale, lerp, dot, norm, flatten,
+unflatten, stack) lives here, so that there is one home for each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+
+Point = dict[str, Tensor]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+if hasattr(nn, "RMSNorm"):
+    NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+
+ROLES = ("weight", "bias", "norm")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the layout: its name, shape, dtype, role and owning module's type name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    role: str  # "weight" | "bias" | "norm" for parameters; "buffer" for buffers
+    module_type: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class WeightSpace:
+    """The layout of a model's weight space, recorded once.
+
+    ``roles``: ``norm`` for every parameter of a BatchNorm / LayerNorm / GroupNorm (/ InstanceNorm,
+    RMSNorm) module, ``bias`` for other parameters named ``bias``, ``weight`` for the rest.
+    Buffers are listed separately (``buffer_entries``) with role ``buffer``.
+
+    >>> space = WeightSpace(model)
+    >>> p = space.point(model)            # dict[str, Tensor], detached copies
+    >>> v = space.flatten(p)              # [D]
+    >>> space.unflatten(v)                # back to a point
+    """
+
+    def __init__(self, model: nn.Module):
+        owners: dict[str, nn.Module] = {}
+        for mod_name, mod in model.named_modules():
+            for pname, _ in mod.named_parameters(recurse=False):
+                owners[f"{mod_name}.{pname}" if mod_name else pname] = mod
+            for bname, _ in mod.named_buffers(recurse=False):
+                owners[f"{mod_name}.{bname}" if mod_name else bname] = mod
+        entries = []
+        for name, p in model.named_parameters():
+            mod = owners[name]
+            if isinstance(mod, NORM_TYPES):
+                role = "norm"
+            elif name.rsplit(".", 1)[-1] == "bias":
+                role = "bias"
+            else:
+                role = "weight"
+            entries.append(Entry(name, tuple(p.shape), p.dtype, role, type(mod).__name__))
+        self.entries: tuple[Entry, ...] = tuple(entries)
+        self.buffer_entries: tuple[Entry, ...] = tuple(
+            Entry(name, tuple(b.shape), b.dtype, "buffer", type(owners[name]).__name__)
+            for name, b in model.named_buffers()
+        )
+        self.names: tuple[str, ...] = tuple(e.name for e in self.entries)
+        self.buffer_names: tuple[str, ...] = tuple(e.name for e in self.buffer_entries)
+        self.shapes: dict[str, tuple[int, ...]] = {e.name: e.shape for e in self.entries}
+        self.roles: dict[str, str] = {e.name: e.role for e in self.entries}
+        self.numel: int = sum(e.numel for e in self.entries)
+
+    def __repr__(self) -> str:
+        return f"WeightSpace({len(self.entries)} tensors, {self.numel} parameters, {len(self.buffer_entries)} buffers)"
+
+    # -- points from models -------------------------------------------------------------------
+    def point(self, model: nn.Module) -> Point:
+        """The model's parameters as a point (detached copies; the model is not touched)."""
+        params = dict(model.named_parameters())
+        self.check(params, what="model")
+        return {n: params[n].detach().clone() for n in self.names}
+
+    def buffers(self, model: nn.Module) -> Point:
+        """The model's buffers (running statistics and counters), detached copies."""
+        return {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    def check(self, point: Mapping[str, Tensor], what: str = "point", stacked: bool = False) -> None:
+        """Raise `UserError` naming the first key or shape where ``point`` differs from the layout."""
+        check_compatible(self.shapes, {k: tuple(v.shape[1:] if stacked else v.shape) for k, v in point.items()},
+                         what=what)
+
+    def is_stacked(self, point: Mapping[str, Tensor]) -> bool:
+        """True when ``point`` carries a leading batch dimension over the layout's shapes."""
+        first = self.names[0]
+        shape = tuple(point[first].shape)
+        if shape == self.shapes[first]:
+            return False
+        if shape[1:] == self.shapes[first]:
+            return True
+        raise UserError(
+            f"tensor '{first}' has shape {list(shape)}; expected {list(self.shapes[first])} "
+            f"or a stacked [K, ...] version of it"
+        )
+
+    # -- flat vectors -------------------------------------------------------------------------
+    def flatten(self, point: Mapping[str, Tensor]) -> Tensor:
+        """Concatenate a point into one vector [D] (or [K, D] for a stacked point), layout order."""
+        stacked = self.is_stacked(point)
+        if stacked:
+            k = point[self.names[0]].shape[0]
+            return torch.cat([point[n].reshape(k, -1) for n in self.names], dim=1)
+        return torch.cat([point[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, vec: Tensor) -> Point:
+        """Inverse of `flatten`: a [D] vector to a point, or a [K, D] matrix to a stacked point."""
+        if vec.shape[-1] != self.numel:
+            raise UserError(f"vector has {vec.shape[-1]} entries; this weight space has {self.numel}")
+        out: Point = {}
+        offset = 0
+        lead = tuple(vec.shape[:-1])
+        for e in self.entries:
+            out[e.name] = vec[..., offset:offset + e.numel].reshape(lead + e.shape)
+            offset += e.numel
+        return out
+
+    def zeros(self, like: Mapping[str, Tensor] | None = None, device=None, dtype=None) -> Point:
+        """A point of zeros (on ``like``'s device and dtype when given)."""
+        if like is not None:
+            return {n: torch.zeros_like(like[n]) for n in self.names}
+        return {e.name: torch.zeros(e.shape, device=device, dtype=dtype or e.dtype) for e in self.entries}
+
+    def select(self, point: Mapping[str, Tensor], roles: Iterable[str]) -> Point:
+        """A copy of ``point`` in which parameters whose role is not in ``roles`` are zero."""
+        keep = set(roles)
+        return {n: (t if self.roles[n] in keep else torch.zeros_like(t)) for n, t in point.items()}
+
+
+def check_compatible(expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]], what: str) -> None:
+    """Compare two name->shape maps; raise `UserError` naming the first differing key and shapes."""
+    for name, shape in expected.items():
+        if name not in got:
+            raise UserError(f"{what} is missing tensor '{name}' (shape {list(shape)}): "
+                            f"was it saved from a different model?")
+        if tuple(got[name]) != tuple(shape):
+            raise UserError(f"{what} tensor '{name}' has shape {list(got[name])}; the model expects "
+                            f"{list(shape)}: check the model arguments")
+    for name in got:
+        if name not in expected:
+            raise UserError(f"{what} has tensor '{name}' that the model does not have: "
+                            f"was it saved from a different model?")
+
+
+# -- vector operations on points (plain or stacked; keys follow the first argument) -------------
+
+def add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Point:
+    """a + b."""
+    return {k: a[k] + b[k] for k in a}
+
+
+def sub(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Point:
+    """a - b."""
+    return {k: a[k] - b[k] for k in a}
+
+
+def scale(a: Mapping[str, Tensor], s: float | Tensor) -> Point:
+    """s * a."""
+    return {k: a[k] * s for k in a}
+
+
+def axpy(alpha: float | Tensor, x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Point:
+    """alpha * x + y."""
+    return {k: y[k] + alpha * x[k] for k in y}
+
+
+def lerp(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float | Tensor) -> Point:
+    """(1 - t) a + t b; t may be a scalar or a [K] tensor (giving a stacked point)."""
+    if isinstance(t, Tensor) and t.dim() == 1:
+        return {k: a[k].unsqueeze(0) + _bcast(t, a[k]) * (b[k] - a[k]).unsqueeze(0) for k in a}
+    return {k: a[k] + t * (b[k] - a[k]) for k in a}
+
+
+def combine(origin: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coords: Tensor) -> Point:
+    """origin + sum_j coords[..., j] * directions[j].
+
+    ``coords`` is [J] for one point or [K, J] for K points (returns a stacked point).
+    """
+    coords = torch.as_tensor(coords)
+    if coords.dim() == 1:
+        out = {k: v.clone() for k, v in origin.items()}
+        for j, d in enumerate(directions):
+            for k in out:
+                out[k] = out[k] + coords[j] * d[k]
+        return out
+    out = {k: v.unsqueeze(0).expand((coords.shape[0],) + tuple(v.shape)).clone() for k, v in origin.items()}
+    for j, d in enumerate(directions):
+        c = coords[:, j]
+        for k in out:
+            out[k] = out[k] + _bcast(c.to(d[k].dtype), d[k]) * d[k].unsqueeze(0)
+    return out
+
+
+def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    """<a, b> summed over all tensors: a scalar."""
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def batched_dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    """Row-wise <a_i, b_i> of two stacked points: [K]."""
+    return sum((a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a)
+
+
+def norm(a: Mapping[str, Tensor]) -> Tensor:
+    """Euclidean norm over all tensors."""
+    return dot(a, a).sqrt()
+
+
+def flatten(a: Mapping[str, Tensor]) -> Tensor:
+    """Concatenate a point's tensors in its key order into one vector (no layout needed)."""
+    return torch.cat([t.reshape(-1) for t in a.values()])
+
+
+def unflatten(vec: Tensor, like: Mapping[str, Tensor]) -> Point:
+    """Split a vector into a point shaped like ``like`` (key order of ``like``)."""
+    out, offset = {}, 0
+    for k, t in like.items():
+        n = t.numel()
+        out[k] = vec[offset:offset + n].reshape(t.shape)
+        offset += n
+    if offset != vec.numel():
+        raise UserError(f"vector has {vec.numel()} entries; the point has {offset}")
+    return out
+
+
+def stack(points: Sequence[Mapping[str, Tensor]]) -> Point:
+    """K points -> one stacked point with a leading dimension K."""
+    if len(points) == 0:
+        raise UserError("cannot stack an empty list of points")
+    keys = list(points[0].keys())
+    for i, p in enumerate(points[1:], 1):
+        if list(p.keys()) != keys:
+            missing = set(keys) ^ set(p.keys())
+            raise UserError(f"point {i} has different tensors from point 0 (e.g. '{sorted(missing)[0]}')")
+    return {k: torch.stack([p[k] for p in points]) for k in keys}
+
+
+def unstack(point: Mapping[str, Tensor]) -> list[Point]:
+    """A stacked point -> a list of K points."""
+    k = next(iter(point.values())).shape[0]
+    return [{n: t[i] for n, t in point.items()} for i in range(k)]
+
+
+def clone(a: Mapping[str, Tensor]) -> Point:
+    return {k: v.detach().clone() for k, v in a.items()}
+
+
+def to(a: Mapping[str, Tensor], device=None, dtype=None) -> Point:
+    """Move a point; integer tensors keep their dtype."""
+    return {k: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
+            for k, v in a.items()}
+
+
+def is_finite(a: Mapping[str, Tensor]) -> str | None:
+    """Name of the first tensor with a NaN or infinity, or None when all are finite."""
+    for k, v in a.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
+def _bcast(c: Tensor, like: Tensor) -> Tensor:
+    return c.reshape((-1,) + (1,) * like.dim())

@@ -1,0 +1,208 @@
+"""The trainer: produce the minima every method starts from, one checkpoint per epoch, resumable.
+
+``train(model, data, config, out=DIR)`` writes
+
+* ``DIR/checkpoints/epoch-000.safetensors`` (the initialisation) and ``epoch-NNN`` after every epoch,
+  each with its JSON sidecar (model spec, data spec, seed, config, metrics, versions);
+* ``DIR/trainer.safetensors`` (+ ``.json``): optimiser state after the last finished epoch;
+* ``DIR/final.safetensors`` (+ ``.json``) when the run ends.
+
+Rerun with the same ``DIR`` and the same configuration and it resumes after the last finished epoch,
+with the same result as an uninterrupted run: data order is a pure function of (seed, epoch), the
+learning rate a pure function of (config, epoch, step), and the optimiser state is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import io
+from . import space as sp
+from .errors import UserError
+from .evaluate import Evaluator
+from .progress import bar
+
+SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; every field is saved with each checkpoint."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    wd: float = 5e-4
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    step_every: int = 0  # step schedule: multiply by gamma every this many epochs (0: epochs // 3)
+    gamma: float = 0.1
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer '{self.optimizer}': use {' or '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{self.schedule}': use one of {', '.join(SCHEDULES)}")
+
+
+def learning_rate(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The learning rate at step ``step`` of ``steps`` within 0-based ``epoch``."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "step":
+        every = config.step_every or max(1, config.epochs // 3)
+        return config.lr * config.gamma ** (epoch // every)
+    progress = (epoch + step / steps) / config.epochs
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of an epoch: a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a run."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.wd)
+
+
+def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: TrainConfig,
+                    history: list[dict[str, float]]) -> None:
+    state = opt.state_dict()
+    tensors, numbers = {}, {}
+    for idx, st in state["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"state.{idx}.{key}"] = val
+            else:
+                numbers[f"state.{idx}.{key}"] = val
+    io.save_tensors(path, tensors)
+    io.write_json(path.with_suffix(".json"), {"epoch": epoch, "config": asdict(config), "numbers": numbers,
+                                              "param_groups": state["param_groups"], "history": history})
+
+
+def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+    side = json.loads(path.with_suffix(".json").read_text())
+    tensors = io.load_tensors(path)
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in list(tensors.items()) + list(side["numbers"].items()):
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = val
+    opt.load_state_dict({"state": state, "param_groups": side["param_groups"]})
+
+
+def _find_resume(out: Path, config: TrainConfig) -> int:
+    """The last finished epoch in ``out`` (0 when starting fresh); errors if ``out`` holds another run."""
+    side = out / "trainer.json"
+    if not side.exists():
+        return 0
+    try:
+        saved = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{side} is corrupt: delete {out} or choose another --out") from None
+    if saved.get("config") != asdict(config):
+        diff = [k for k, v in asdict(config).items() if saved.get("config", {}).get(k) != v]
+        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): "
+                        f"use the same settings to resume, or another --out")
+    epoch = int(saved["epoch"])
+    if not (out / "checkpoints" / f"epoch-{epoch:03d}.safetensors").exists():
+        raise UserError(f"{out} has trainer state for epoch {epoch} but no checkpoint: delete {out} to start over")
+    return epoch
+
+
+def checkpoint_path(out: Path, epoch: int) -> Path:
+    return out / "checkpoints" / f"epoch-{epoch:03d}.safetensors"
+
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | Path | None = None,
+          device=None, meta: Mapping[str, Any] | None = None, progress: bool | None = None) -> History:
+    """Train ``model`` in place on ``data`` (a zoo `DataSplit`); checkpoint every epoch into ``out``.
+
+    ``meta`` (e.g. the data spec) is stored in every sidecar. Returns the per-epoch `History`.
+    """
+    config = config or TrainConfig()
+    config.check()
+    device = torch.device(device or "cpu")
+    model.to(device)
+    xtr, ytr = data.train
+    n = xtr.shape[0]
+    xtr_d, ytr_d = xtr.to(device), ytr.to(device)
+    opt = _make_optimizer(model, config)
+    out = Path(out) if out is not None else None
+    history = History()
+    start = 0
+    base_meta = {**dict(meta or {}), "seed": config.seed, "config": asdict(config)}
+    if out is not None:
+        start = _find_resume(out, config)
+        if start > 0:
+            io.load_state_into(model, io.load_tensors(checkpoint_path(out, start)), str(checkpoint_path(out, start)))
+            _load_optimizer(out / "trainer.safetensors", opt)
+            history.epochs = json.loads((out / "trainer.json").read_text()).get("history", [])
+        else:
+            io.save_checkpoint(checkpoint_path(out, 0), model, {**base_meta, "epoch": 0})
+
+    space = sp.WeightSpace(model)
+    evaluator = Evaluator(model, {"train": data.train, "test": data.test}, metrics=("loss", "accuracy"),
+                          bn="running", device=device, mode="loop")
+    steps = math.ceil(n / config.batch_size)
+    with bar("training", (config.epochs - start) * steps, enabled=progress) as advance:
+        for epoch in range(start, config.epochs):
+            model.train()
+            order = epoch_order(n, config.seed, epoch).to(device)
+            running = 0.0
+            for step in range(steps):
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                lr = learning_rate(config, epoch, step, steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = F.cross_entropy(model(xtr_d[idx]), ytr_d[idx])
+                if not torch.isfinite(loss):
+                    raise UserError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}): lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.item() * idx.numel()
+                advance(1, info=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.4f}")
+            model.eval()
+            metrics = evaluator([space.point(model)], buffers=[space.buffers(model)]).to_dict()
+            metrics = {"epoch": epoch + 1, "running_loss": running / n, "lr": lr, **metrics}
+            history.epochs.append(metrics)
+            if out is not None:
+                io.save_checkpoint(checkpoint_path(out, epoch + 1), model,
+                                   {**base_meta, "epoch": epoch + 1, "metrics": metrics})
+                _save_optimizer(out / "trainer.safetensors", opt, epoch + 1, config, history.epochs)
+    model.eval()
+    if out is not None:
+        final_meta = {**base_meta, "epoch": config.epochs, "metrics": history.last}
+        io.save_checkpoint(out / "final.safetensors", model, final_meta)
+    return history

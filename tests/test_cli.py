@@ -1,0 +1,71 @@
+"""The command line: train/eval end to end, and every user error gives one line and exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import run_cli
+from modescape import io
+from modescape.zoo import build_model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    from modescape.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(out), "--epochs", "2", "--model-args", "depth=1,width=16", "--json"])
+    assert e.value.code in (0, None)
+    return out
+
+
+def test_train_then_eval_json(run_dir, capsys):
+    code, out, err = run_cli(["eval", run_dir / "final.safetensors", "--json", "--bn", "recompute"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows[0]["bn"] == "recompute" and 0.5 < rows[0]["test_accuracy"] <= 1.0
+    side = json.loads((run_dir / "final.json").read_text())
+    assert side["data"]["name"] == "digits" and side["model"]["args"] == {"depth": 1, "width": 16}
+    assert side["metrics"]["test_accuracy"] == pytest.approx(rows[0]["test_accuracy"])
+
+
+def test_help_everywhere(capsys):
+    for argv in (["--help"], ["train", "--help"], ["eval", "--help"]):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0 and "Usage" in out
+
+
+def one_line_error(capsys, argv, pattern):
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2, (out, err)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1 or "Usage" in err, err
+    assert pattern in err, err
+    return err
+
+
+def test_user_errors(run_dir, tmp_path, capsys):
+    one_line_error(capsys, ["eval", tmp_path / "missing.safetensors"], "not found")
+    one_line_error(capsys, ["train", "--out", tmp_path / "x", "--model", "nopkg_zz:factory"], "cannot import module")
+    one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "imagenet"], "unknown dataset")
+    one_line_error(capsys, ["eval", run_dir / "final.safetensors", "--model-args", "width=32"],
+                   "has shape [16, 64]; the model expects [32, 64]")
+    state = io.load_tensors(run_dir / "final.safetensors")
+    state[next(iter(state))][0] = float("nan")
+    io.save_tensors(tmp_path / "nan.safetensors", state)
+    (tmp_path / "nan.json").write_text((run_dir / "final.json").read_text())
+    one_line_error(capsys, ["eval", tmp_path / "nan.safetensors"], "NaN")
+    one_line_error(capsys, ["eval", run_dir / "final.safetensors", "--bn", "fresh"], "unknown --bn")
+    one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist")
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "modescape")
+    r = subprocess.run([exe, "eval", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr

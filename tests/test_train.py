@@ -1,0 +1,78 @@
+"""The trainer: reaches the accuracy the demo promises, resumes bit for bit, schedules as documented."""
+
+import math
+
+import pytest
+import torch
+
+from modescape import io, train as tr
+from modescape.errors import UserError
+from modescape.zoo import build_model
+
+
+def test_digits_mlp_reaches_95_percent(digits, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, digits.num_classes)
+    hist = tr.train(model, digits, tr.TrainConfig(), out=tmp_path)
+    assert hist.last["test_accuracy"] >= 0.95
+    assert (tmp_path / "final.safetensors").exists()
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors"))
+    assert files == [f"epoch-{i:03d}.safetensors" for i in range(21)]
+    _, meta = io.load_model(tmp_path / "checkpoints" / "epoch-020.safetensors")
+    assert meta["epoch"] == 20 and meta["metrics"]["test_accuracy"] == hist.last["test_accuracy"]
+
+
+def small_run(split, out, cfg):
+    torch.manual_seed(cfg.seed)
+    m = build_model("mlp", split.input_shape, split.num_classes, depth=1, width=16)
+    return m, tr.train(m, split, cfg, out=out)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_after_crash_is_bit_identical(digits, tmp_path, monkeypatch, optimizer):
+    cfg = tr.TrainConfig(epochs=3, batch_size=128, lr=0.01 if optimizer == "adam" else 0.05, optimizer=optimizer, seed=4)
+    full, _ = small_run(digits, tmp_path / "a", cfg)
+
+    real = tr._save_optimizer
+
+    def crash_at_3(path, opt, epoch, config, history):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        real(path, opt, epoch, config, history)
+
+    monkeypatch.setattr(tr, "_save_optimizer", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(digits, tmp_path / "b", cfg)
+    monkeypatch.setattr(tr, "_save_optimizer", real)
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    resumed, hist = small_run(digits, tmp_path / "b", cfg)
+    assert [h["epoch"] for h in hist.epochs] == [1, 2, 3]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_resume_refuses_other_settings(digits, tmp_path):
+    small_run(digits, tmp_path, tr.TrainConfig(epochs=1, batch_size=256))
+    with pytest.raises(UserError, match="different settings"):
+        small_run(digits, tmp_path, tr.TrainConfig(epochs=1, batch_size=256, lr=0.1))
+
+
+def test_schedules():
+    cfg = tr.TrainConfig(epochs=10, lr=0.1, schedule="cosine")
+    assert tr.learning_rate(cfg, 0, 0, 5) == pytest.approx(0.1)
+    assert tr.learning_rate(cfg, 5, 0, 5) == pytest.approx(0.05)
+    assert tr.learning_rate(cfg, 7, 2, 5) == pytest.approx(0.05 * (1 + math.cos(math.pi * 7.4 / 10)))
+    step = tr.TrainConfig(epochs=9, lr=0.1, schedule="step", gamma=0.5)
+    assert [tr.learning_rate(step, e, 0, 1) for e in (0, 2, 3, 6, 8)] == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.025])
+    assert tr.learning_rate(tr.TrainConfig(schedule="constant", lr=0.3), 4, 1, 2) == 0.3
+    assert torch.equal(tr.epoch_order(10, 1, 2), tr.epoch_order(10, 1, 2))
+    assert not torch.equal(tr.epoch_order(100, 1, 2), tr.epoch_order(100, 1, 3))
+    with pytest.raises(UserError, match="unknown schedule"):
+        tr.TrainConfig(schedule="linear").check()
+
+
+def test_divergence_is_a_clear_error(digits):
+    torch.manual_seed(0)
+    m = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=8)
+    with pytest.raises(UserError, match="diverged"):
+        tr.train(m, digits, tr.TrainConfig(epochs=2, lr=1e6, momentum=0.0))
