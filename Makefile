@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	MODESCAPE_PROGRESS=0 $(PY) -m pytest -q -n 2
+	MODESCAPE_PROGRESS=0 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 demo: $(STAMP)
 	$(VENV)/bin/modescape train --model mlp --data digits --epochs 20 --seed 0 --out $(DEMO)
 	$(VENV)/bin/modescape eval $(DEMO)/final.safetensors $(DEMO)/checkpoints/epoch-000.safetensors
-	@echo "demo output: $(abspath $(DEMO))"
+	$(VENV)/bin/modescape interpolate $(DEMO)/checkpoints/epoch-000.safetensors $(DEMO)/final.safetensors \
+		--steps 41 --range -0.25:1.25 --out $(DEMO)/interpolate
+	$(VENV)/bin/modescape surface $(DEMO)/final.safetensors --x -1:1:51 --y -1:1:51 --norm filter \
+		--ignore biasbn --out $(DEMO)/surface
+	@echo "demo output: $(abspath $(DEMO)) (checkpoints/, interpolate/, surface/landscape.html)"
 
 bench: $(STAMP)
 	$(PY) bench/evaluate.py

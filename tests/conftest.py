@@ -7,6 +7,10 @@ os.environ.setdefault("MODESCAPE_PROGRESS", "0")
 import pytest
 import torch
 
+# one thread per test process: the suite runs as 2 xdist workers on 2 cores, and a second OpenMP
+# thread per worker only spins
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

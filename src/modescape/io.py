@@ -32,6 +32,8 @@ from . import space as sp
 from .errors import UserError
 
 FORMAT = "modescape-checkpoint/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # -- atomic files ----------------------------------------------------------------------------------
@@ -45,6 +47,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):  # mkstemp makes 0600 files; give the usual permissions
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,9 +14,11 @@ import sys
 from ..errors import UserError
 from .app import app, err_console
 
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _mod not in ("app", "common"):
-        importlib.import_module(f"{__name__}.{_mod}")
+# the order of the help listing: the foundation first, then the methods in the order of the docs
+_ORDER = ["train", "landscape", "connect", "symmetry", "curvature"]
+_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"app", "common"}
+for _mod in [m for m in _ORDER if m in _found] + sorted(_found - set(_ORDER)):
+    importlib.import_module(f"{__name__}.{_mod}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help text: "A:B:N" must not turn into an emoji
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # wide enough for result tables when stdout is a file or a pipe (rich would assume 80 columns)

@@ -13,6 +13,7 @@ safetensors file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -50,16 +51,15 @@ class Layout:
         return torch.cat([point[n].reshape(-1) for n in self.names])
 
     def unflatten(self, flat: Tensor) -> sp.Point:
-        """[D] -> point; [K, D] -> stacked point."""
-        out, offset = {}, 0
+        """[D] -> point; [K, D] -> stacked point.
+
+        One ``torch.split`` (not a slice per tensor): its backward is a single concatenation, where
+        per-tensor slices would each scatter into a fresh zero vector of size D (training curves).
+        """
+        sizes = [math.prod(shape) for shape in self.shapes]
         lead = tuple(flat.shape[:-1])
-        for name, shape in zip(self.names, self.shapes):
-            n = 1
-            for d in shape:
-                n *= d
-            out[name] = flat[..., offset:offset + n].reshape(lead + shape)
-            offset += n
-        return out
+        parts = torch.split(flat, sizes, dim=-1)
+        return {name: part.reshape(lead + shape) for name, shape, part in zip(self.names, self.shapes, parts)}
 
 
 class Family(nn.Module):

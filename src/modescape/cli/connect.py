@@ -1,0 +1,231 @@
+"""`modescape connect`, `modescape path` and `modescape fge`: mode connectivity from the command line.
+
+    modescape connect A.safetensors B.safetensors --curve bezier --bends 3 --epochs 20 --out DIR
+    modescape path A.safetensors B.safetensors          # the straight segment only
+    modescape path DIR                                  # a trained curve (DIR/curve.safetensors)
+    modescape fge A.safetensors --cycle 4 --lr 0.05:0.0001 --epochs 20 --out DIR
+
+Thin shells over `modescape.connect`: the checkpoints' sidecars supply the model and the data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .. import distributed, io
+from .. import space as sp
+from ..connect import (evaluate_path, evaluate_plane, fge, load_curve, plot_paths, plot_plane, train_curve)
+from ..errors import UserError
+from ..evaluate import BN_POLICIES, Evaluator
+from .app import app, common, console
+
+SUMMARY_ROWS = ("train_loss", "train_error", "test_loss", "test_error")
+
+
+def _evaluator(model, split, bn: str, batch_size: int, device) -> Evaluator:
+    if bn not in BN_POLICIES:
+        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    return Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn=bn,
+                     device=device, batch_size=batch_size)
+
+
+def _print_summaries(results, title: str) -> None:
+    table = Table(title=title)
+    for col in ("path", "metric", "start", "end", "min", "max", "mean", "int", "barrier_linear", "barrier_mean"):
+        table.add_column(col, justify="left" if col in ("path", "metric") else "right")
+    for r in results:
+        s = r.summary()
+        for m in SUMMARY_ROWS:
+            if m in s:
+                table.add_row(r.name, m, *(f"{s[m][k]:.4f}" for k in ("start", "end", "min", "max", "mean", "int",
+                                                                       "barrier_linear", "barrier_mean")))
+    console.print(table)
+    console.print("lengths: " + ", ".join(f"{r.name} {r.length:.3f}" for r in results))
+
+
+def _write_paths(out: Path, results, plane=None) -> dict:
+    summary = {r.name: r.summary() for r in results}
+    if distributed.context().is_main:
+        io.write_json(out / "path.json", {"paths": [r.to_dict() for r in results]})
+        plot_paths(results, out / "path.png", metrics=("train_loss", "test_loss", "test_error"))
+        if plane is not None:
+            plot_plane(plane, out / "plane.png")
+    return summary
+
+
+@app.command("connect")
+def connect_cmd(
+    a: Path = typer.Argument(..., help="Checkpoint of the first endpoint (.safetensors with its sidecar)."),
+    b: Path = typer.Argument(..., help="Checkpoint of the second endpoint (same architecture)."),
+    out: Path = typer.Option(..., "--out", help="Folder: curve.safetensors (resumable), path.json, path.png, plane.png."),
+    curve: str = typer.Option("bezier", "--curve", help="bezier or polychain."),
+    bends: int = typer.Option(3, "--bends", help="Number of bends n >= 3 (n - 2 trainable)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    lr: float = typer.Option(0.015, "--lr", help="Peak learning rate (full for 50% of epochs, to 1% by 90%)."),
+    wd: float = typer.Option(5e-4, "--wd", help="L2 penalty 0.5 wd ||w(t)||^2 on the sampled point."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    points: int = typer.Option(61, "--points", help="Points along t for the evaluation."),
+    plane_points: int = typer.Option(21, "--plane-points", help="Grid size of the plane plot (3 bends; 0 skips it)."),
+    bn: str = typer.Option("recompute", "--bn", help="BN policy of the evaluation: recompute, running or train."),
+    eval_batch_size: int = typer.Option(1024, "--eval-batch-size"),
+    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    seed: int = typer.Option(0, "--seed", help="Fixes the data order and the sampled t."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary numbers as JSON."),
+) -> None:
+    """Train a curve between two minima, then evaluate it and the straight segment, and plot both."""
+    dev = distributed.rank_device(common.resolve_device(device))
+    distributed.init(dev)
+    common.seed_everything(seed)
+    model_a, meta, split = common.load_checkpoint(a, None, "", data, data_root, data_args, dev)
+    model_b, _ = io.load_model(b, model=None, device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
+    out = common.out_dir(out)
+    run = train_curve(model_a, model_a, model_b, split, kind=curve, bends=bends, epochs=epochs, lr=lr, wd=wd,
+                      momentum=momentum, batch_size=batch_size, seed=seed, checkpoint=out / "curve.safetensors",
+                      device=dev)
+    if distributed.context().is_main:
+        io.write_json(out / "curve.json", {"a": str(a), "b": str(b), "model": meta.get("model"), "data": split.meta,
+                                           "config": run.config, "history": run.history,
+                                           "command": common.command_line(), "versions": io.versions()})
+    ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
+    results = [evaluate_path(run.family, ev, points), evaluate_path((model_a, model_b), ev, points)]
+    plane = None
+    if run.family.n_bends == 3 and plane_points > 1:
+        evp = Evaluator(model_a, {"test": split.test}, metrics=("error",), bn=bn, bn_data=split.train, device=dev,
+                        batch_size=eval_batch_size)
+        plane = evaluate_plane(run.family, evp, points=plane_points)
+    summary = _write_paths(out, results, plane)
+    if as_json:
+        common.print_json({"out": str(out), "curve": str(out / "curve.safetensors"), "summary": summary})
+    else:
+        _print_summaries(results, f"{curve} curve ({run.family.n_bends} bends) vs segment, bn={bn}")
+        console.print(f"curve, path.json and plots in {out}")
+
+
+@app.command("path")
+def path_cmd(
+    paths: List[Path] = typer.Argument(..., help="A B (two checkpoints: the segment) or CURVE_DIR (a trained curve)."),
+    points: int = typer.Option(61, "--points", help="Points along t."),
+    bn: str = typer.Option("recompute", "--bn", help="BN policy: recompute, running or train."),
+    eval_batch_size: int = typer.Option(1024, "--eval-batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for path.json and path.png."),
+    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary numbers as JSON."),
+) -> None:
+    """Evaluate a path: the straight segment between two checkpoints, or a curve trained by `connect`."""
+    dev = common.resolve_device(device)
+    if len(paths) == 2:
+        model_a, _, split = common.load_checkpoint(paths[0], None, "", data, data_root, data_args, dev)
+        model_b, _ = io.load_model(paths[1], device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
+        ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
+        results = [evaluate_path((model_a, model_b), ev, points)]
+    elif len(paths) == 1:
+        folder = paths[0]
+        side = folder / "curve.json"
+        if not folder.is_dir() or not side.exists():
+            raise UserError(f"{folder} is not a curve folder written by `modescape connect` (no curve.json): "
+                            f"pass a curve folder, or two checkpoints A B for the segment")
+        info = json.loads(side.read_text())
+        model_a, _, split = common.load_checkpoint(info["a"], None, "", data, data_root, data_args, dev)
+        family, _ = load_curve(folder / "curve.safetensors")
+        sp.WeightSpace(model_a).check(family.bend(0), what=f"curve in {folder}")
+        ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
+        results = [evaluate_path(family.to(dev), ev, points)]
+    else:
+        raise UserError(f"path takes two checkpoints (A B) or one curve folder; got {len(paths)} arguments")
+    summary = {r.name: r.summary() for r in results}
+    if out is not None:
+        summary = _write_paths(common.out_dir(out), results)
+    if as_json:
+        common.print_json({"summary": summary})
+    else:
+        _print_summaries(results, f"path evaluation, bn={bn}")
+
+
+def _parse_lr(text: str) -> tuple[float, float]:
+    try:
+        a1, a2 = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise UserError(f"--lr '{text}' must look like A1:A2 (e.g. 0.05:0.0001)") from None
+    if not (a1 > 0 and a2 > 0):
+        raise UserError(f"--lr values must be positive, got {text}")
+    return a1, a2
+
+
+@app.command("fge")
+def fge_cmd(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint to start from."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder: snapshot-NN.safetensors and fge.json."),
+    cycle: int = typer.Option(4, "--cycle", help="Cycle length in epochs (even)."),
+    lr: str = typer.Option("0.05:0.0001", "--lr", help="A1:A2, the cycle's largest and smallest learning rates."),
+    epochs: int = typer.Option(20, "--epochs"),
+    wd: float = typer.Option(1e-4, "--wd"),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    bn: str = typer.Option("recompute", "--bn", help="BN policy for the snapshots: recompute, running or train."),
+    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the ensemble numbers as JSON."),
+) -> None:
+    """Fast geometric ensembling: cyclical learning rate, a snapshot at each minimum, averaged softmax."""
+    a1, a2 = _parse_lr(lr)
+    if bn not in BN_POLICIES:
+        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    dev = distributed.rank_device(common.resolve_device(device))
+    distributed.init(dev)
+    common.seed_everything(seed)
+    model, meta, split = common.load_checkpoint(checkpoint, None, "", data, data_root, data_args, dev)
+    res = fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
+              batch_size=batch_size, seed=seed, bn=bn, device=dev)
+    report = {"start": res.start, "members": res.members, "history": res.history}
+    if out is not None and distributed.context().is_main:
+        out = common.out_dir(out)
+        ev = Evaluator(model, {"train": split.train}, bn=bn, device=dev)
+        for i, snap in enumerate(res.snapshots, 1):
+            net = _module_at(model, snap, ev.point_buffers(snap))
+            io.save_checkpoint(out / f"snapshot-{i:02d}.safetensors", net,
+                               {**{k: meta[k] for k in ("model", "data") if k in meta},
+                                "fge": {"member": i, **res.members[i - 1]}})
+        io.write_json(out / "fge.json", {**report, "checkpoint": str(checkpoint), "cycle": cycle, "lr": [a1, a2],
+                                         "epochs": epochs, "command": common.command_line()})
+    if as_json:
+        common.print_json(report)
+        return
+    table = Table(title=f"FGE from {checkpoint.name}: cycle {cycle}, lr {a1}:{a2}")
+    for col in ("members", "epoch", "snapshot acc", "snapshot nll", "ensemble acc", "ensemble nll"):
+        table.add_column(col, justify="right")
+    table.add_row("start", "0", f"{res.start['accuracy']:.4f}", f"{res.start['nll']:.4f}", "", "")
+    for m in res.members:
+        table.add_row(str(m["members"]), str(m["epoch"]), f"{m['single_accuracy']:.4f}", f"{m['single_nll']:.4f}",
+                      f"{m['accuracy']:.4f}", f"{m['nll']:.4f}")
+    console.print(table)
+
+
+def _module_at(model, point, buffers):
+    """A copy of ``model`` holding ``point`` and ``buffers`` (for saving a snapshot as a checkpoint)."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(point[k])
+        for k, b in net.named_buffers():
+            if k in buffers:
+                b.copy_(buffers[k])
+    return net

@@ -1,0 +1,214 @@
+"""`modescape hessian | sharpness | correlate`: curvature and sharpness of minima from the command line.
+
+* ``hessian CHECKPOINT``: top-k eigenvalues (Lanczos or power), optionally the trace (Hutchinson /
+  Hutch++) and the spectral density (SLQ, plotted), per parameter filter or per layer / block.
+* ``sharpness CHECKPOINT...``: the measures of `modescape.sharpness` (all, or ``--measures a,b``).
+* ``correlate RUN_DIR...``: every measure and the generalisation gap over trained runs, Kendall's tau,
+  a table and a plot.
+
+``--n-train N`` uses the first N training samples (curvature costs one pass over the data per product).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .. import curvature as cv
+from .. import io
+from .. import sharpness as sh
+from ..correlate import correlate as run_correlate
+from ..errors import UserError
+from ..evaluate import BN_POLICIES, Evaluator
+from .app import app, common, console
+
+_BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode, stored statistics), recompute or train.")
+
+
+def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], batch_size: int, device, model,
+           model_args, data, data_root, data_args) -> tuple[Evaluator, dict]:
+    if bn not in BN_POLICIES:
+        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    if split_name not in ("train", "test"):
+        raise UserError(f"unknown --split '{split_name}': use train or test")
+    dev = common.resolve_device(device)
+    net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
+    x, y = getattr(split, split_name)
+    if n_train is not None:
+        if n_train < 1:
+            raise UserError("--n-train must be at least 1")
+        x, y = x[:n_train], y[:n_train]
+    ev = Evaluator(net, {split_name: (x, y)}, metrics=("loss", "accuracy"), bn=bn, device=dev,
+                   batch_size=batch_size, progress=False)
+    return ev, meta
+
+
+@app.command("hessian")
+def hessian_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.safetensors with its sidecar)."),
+    top_k: int = typer.Option(5, "--top-k", help="Number of eigenvalues."),
+    which: str = typer.Option("largest", "--which", help="largest (algebraic), smallest (algebraic) or magnitude."),
+    tol: float = typer.Option(1e-4, "--tol", help="Ritz residual tolerance, relative to the largest |eigenvalue|."),
+    method: str = typer.Option("lanczos", "--method", help="lanczos or power."),
+    max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Lanczos steps (power: products per pair) at most."),
+    do_trace: bool = typer.Option(False, "--trace", help="Also estimate the trace."),
+    trace_method: str = typer.Option("hutchinson", "--trace-method", help="hutchinson or hutch++."),
+    rtol: float = typer.Option(0.01, "--rtol", help="Trace: stop when stderr <= rtol * |trace|."),
+    do_density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ), plotted into --out."),
+    probes: int = typer.Option(5, "--probes", help="Density: number of SLQ probes."),
+    steps: int = typer.Option(80, "--steps", help="Density: Lanczos steps per probe."),
+    params: str = typer.Option("all", "--params", help="all, weights, biases, norms, or a layer-name prefix (comma list)."),
+    per: Optional[str] = typer.Option(None, "--per", help="Per layer or per block: layer, block or a depth 1, 2, ..."),
+    hvp: str = typer.Option("auto", "--hvp", help="HVP method: auto, double-backward or forward-over-reverse."),
+    bn: str = _BN,
+    split_name: str = typer.Option("train", "--split", help="Data the loss is averaged over: train or test."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Use only the first N samples."),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for hessian.json and density.png."),
+    seed: int = typer.Option(0, "--seed"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    model_args: str = typer.Option("", "--model-args"),
+    data: Optional[str] = typer.Option(None, "--data"),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Hessian eigenvalues, trace and spectral density of the loss at a checkpoint."""
+    if which not in cv.WHICH:
+        raise UserError(f"unknown --which '{which}': use largest, smallest or magnitude")
+    if hvp not in cv.HVP_METHODS:
+        raise UserError(f"unknown --hvp '{hvp}': use one of {', '.join(cv.HVP_METHODS)}")
+    common.seed_everything(seed)
+    ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
+                      data_args)
+    outdir = common.out_dir(out) if out is not None else None
+    groups = cv.param_groups(ev.space, per) if per else {params: cv.select_params(ev.space, params)}
+    result = {"checkpoint": str(checkpoint), "bn": bn, "split": split_name, "n": ev.sources[split_name].n,
+              "which": which, "tol": tol, "method": method, "groups": {}, "command": common.command_line()}
+    for g, names in groups.items():
+        H = cv.Hessian(ev, params=list(names), method=hvp, source=split_name)
+        r = cv.eigenvalues(H, k=min(top_k, H.size), which=which, tol=tol, method=method, max_iter=max_iter,
+                           seed=seed)
+        entry = {"size": H.size, "hvp_method": H.method, "eigenvalues": r.to_dict()}
+        if do_trace:
+            entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed).to_dict()
+        if do_density:
+            d = cv.density(H, n_probes=probes, steps=steps, seed=seed)
+            entry["density"] = {"sigma": d.sigma, "trace": d.trace, "moment2": d.moment(2)}
+            if outdir is not None:
+                safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
+                png = outdir / (f"density-{safe}.png" if per else "density.png")
+                cv.plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
+                io.write_json(png.with_suffix(".json"), d.to_dict())
+                entry["density"]["plot"] = str(png)
+        result["groups"][g] = entry
+    if outdir is not None:
+        io.write_json(outdir / "hessian.json", result)
+    if as_json:
+        common.print_json(result)
+        return
+    table = Table(title=f"Hessian at {checkpoint.name} ({which}, bn={bn}, {split_name} n={result['n']})")
+    for col in ("parameters", "size", "eigenvalues", "HVPs", "trace", "stderr"):
+        table.add_column(col, justify="left" if col in ("parameters", "eigenvalues") else "right")
+    for g, e in result["groups"].items():
+        ev_ = e["eigenvalues"]
+        tr = e.get("trace", {})
+        table.add_row(g, str(e["size"]), ", ".join(f"{v:.4g}" for v in ev_["values"]), str(ev_["n_hvp"]),
+                      f"{tr['estimate']:.4g}" if tr else "", f"{tr['stderr']:.2g}" if tr else "")
+    console.print(table)
+    if outdir is not None:
+        console.print(f"results in {outdir}")
+
+
+def _parse_measures(text: Optional[str]) -> Optional[list[str]]:
+    if not text or text == "all":
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for m in names:
+        if m not in sh.MEASURES:
+            raise UserError(f"unknown measure '{m}': use any of {', '.join(sh.MEASURES)}")
+    return names
+
+
+@app.command("sharpness")
+def sharpness_cmd(
+    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints (.safetensors with sidecars)."),
+    measures: Optional[str] = typer.Option(None, "--measures", help=f"Comma list of: {', '.join(sh.MEASURES)} (default all)."),
+    params: str = typer.Option("all", "--params", help="Perturbed parameters: all, weights, or a layer-name prefix."),
+    bn: str = _BN,
+    split_name: str = typer.Option("train", "--split", help="train or test."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Use only the first N samples."),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sharpness.json."),
+    seed: int = typer.Option(0, "--seed"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    model_args: str = typer.Option("", "--model-args"),
+    data: Optional[str] = typer.Option(None, "--data"),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Sharpness and flatness measures (Keskar, worst/average case, adaptive, PAC-Bayes, filter-normalised)."""
+    names = _parse_measures(measures)
+    common.seed_everything(seed)
+    rows = []
+    for ckpt in checkpoints:
+        ev, _ = _setup(ckpt, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
+                       data_args)
+        values = sh.measure_all(ev, measures=names, params=params, seed=seed)
+        rows.append({"checkpoint": str(ckpt), "bn": bn, "split": split_name, **values})
+    if out is not None:
+        io.write_json(common.out_dir(out) / "sharpness.json", {"rows": rows, "command": common.command_line()})
+    if as_json:
+        common.print_json(rows)
+        return
+    cols = names or list(sh.MEASURES)
+    table = Table(title=f"sharpness (bn={bn}, {split_name})")
+    table.add_column("measure")
+    for r in rows:
+        p = Path(r["checkpoint"])
+        table.add_column(f"{p.parent.name}/{p.name}" if p.parent.name else p.name, justify="right")
+    for c in ["loss", *cols]:
+        table.add_row(c, *(f"{r[c]:.4g}" for r in rows))
+    console.print(table)
+
+
+@app.command("correlate")
+def correlate_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run folders of `modescape train --out` (final.safetensors inside)."),
+    measures: Optional[str] = typer.Option(None, "--measures", help="Comma list of measures (default all)."),
+    gap: str = typer.Option("error", "--gap", help="Generalisation gap of: error or loss (test minus train)."),
+    params: str = typer.Option("all", "--params"),
+    bn: str = _BN,
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Measures on the first N training samples."),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    out: Path = typer.Option(Path("correlate"), "--out", help="Folder for correlate.csv, .json and .png."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Every measure and the generalisation gap over runs; Kendall's tau of each measure with the gap."""
+    if bn not in BN_POLICIES:
+        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    names = _parse_measures(measures)
+    common.seed_everything(seed)
+    dev = common.resolve_device(device)
+    res = run_correlate(runs, measures=names, gap=gap, bn=bn, params=params, n_train=n_train, batch_size=batch_size,
+                        device=dev, seed=seed, out=common.out_dir(out))
+    if as_json:
+        common.print_json(res.to_dict())
+        return
+    table = Table(title=f"Kendall tau with the {gap} gap over {len(res.rows)} runs")
+    table.add_column("measure")
+    table.add_column("tau", justify="right")
+    table.add_column("p", justify="right")
+    for m in res.measures:
+        t, p = res.tau[m]
+        table.add_row(m, f"{t:+.3f}", f"{p:.3g}")
+    console.print(table)
+    console.print(f"table and plot in {out}")

@@ -1,0 +1,249 @@
+"""`modescape interpolate | surface | trajectory | plot`: loss landscapes from the command line.
+
+Each sweep writes ``--out DIR`` with ``result.zarr`` (resumable: rerun with the same ``--out`` after an
+interruption and it continues where it stopped), PNG figures and ``landscape.html`` (interactive). Under
+``torchrun --nproc_per_node=N modescape surface ...`` the grid is sharded across ranks. ``A:B:N`` means
+N points from A to B inclusive.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import typer
+
+from .. import distributed as dd
+from .. import io
+from .. import space as sp
+from ..directions import IGNORES, NORMALIZATIONS, random_directions
+from ..errors import UserError
+from ..evaluate import BN_POLICIES, Evaluator
+from ..families import Line, Plane, PlaneThrough
+from ..landscape import Grid, auto_range, convexity, parse_range, sweep, trajectory_plane
+from ..plots import plot_result
+from ..store import load
+from .app import app, common, console
+
+_BN = typer.Option("running", "--bn", help="BatchNorm policy: running, recompute or train.")
+_OUT = typer.Option(..., "--out", help="Output folder: result.zarr, figures, landscape.html (rerun to resume).")
+
+
+def _setup(device: Optional[str], bn: str) -> tuple[torch.device, dd.Context]:
+    if bn not in BN_POLICIES:
+        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    dev = common.resolve_device(device)
+    ctx = dd.init(dev)
+    return dd.rank_device(dev), ctx
+
+
+def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool) -> Evaluator:
+    return Evaluator(net, {"train": split.train, "test": split.test}, bn=bn, device=dev, batch_size=batch_size,
+                     mode=mode, progress=False, autocast=torch.bfloat16 if bf16 else None)
+
+
+def _load_other(path: Path, like: torch.nn.Module, dev) -> sp.Point:
+    """The parameters of another checkpoint of the same architecture."""
+    net, _ = io.load_model(path, model=copy.deepcopy(like).cpu(), device=dev)
+    return sp.WeightSpace(net).point(net)
+
+
+def _finish(ds, out: Path, ctx: dd.Context, vtk: bool, as_json: bool, summary: dict) -> None:
+    if not ctx.is_main:
+        return
+    figures = plot_result(ds, out, vtk=vtk)
+    summary = {**summary, "out": str(out), "result": str(out / "result.zarr"), "figures": [str(f) for f in figures]}
+    io.write_json(out / "summary.json", summary)
+    if as_json:
+        common.print_json(summary)
+    else:
+        for k, v in summary.items():
+            if k not in ("figures",):
+                console.print(f"{k}: {v}")
+        console.print(f"figures and landscape.html in {out}")
+
+
+def _provenance(seed: int, **extra) -> dict:
+    return {"seed": seed, "command": common.command_line(), **extra}
+
+
+@app.command("interpolate")
+def interpolate_cmd(
+    a: Path = typer.Argument(..., help="Checkpoint A (t = 0)."),
+    b: Path = typer.Argument(..., help="Checkpoint B (t = 1), same architecture."),
+    out: Path = _OUT,
+    steps: int = typer.Option(51, "--steps", help="Number of points along the line."),
+    range_: str = typer.Option("-0.5:1.5", "--range", help="A:B (with --steps) or A:B:N: the values of t."),
+    bn: str = _BN,
+    model: Optional[str] = typer.Option(None, "--model"), model_args: str = typer.Option("", "--model-args"),
+    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    mode: str = typer.Option("auto", "--mode", help="Evaluator mode: auto, loop or vmap."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Loss and accuracy along the straight line (1 - t) A + t B (Goodfellow et al. 2015)."""
+    dev, ctx = _setup(device, bn)
+    common.seed_everything(seed)
+    net, meta, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
+    pa = sp.WeightSpace(net).point(net)
+    pb = _load_other(b, net, dev)
+    grid = Grid({"t": parse_range(range_, steps, what="--range")})
+    ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
+    out = common.out_dir(out) if ctx.is_main else Path(out)
+    dd.barrier()
+    ds = sweep(Line(pa, pb), ev, grid, store=out / "result.zarr",
+               attrs=_provenance(seed, checkpoints=[str(a), str(b)], data=split.meta,
+                                 models={"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}))
+    tl = ds["train_loss"]
+    summary = {"points": int(tl.size), "bn": bn,
+               "train_loss_at_A": _at(tl, "t", 0.0), "train_loss_at_B": _at(tl, "t", 1.0),
+               "max_train_loss_between": float(tl.where((ds.t >= 0) & (ds.t <= 1)).max())}
+    _finish(ds, out, ctx, False, as_json, summary)
+
+
+def _at(da, dim: str, value: float) -> float | None:
+    coords = da[dim].values
+    i = int(np.argmin(np.abs(coords - value)))
+    return float(da.values[i]) if abs(coords[i] - value) < 1e-9 else None
+
+
+@app.command("surface")
+def surface_cmd(
+    checkpoint: Path = typer.Argument(..., help="The model at the centre (or model A with --through)."),
+    out: Path = _OUT,
+    x: Optional[str] = typer.Option(None, "--x", help="A:B:N along the first direction (default -1:1:51)."),
+    y: Optional[str] = typer.Option(None, "--y", help="A:B:N along the second direction (default -1:1:51)."),
+    norm: str = typer.Option("filter", "--norm", help="Direction normalisation: filter, layer, model or none."),
+    ignore: str = typer.Option("biasbn", "--ignore", help="biasbn: zero directions on biases and norm layers; none."),
+    orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),
+    through: Optional[Tuple[Path, Path]] = typer.Option(
+        None, "--through", help="Two more checkpoints B C: the plane through A, B, C."),
+    steps: int = typer.Option(41, "--steps", help="Points per axis for --through when --x/--y are not given."),
+    convexity_points: int = typer.Option(0, "--convexity", help="Also a convexity map on an N x N grid (0: no)."),
+    vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
+    bn: str = _BN,
+    model: Optional[str] = typer.Option(None, "--model"), model_args: str = typer.Option("", "--model-args"),
+    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    mode: str = typer.Option("auto", "--mode", help="Evaluator mode: auto, loop or vmap."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random directions (direction j uses seed + j)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A 2-D slice: filter-normalised random plane (Li et al. 2018) or the plane through three models."""
+    if norm not in NORMALIZATIONS:
+        raise UserError(f"unknown --norm '{norm}': use one of {', '.join(NORMALIZATIONS)}")
+    if ignore not in IGNORES:
+        raise UserError(f"unknown --ignore '{ignore}': use biasbn or none")
+    dev, ctx = _setup(device, bn)
+    common.seed_everything(seed)
+    net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
+    p0 = sp.WeightSpace(net).point(net)
+    extra: dict = {"checkpoints": [str(checkpoint)], "data": split.meta}
+    if through:
+        pb, pc = (_load_other(p, net, dev) for p in through)
+        family = PlaneThrough(p0, pb, pc)
+        mc = family.model_coords.numpy()
+        grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(mc[:, 0], steps),
+                     "y": parse_range(y, what="--y") if y else auto_range(mc[:, 1], steps)})
+        extra.update(checkpoints=[str(checkpoint), *map(str, through)],
+                     models={"labels": ["A", "B", "C"], "coords": mc.tolist()})
+    else:
+        dx, dy = random_directions(net, 2, normalization=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
+        family = Plane(p0, dx, dy)
+        grid = Grid.parse(x=x or "-1:1:51", y=y or "-1:1:51")
+        extra.update(directions={"normalization": norm, "ignore": ignore, "seed": seed, "orthogonal": orthogonal},
+                     models={"labels": ["model"], "coords": [[0.0, 0.0]]})
+    ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
+    out = common.out_dir(out) if ctx.is_main else Path(out)
+    dd.barrier()
+    ds = sweep(family, ev, grid, store=out / "result.zarr", attrs=_provenance(seed, **extra))
+    summary = {"points": int(ds["train_loss"].size), "grid": [len(ds.x), len(ds.y)], "bn": bn,
+               "min_train_loss": float(ds["train_loss"].min()), "eval_mode": ds.attrs.get("eval_mode")}
+    if convexity_points:
+        cgrid = Grid({"x": np.linspace(grid.coords["x"][0], grid.coords["x"][-1], convexity_points),
+                      "y": np.linspace(grid.coords["y"][0], grid.coords["y"][-1], convexity_points)})
+        cev = Evaluator(net, {"train": split.train}, bn=bn, device=dev, batch_size=batch_size, progress=False)
+        cds = convexity(family, cev, cgrid, store=out / "convexity.zarr", attrs=_provenance(seed, **extra))
+        if ctx.is_main:
+            plot_result(cds, out / "convexity")
+        summary["max_convexity_ratio"] = float(cds["convexity_ratio"].max())
+    _finish(ds, out, ctx, vtk, as_json, summary)
+
+
+@app.command("trajectory")
+def trajectory_cmd(
+    run_dir: Path = typer.Argument(..., help="A training run folder (with checkpoints/epoch-NNN.safetensors)."),
+    out: Path = _OUT,
+    x: Optional[str] = typer.Option(None, "--x", help="A:B:N along PC1 (default: the path's extent plus margins)."),
+    y: Optional[str] = typer.Option(None, "--y", help="A:B:N along PC2."),
+    steps: int = typer.Option(41, "--steps", help="Points per axis when --x/--y are not given."),
+    ignore: str = typer.Option("none", "--ignore", help="biasbn: leave biases and norm layers out of the PCA."),
+    vtk: bool = typer.Option(False, "--vtk"),
+    bn: str = _BN,
+    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
+    data_args: str = typer.Option("", "--data-args"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    mode: str = typer.Option("auto", "--mode"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The loss on the PCA plane of a training trajectory, with the path drawn (Li et al. 2018, sec. 7)."""
+    dev, ctx = _setup(device, bn)
+    files = sorted((run_dir / "checkpoints").glob("epoch-*.safetensors"))
+    final_path = run_dir / "final.safetensors"
+    if not final_path.exists():
+        if not files:
+            raise UserError(f"no checkpoints in {run_dir / 'checkpoints'}: pass the --out folder of `modescape train`")
+        final_path = files[-1]
+    if len(files) < 3:
+        raise UserError(f"{run_dir / 'checkpoints'} has {len(files)} checkpoints; a PCA plane needs at least 3")
+    net, meta, split = common.load_checkpoint(final_path, None, "", data, data_root, data_args, dev)
+    final = sp.WeightSpace(net).point(net)
+    points = [_load_other(f, net, dev) for f in files]
+    plane, pca = trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))
+    path = pca.path.numpy()
+    grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(path[:, 0], steps, 0.2),
+                 "y": parse_range(y, what="--y") if y else auto_range(path[:, 1], steps, 0.2)})
+    ev = _evaluator(net, split, bn, dev, batch_size, mode, False)
+    out = common.out_dir(out) if ctx.is_main else Path(out)
+    dd.barrier()
+    ds = sweep(plane, ev, grid, store=out / "result.zarr",
+               attrs=_provenance(seed, run_dir=str(run_dir), checkpoints=[str(f) for f in files], data=split.meta,
+                                 path=path.tolist(), explained_variance=pca.explained.tolist(),
+                                 path_residual=pca.residual.tolist(), ignore=ignore))
+    summary = {"checkpoints": len(files), "explained_variance": [round(float(v), 4) for v in pca.explained],
+               "grid": [len(ds.x), len(ds.y)], "bn": bn, "min_train_loss": float(ds["train_loss"].min())}
+    _finish(ds, out, ctx, vtk, as_json, summary)
+
+
+@app.command("plot")
+def plot_cmd(
+    result: Path = typer.Argument(..., help="A result.zarr, or the --out folder that holds one."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the figures (default: beside the result)."),
+    var: Optional[str] = typer.Option(None, "--var", help="Variable to plot (default train_loss)."),
+    vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Redraw the figures and the interactive HTML of a stored result."""
+    ds = load(result)
+    res = result if result.name.endswith(".zarr") else result / "result.zarr"
+    target = common.out_dir(out) if out is not None else res.parent
+    if not ds.attrs.get("complete", False):
+        console.print("[yellow]note:[/] the result is not complete; missing points are blank "
+                      "(rerun the sweep to finish)")
+    figures = plot_result(ds, target, vtk=vtk, var=var)
+    if as_json:
+        common.print_json({"figures": [str(f) for f in figures]})
+    else:
+        console.print(f"wrote {len(figures)} files to {target}")

@@ -1,0 +1,199 @@
+"""Directions in weight space: the vectors that span the lines and planes of a loss landscape.
+
+Two kinds, both returned as points (``dict[str, Tensor]`` with the model's parameter layout):
+
+* **random** (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"): a Gaussian vector per
+  tensor, rescaled so that its size matches the weights it perturbs. With ``normalization``:
+
+  - ``"filter"``: for every tensor with dim > 1, each slice i along dim 0 (a filter of a conv, a row of
+    a linear layer) becomes ``d_i * ||w_i|| / (||d_i|| + 1e-10)``;
+  - ``"layer"``: each tensor becomes ``d * ||w|| / (||d|| + 1e-10)``;
+  - ``"model"``: the whole vector becomes ``d * ||w|| / (||d|| + 1e-10)`` (norms over all kept tensors);
+  - ``"none"``: the raw Gaussian.
+
+  ``ignore="biasbn"`` (the default) sets the direction to zero on biases and normalisation-layer
+  parameters (roles ``bias`` and ``norm`` of `WeightSpace`); with ``ignore="none"`` they get their own
+  Gaussian, normalised with a 1-D tensor as one group (never copied from the weights, unlike the
+  reference code's ``d.copy_(w)``). Buffers (BatchNorm running statistics) are not coordinates of
+  weight space and are never perturbed: how they are treated at each point is the Evaluator's BN
+  policy.
+
+  Seeding: the Gaussian is drawn with a ``torch.Generator`` on the CPU, tensor by tensor in layout
+  order, and the normalisation is computed in float64 on the CPU; the result is then cast and moved
+  to the weights' device. So a seed gives bit-identical directions on CPU and GPU.
+
+* **PCA of a trajectory** (Li et al. section 7): the top principal components of
+  ``(checkpoint_t - final)`` over a run's checkpoints, their explained-variance ratios, and the path
+  projected onto them (`pca_directions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import space as sp
+from .errors import UserError
+
+NORMALIZATIONS = ("filter", "layer", "model", "none")
+IGNORES = ("biasbn", "none")
+EPS = 1e-10
+
+
+def _point_and_roles(model_or_point, space: sp.WeightSpace | None) -> tuple[sp.Point, dict[str, str]]:
+    """The weights as a point, and each tensor's role (from the model, the given space, or by shape)."""
+    if isinstance(model_or_point, nn.Module):
+        space = space or sp.WeightSpace(model_or_point)
+        return space.point(model_or_point), dict(space.roles)
+    if not isinstance(model_or_point, Mapping):
+        raise UserError(f"expected an nn.Module or a point (dict of tensors); got {type(model_or_point).__name__}")
+    point = dict(model_or_point)
+    if space is not None:
+        space.check(point)
+        return point, dict(space.roles)
+    # no layout at hand: tensors with dim <= 1 are treated as bias / norm parameters (as the reference does)
+    return point, {k: ("weight" if v.dim() > 1 else "bias") for k, v in point.items()}
+
+
+def _check(normalization: str, ignore: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise UserError(f"unknown normalization '{normalization}': use one of {', '.join(NORMALIZATIONS)}")
+    if ignore not in IGNORES:
+        raise UserError(f"unknown ignore '{ignore}': use 'biasbn' (zero biases and norm parameters) or 'none'")
+
+
+def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], roles: Mapping[str, str],
+                        normalization: str = "filter", ignore: str = "biasbn") -> sp.Point:
+    """Rescale ``direction`` to the size of ``weights`` (see the module docstring); the one home of the
+    filter / layer / model normalisation. Works in the inputs' dtype and device; returns a new point.
+    """
+    _check(normalization, ignore)
+    out: sp.Point = {}
+    for name, d in direction.items():
+        w = weights[name]
+        if ignore == "biasbn" and roles[name] in ("bias", "norm"):
+            out[name] = torch.zeros_like(d)
+        elif normalization == "filter" and d.dim() > 1:
+            dn = d.reshape(d.shape[0], -1).norm(dim=1)
+            wn = w.reshape(w.shape[0], -1).norm(dim=1)
+            out[name] = d * (wn / (dn + EPS)).reshape((-1,) + (1,) * (d.dim() - 1))
+        elif normalization in ("filter", "layer"):
+            out[name] = d * (w.norm() / (d.norm() + EPS))
+        else:
+            out[name] = d.clone()
+    if normalization == "model":
+        kept = [n for n in out if not (ignore == "biasbn" and roles[n] in ("bias", "norm"))]
+        dn = torch.sqrt(sum((out[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
+        wn = torch.sqrt(sum((weights[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
+        out = {n: (v * (wn / (dn + EPS)) if n in kept else v) for n, v in out.items()}
+    return out
+
+
+def random_direction(model_or_point, normalization: str = "filter", ignore: str = "biasbn", seed: int = 0,
+                     space: sp.WeightSpace | None = None) -> sp.Point:
+    """A seeded Gaussian direction, normalised to the weights of ``model_or_point``.
+
+    ``model_or_point``: an ``nn.Module`` or a point (then pass ``space`` for exact roles; without it,
+    tensors with dim <= 1 count as bias/norm). Returns a point with the weights' names, shapes, dtypes
+    and device; identical bits on every device for a given seed.
+    """
+    _check(normalization, ignore)
+    weights, roles = _point_and_roles(model_or_point, space)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    raw = {n: torch.randn(tuple(w.shape), generator=gen, dtype=torch.float32).double() for n, w in weights.items()}
+    w64 = {n: w.detach().to("cpu", torch.float64) for n, w in weights.items()}
+    d = normalize_direction(raw, w64, roles, normalization, ignore)
+    return {n: d[n].to(device=weights[n].device, dtype=weights[n].dtype) for n in weights}
+
+
+def orthogonalize(d: Mapping[str, Tensor], against: Mapping[str, Tensor], keep_norm: bool = True) -> sp.Point:
+    """``d`` minus its projection on ``against`` (Gram-Schmidt), rescaled to ``d``'s norm when ``keep_norm``."""
+    denom = sp.dot(against, against)
+    if float(denom) == 0.0:
+        return sp.clone(d)
+    out = sp.axpy(-(sp.dot(d, against) / denom), against, d)
+    if keep_norm:
+        n_out = sp.norm(out)
+        if float(n_out) > 0:
+            out = sp.scale(out, sp.norm(d) / n_out)
+    return out
+
+
+def random_directions(model_or_point, n: int = 2, normalization: str = "filter", ignore: str = "biasbn",
+                      seed: int = 0, orthogonal: bool = False, space: sp.WeightSpace | None = None) -> list[sp.Point]:
+    """``n`` directions: direction j uses seed ``seed + j``. With ``orthogonal``, each later direction is
+    made orthogonal to the earlier ones (Gram-Schmidt, keeping its norm), in float64.
+    """
+    dirs = [random_direction(model_or_point, normalization, ignore, seed + j, space) for j in range(n)]
+    if orthogonal:
+        dtypes = {k: v.dtype for k, v in dirs[0].items()}
+        d64 = [sp.to(d, dtype=torch.float64) for d in dirs]
+        for j in range(1, n):
+            for i in range(j):
+                d64[j] = orthogonalize(d64[j], d64[i], keep_norm=True)
+        dirs = [{k: v.to(dtypes[k]) for k, v in d.items()} for d in d64]
+    return dirs
+
+
+# -- PCA of a trajectory -------------------------------------------------------------------------
+
+@dataclass
+class PCAResult:
+    """Top principal directions of a trajectory.
+
+    ``origin``: the final point; ``directions``: unit-norm points (orthonormal); ``explained``:
+    explained-variance ratios [n]; ``path``: each checkpoint's coordinates in the plane [T, n]
+    (``<w_t - final, d_j>``); ``residual``: relative norm of what the plane misses per checkpoint [T].
+    """
+
+    origin: sp.Point
+    directions: list[sp.Point]
+    explained: Tensor
+    path: Tensor
+    residual: Tensor
+
+
+def pca_directions(points: Sequence[Mapping[str, Tensor]], final: Mapping[str, Tensor] | None = None, n: int = 2,
+                   ignore: str = "none", space: sp.WeightSpace | None = None) -> PCAResult:
+    """Principal directions of ``(points[t] - final)`` (``final`` defaults to the last point).
+
+    As in the reference: the difference vectors are centred and their top-``n`` right singular vectors
+    taken (what ``sklearn.decomposition.PCA`` computes), signs fixed so that the largest-magnitude
+    entry is positive. ``ignore="biasbn"`` zeroes the bias/norm entries of the differences first.
+    Computed in float64 on the CPU; directions are returned in the points' dtype and device.
+    """
+    if len(points) < n + 1:
+        raise UserError(f"a PCA plane needs at least {n + 1} checkpoints; got {len(points)}: save more checkpoints")
+    _check("none", ignore)
+    final = dict(final if final is not None else points[-1])
+    _, roles = _point_and_roles(final, space)
+    names = list(final)
+    drop = {k for k in names if ignore == "biasbn" and roles[k] in ("bias", "norm")}
+
+    def flat(p):
+        return torch.cat([(torch.zeros_like(p[k]) if k in drop else p[k]).detach().reshape(-1).cpu().double()
+                          for k in names])
+
+    f = flat(final)
+    m = torch.stack([flat(p) - f for p in points])  # [T, D]
+    centred = m - m.mean(0, keepdim=True)
+    _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+    var = s ** 2
+    total = var.sum()
+    if float(total) == 0.0:
+        raise UserError("the checkpoints are all the same point: there is no trajectory to take a PCA of")
+    comps = vt[:n].clone()
+    for j in range(n):  # sign convention: largest-|.| entry positive
+        if comps[j, comps[j].abs().argmax()] < 0:
+            comps[j] = -comps[j]
+    path = m @ comps.T  # [T, n]
+    resid = (m - path @ comps).norm(dim=1) / m.norm(dim=1).clamp_min(1e-30)
+    like = {k: final[k] for k in names}
+    dirs = []
+    for j in range(n):
+        p = sp.unflatten(comps[j], {k: v.reshape(v.shape) for k, v in like.items()})
+        dirs.append({k: p[k].to(device=final[k].device, dtype=final[k].dtype) for k in names})
+    return PCAResult(origin=sp.clone(final), directions=dirs, explained=(var[:n] / total), path=path, residual=resid)

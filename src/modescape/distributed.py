@@ -1,0 +1,84 @@
+"""Rank sharding under ``torchrun``: which grid points this process computes, and the few collectives.
+
+``torchrun --nproc_per_node=N`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `init` starts the
+process group (gloo on CPU, nccl on GPU) when there is more than one rank, and every other function
+works the same in a plain single process (rank 0 of 1). Work is split in whole *units* (blocks of grid
+points, each one chunk of the result store), unit u going to rank ``u % world``, so ranks write
+disjoint chunks and a run's numbers do not depend on how many ranks computed them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> list[int]:
+        """The indices in ``range(n)`` that this rank owns: ``rank, rank + world, ...``."""
+        return list(range(self.rank, n, self.world))
+
+
+def context() -> Context:
+    """Rank, world size and local rank from the ``torchrun`` environment (0, 1, 0 without it)."""
+    return Context(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init(device: torch.device | str | None = None) -> Context:
+    """Start the process group when launched by torchrun with several ranks; return the context.
+
+    On CUDA each rank uses ``cuda:LOCAL_RANK`` and nccl; on CPU gloo. Idempotent.
+    """
+    ctx = context()
+    if ctx.world > 1 and dist.is_available() and not dist.is_initialized():
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend=backend)
+    return ctx
+
+
+def rank_device(device: torch.device | str) -> torch.device:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; other devices are returned as given."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and context().world > 1:
+        return torch.device("cuda", context().local_rank)
+    return dev
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (itself in a single process)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

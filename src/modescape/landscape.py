@@ -1,0 +1,353 @@
+"""Loss landscapes: sweep a family of points over a grid into a labelled, resumable result.
+
+    grid = Grid.parse(x="-1:1:51", y="-1:1:51")          # "A:B:N": N points from A to B inclusive
+    plane = Plane(origin, *random_directions(model, 2))   # or Line(a, b), PlaneThrough(a, b, c)
+    ds = sweep(plane, Evaluator(model, {"train": tr, "test": te}), grid, store="out/result.zarr")
+    ds.train_loss.sel(x=0, y=0)
+
+The pieces compose: the family maps coordinates to points, the Evaluator measures points (it owns the
+BN policy and the loop/vmap choice), the store keeps the numbers with coordinates and provenance and
+makes the sweep resumable, and `modescape.distributed` shards the grid's units across ``torchrun``
+ranks. `Grid` is the one home of grid order: row-major over its dimensions, in order (for a plane,
+``x`` outer and ``y`` inner), with the coordinates stored explicitly.
+
+Also here: the trajectory plane (`trajectory_plane`, PCA of a run's checkpoints, Li et al. 2018 sec. 7)
+and the convexity map (`convexity`, largest and smallest Hessian eigenvalue at each grid point).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import distributed as dd
+from . import io
+from . import space as sp
+from .directions import PCAResult, pca_directions
+from .errors import UserError
+from .evaluate import Evaluator
+from .families.base import LinearFamily
+from .families.lines import Plane
+from .progress import bar
+from .store import ResultStore, empty_dataset
+
+
+# -- grids ---------------------------------------------------------------------------------------
+
+def parse_range(text: str | Sequence[float], steps: int | None = None, what: str = "range") -> np.ndarray:
+    """``"A:B:N"`` -> N points from A to B inclusive (float64); ``"A:B"`` uses ``steps``; a list is taken as is."""
+    if not isinstance(text, str):
+        arr = np.asarray(text, dtype=np.float64).reshape(-1)
+        if arr.size == 0:
+            raise UserError(f"{what} is empty")
+        return arr
+    parts = text.split(":")
+    try:
+        if len(parts) == 3:
+            a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
+        elif len(parts) == 2 and steps is not None:
+            a, b, n = float(parts[0]), float(parts[1]), int(steps)
+        else:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{what} '{text}' must look like A:B:N (N points from A to B inclusive), "
+                        f"e.g. -1:1:51") from None
+    if n < 1:
+        raise UserError(f"{what} '{text}' asks for {n} points; N must be at least 1")
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise UserError(f"{what} '{text}' has a non-finite end")
+    if n == 1 and a != b:
+        raise UserError(f"{what} '{text}' asks for 1 point between two different ends: use A:A:1 or N >= 2")
+    return np.linspace(a, b, n)
+
+
+@dataclass
+class Grid:
+    """Coordinates per dimension, in order; points are row-major (the last dimension varies fastest)."""
+
+    coords: dict[str, np.ndarray]
+
+    @classmethod
+    def parse(cls, **ranges: str | Sequence[float]) -> "Grid":
+        """``Grid.parse(x="-1:1:51", y="0:1:11")``; dimensions in keyword order."""
+        return cls({d: parse_range(r, what=f"--{d}") for d, r in ranges.items()})
+
+    @property
+    def dims(self) -> list[str]:
+        return list(self.coords)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.coords.values())
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def points(self, first: slice | None = None) -> np.ndarray:
+        """[K, d] float64 coordinates in row-major order (optionally of a slice of the first dimension)."""
+        axes = [np.asarray(v, dtype=np.float64) for v in self.coords.values()]
+        if first is not None:
+            axes[0] = axes[0][first]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+def as_grid(grid: Grid | Mapping[str, Any] | str | Sequence[float], dims: Sequence[str]) -> Grid:
+    """A `Grid` from a Grid, a dict {dim: range}, or (1-d only) one range; dims checked against the family."""
+    if isinstance(grid, Grid):
+        g = grid
+    elif isinstance(grid, Mapping):
+        g = Grid({d: parse_range(r, what=f"--{d}") for d, r in grid.items()})
+    else:
+        if len(dims) != 1:
+            raise UserError(f"a {len(dims)}-d family needs a grid per dimension {list(dims)}: pass a dict or a Grid")
+        g = Grid({dims[0]: parse_range(grid, what=f"--{dims[0]}")})
+    if len(g.dims) != len(dims):
+        raise UserError(f"the family has {len(dims)} coordinate(s) {list(dims)}; the grid has {g.dims}")
+    return g
+
+
+def family_dims(family) -> list[str]:
+    if hasattr(family, "describe"):
+        return list(family.describe()["coords"])
+    return ["t"] if family.dim == 1 else [f"c{i}" for i in range(family.dim)]
+
+
+# -- provenance ----------------------------------------------------------------------------------
+
+def data_hash(evaluator: Evaluator) -> str:
+    """Content hash of every data source the evaluator holds (materialised ones; streamed: by name and size)."""
+    tensors = {}
+    for name, src in evaluator.sources.items():
+        if src.materialised:
+            tensors[f"{name}/x"] = torch.cat([b[0].reshape(b[0].shape[0], -1) for b in src.batches])
+            tensors[f"{name}/y"] = torch.cat([b[1] for b in src.batches])
+        else:
+            tensors[f"{name}/n"] = torch.tensor([src.n])
+    return io.tensor_hash(tensors)
+
+
+def model_hash(evaluator: Evaluator) -> str:
+    return io.tensor_hash({**evaluator.point0, **{f"buffer/{k}": v for k, v in evaluator.buffers.items()}})
+
+
+def versions() -> dict[str, str]:
+    try:
+        import zarr
+
+        zv = zarr.__version__
+    except ImportError:  # in-memory sweeps do not need zarr
+        zv = "not installed"
+    return {**io.versions(), "xarray": xr.__version__, "zarr": zv}
+
+
+# -- sweeping ------------------------------------------------------------------------------------
+
+Measure = Callable[[np.ndarray], np.ndarray]  # coords [k, d] -> values [k, M]
+
+
+def _default_rows(grid: Grid, numel: int) -> int:
+    """Rows of the first dimension per unit (one store chunk, one resume step): about 128 points, fewer
+    for very large models so that a unit's results stay a small part of a run."""
+    inner = int(np.prod(grid.shape[1:])) if len(grid.shape) > 1 else 1
+    cap = max(1, (2**28 // 4) // max(1, numel))
+    return max(1, min(max(128, inner) // inner, max(1, cap // inner)))
+
+
+def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | os.PathLike | None = None,
+              settings: Mapping[str, Any] | None = None, attrs: Mapping[str, Any] | None = None,
+              rows: int = 1, progress: bool | None = None, description: str = "sweep",
+              on_create: Callable[[], Mapping[str, Any]] | None = None) -> xr.Dataset:
+    """Compute ``measure`` over the grid unit by unit into a Dataset (and a resumable store when given).
+
+    Under torchrun, unit u is computed by rank ``u % world``; all ranks return the full result.
+    ``on_create``, called on rank 0 only when a new store is made, returns extra attributes (e.g. the
+    evaluation mode it picked); on resume the stored ones are used.
+    """
+    ctx = dd.context()
+    if store is None:
+        out = np.full((grid.size, len(names)), np.nan)
+        inner = grid.size // grid.shape[0]
+        n_units = -(-grid.shape[0] // rows)
+        units = ctx.shard(n_units)
+        total = sum(min(rows, grid.shape[0] - u * rows) * inner for u in units)
+        with bar(description, total, enabled=progress if ctx.is_main else False) as advance:
+            for u in units:
+                sl = slice(u * rows, min((u + 1) * rows, grid.shape[0]))
+                vals = measure(grid.points(sl))
+                out[sl.start * inner:sl.stop * inner] = vals
+                advance(vals.shape[0])
+        if dd.active():
+            out = _allreduce_units(out)
+        ds = empty_dataset(grid.coords, names, {**dict(attrs or {}), "complete": True})
+        for j, n in enumerate(names):
+            ds[n].values[...] = out[:, j].reshape(grid.shape)
+        return ds
+
+    path = Path(store)
+    if ctx.is_main:
+        extra = {}
+        if not path.exists() and on_create is not None:
+            extra = dict(on_create())
+        st = ResultStore.open_or_create(path, grid.coords, names, settings or {}, {**dict(attrs or {}), **extra},
+                                        unit_rows=rows)
+    dd.barrier()
+    if not ctx.is_main:
+        st = ResultStore(path)
+    done = st.done()
+    inner = grid.size // grid.shape[0]
+    todo = [u for u in ctx.shard(st.n_units) if not done[u]]
+    total = sum((st.unit_slice(u).stop - st.unit_slice(u).start) * inner for u in todo)
+    with bar(description, total, enabled=progress if ctx.is_main else False) as advance:
+        for u in todo:
+            sl = st.unit_slice(u)
+            vals = measure(grid.points(sl))
+            st.write_unit(u, vals)
+            advance(vals.shape[0])
+    dd.barrier()
+    if ctx.is_main:
+        st.finish()
+    dd.barrier()
+    return st.dataset()
+
+
+def _allreduce_units(out: np.ndarray) -> np.ndarray:
+    """Combine the in-memory results of all ranks (each rank filled its own units; others are NaN)."""
+    import torch.distributed as dist
+
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(dev)
+    mask = torch.from_numpy((~np.isnan(out)).astype(np.float64)).to(dev)
+    dist.all_reduce(t)
+    dist.all_reduce(mask)
+    res = t.cpu().numpy()
+    res[mask.cpu().numpy() == 0] = np.nan
+    return res
+
+
+def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
+          store: str | os.PathLike | None = None, attrs: Mapping[str, Any] | None = None,
+          rows: int | None = None, progress: bool | None = None) -> xr.Dataset:
+    """Evaluate ``family`` at every grid point with ``evaluator``; returns an ``xarray.Dataset``.
+
+    ``grid``: a `Grid`, a dict ``{dim: "A:B:N" | values}`` (dims as the family names them: ``t`` for a
+    line, ``x``, ``y`` for a plane) or, for a line, one range. ``store``: a ``.zarr`` path makes the
+    sweep resumable (rerun with the same path to continue; see `modescape.store`). ``rows``: rows of the
+    first dimension per unit (default: about 128 points). Points are made and measured one unit at a
+    time, so the K points of a big grid never all exist at once. Variables are the evaluator's metric
+    names (``train_loss``, ``test_accuracy``, ...); attributes hold the BN policy, the evaluation mode,
+    the family, hashes of model, data and family, versions, and ``attrs``.
+    """
+    dd.init(evaluator.device)  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
+    dims = family_dims(family)
+    g = as_grid(grid, dims)
+    g = Grid(dict(zip(dims, g.coords.values())))
+    rows = int(rows) if rows else _default_rows(g, family.layout.numel)
+    family_hash = io.tensor_hash({"W": family.matrix().detach()})
+    desc = family.describe() if hasattr(family, "describe") else {"family": type(family).__name__}
+    settings = {"grid": {d: g.coords[d] for d in dims}, "family": desc, "family_hash": family_hash,
+                "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator),
+                "metrics": list(evaluator.names),
+                "bn": evaluator.bn, "dtype": str(evaluator.dtype), "rows": rows}
+    attrs = {**settings, "versions": versions(), "device": evaluator.device.type, "world_size": dd.context().world,
+             **dict(attrs or {})}
+    attrs.pop("grid")
+
+    def pick_mode() -> dict:
+        if evaluator.family_mode is None:
+            evaluator.choose_family_mode(family, torch.as_tensor(g.points(slice(0, rows))))
+        return {"eval_mode": evaluator.family_mode}
+
+    if store is not None:
+        # one evaluation mode for the whole run, fixed at creation: the same bits on resume and on every rank
+        mode = None
+        if dd.context().is_main:
+            if Path(store).exists():
+                mode = ResultStore(store).attrs.get("eval_mode")
+            else:
+                mode = pick_mode()["eval_mode"]
+        mode = dd.broadcast_object(mode)
+        if mode:
+            evaluator.family_mode = mode
+        on_create = lambda: {"eval_mode": evaluator.family_mode}  # noqa: E731
+    else:
+        attrs.update(pick_mode())
+        on_create = None
+
+    def measure(c: np.ndarray) -> np.ndarray:
+        return evaluate_coords(family, evaluator, c).values.numpy()
+
+    return run_units(g, list(evaluator.names), measure, store, settings, attrs, rows, progress,
+                     f"{desc['family'].lower()} {'x'.join(map(str, g.shape))}", on_create)
+
+
+def evaluate_coords(family: LinearFamily, evaluator: Evaluator, coords: np.ndarray):
+    """Metrics at family(coords), through the evaluator's family-aware entry point."""
+    return evaluator.evaluate_family(family, torch.as_tensor(coords, dtype=torch.float64), progress=False)
+
+
+# -- trajectory plane ----------------------------------------------------------------------------
+
+def trajectory_plane(points: Sequence[Mapping[str, torch.Tensor]], final: Mapping[str, torch.Tensor] | None = None,
+                     ignore: str = "none", space: sp.WeightSpace | None = None) -> tuple[Plane, PCAResult]:
+    """The PCA plane of a trajectory: origin the final point, directions the top-2 principal components
+    of ``(checkpoint - final)``. Returns the `Plane` and the `PCAResult` (explained variance, path [T, 2]).
+    """
+    pca = pca_directions(points, final, n=2, ignore=ignore, space=space)
+    return Plane(pca.origin, pca.directions[0], pca.directions[1]), pca
+
+
+def auto_range(values: np.ndarray, n: int, margin: float = 0.25) -> np.ndarray:
+    """n points covering ``values`` with a relative margin on each side (for planes through models or paths)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    return np.linspace(lo - margin * span, hi + margin * span, n)
+
+
+# -- convexity map -------------------------------------------------------------------------------
+
+CONVEXITY_NAMES = ("lambda_max", "lambda_min", "convexity_ratio")
+
+
+def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
+              store: str | os.PathLike | None = None, source: str | None = None, tol: float = 1e-3,
+              max_iter: int | None = None, seed: int = 0, attrs: Mapping[str, Any] | None = None,
+              progress: bool | None = None) -> xr.Dataset:
+    """Li et al.'s convexity map: at each grid point the largest and smallest Hessian eigenvalues of the
+    mean loss on ``source`` (default the evaluator's first), by Lanczos on Hessian-vector products
+    (`modescape.curvature.extreme_eigenvalues`: one run, both ends, residuals at most ``tol * max|theta|``),
+    and ``|lambda_min / lambda_max|`` (near 0: locally convex; large: strong negative curvature).
+    Variables ``lambda_max``, ``lambda_min``, ``convexity_ratio``, ``n_hvp``; resumable like `sweep`.
+    """
+    from . import curvature
+
+    dd.init(evaluator.device)
+    dims = family_dims(family)
+    g = as_grid(grid, dims)
+    g = Grid(dict(zip(dims, g.coords.values())))
+    settings = {"grid": {d: g.coords[d] for d in dims}, "family_hash": io.tensor_hash({"W": family.matrix().detach()}),
+                "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator), "bn": evaluator.bn,
+                "source": source, "tol": tol, "max_iter": max_iter, "seed": seed, "what": "convexity"}
+    all_attrs = {k: v for k, v in settings.items() if k != "grid"}
+    all_attrs.update({"versions": versions(), "family": family.describe() if hasattr(family, "describe") else {},
+                      **dict(attrs or {})})
+
+    def measure(c: np.ndarray) -> np.ndarray:
+        out = []
+        for row in c:
+            point = family(torch.as_tensor(row, dtype=torch.float64))
+            point = {k: v.detach().to(evaluator.device, evaluator.dtype) for k, v in point.items()}
+            lo, hi, n = curvature.extreme_eigenvalues(evaluator, point=point, source=source, tol=tol,
+                                                      max_iter=max_iter, seed=seed)
+            out.append([hi, lo, abs(lo / hi) if hi != 0 else float("nan"), n])
+        return np.asarray(out, dtype=np.float64)
+
+    return run_units(g, list(CONVEXITY_NAMES) + ["n_hvp"], measure, store, settings, all_attrs, 1, progress,
+                     "convexity")

@@ -1,0 +1,216 @@
+"""Re-basin: find the permutation of model B's units that best aligns it with model A.
+
+Three methods (Ainsworth, Hayase and Srinivasa 2022, "Git Re-Basin"), all returning permutations
+``perms`` for B such that ``apply(spec, b, perms)`` is B in A's basis:
+
+* `weight_matching`: maximise sum_W <W_A, P_out W_B P_in^T> over the permutations by coordinate
+  descent: for one permutation at a time (the others held), the objective is linear in it, so it is a
+  linear assignment problem (``scipy.optimize.linear_sum_assignment``) on the cost matrix
+  C[i, j] = sum over the tensors it touches of <unit i of A, unit j of B>. Permutations are visited in
+  a fresh random order every pass; the descent stops when a full pass improves nothing.
+* `activation_matching`: for every permutation, the correlation matrix between A's and B's unit
+  activations over data (post-activation values; for a residual stream, summed over every block
+  output on it), then one linear assignment each.
+* `ste_matching`: the straight-through estimator: train a proxy point W~ (initialised at A) so that
+  the midpoint (A + P(W~)[B]) / 2 has low loss, where P(W~) is the weight matching of B onto W~ and the
+  gradient passes straight through the projection; the permutation of the final W~ is returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .. import space as sp
+from ..errors import UserError
+from ..evaluate import Evaluator, make_source
+from ..progress import bar
+from .probe import Probe, channel_rows
+from .spec import Perms, PermutationSpec, apply, identity_perms, infer_spec, permute_tensor
+
+
+def _unit_rows(t: Tensor, axis: int, n: int) -> Tensor:
+    """Move ``axis`` first and flatten the rest: [n, -1] (a block axis of n * b entries folds b in)."""
+    return t.movedim(axis, 0).reshape(n, -1)
+
+
+def _cost(spec: PermutationSpec, p: str, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
+          perms: Mapping[str, Tensor], entries: dict[str, list]) -> Tensor:
+    """C[i, j] = sum over the tensors on permutation p of <unit i of A, unit j of B (others permuted)>."""
+    n = spec.sizes[p]
+    cost = None
+    for ax in spec.axes[p]:
+        if ax.name not in a:
+            continue
+        wb = b[ax.name]
+        for q, other in entries[ax.name]:
+            if other.axis != ax.axis:
+                wb = permute_tensor(wb, other.axis, perms[q], other.block)
+        term = _unit_rows(a[ax.name], ax.axis, n) @ _unit_rows(wb, ax.axis, n).T
+        cost = term if cost is None else cost + term
+    if cost is None:
+        raise UserError(f"permutation '{p}' touches none of the given tensors")
+    return cost
+
+
+def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
+                    max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
+                    dtype: torch.dtype = torch.float64,
+                    return_info: bool = False) -> Perms | tuple[Perms, dict[str, Any]]:
+    """Permutations for ``b`` maximising sum_W <W_A, permuted W_B> (coordinate descent, see module doc).
+
+    ``a``, ``b``: points (parameters; buffers are ignored unless given). ``init``: starting
+    permutations (default identity). ``dtype``: of the cost matrices (float64 by default; float32 is
+    faster on big layers). ``return_info``: also return ``{"passes", "objective"}`` (objective in float64).
+    Gains are compared in float64; a pass counts as progress if it gains more than 1e-12.
+    """
+    names = [n for n in a if n in b]
+    a64 = {n: a[n].detach().to(dtype) for n in names}
+    b64 = {n: b[n].detach().to(dtype) for n in names}
+    spec.check(a64)
+    spec.check(b64)
+    perms = {p: v.clone() for p, v in (init or identity_perms(spec)).items()}
+    entries = {k: v for k, v in spec.tensor_axes().items() if k in a64}
+    rng = np.random.default_rng(seed)
+    order = list(spec.sizes)
+    passes = 0
+    for passes in range(1, max_iter + 1):
+        progress = False
+        for idx in rng.permutation(len(order)):
+            p = order[idx]
+            cost = _cost(spec, p, a64, b64, perms, entries).double().cpu().numpy()
+            _, cols = linear_sum_assignment(cost, maximize=True)
+            rows = np.arange(len(cols))
+            old = cost[rows, perms[p].cpu().numpy()].sum()
+            new = cost[rows, cols].sum()
+            progress = progress or new > old + 1e-12
+            perms[p] = torch.as_tensor(cols, dtype=torch.long)
+        if not progress:
+            break
+    if not return_info:
+        return perms
+    bp = apply(spec, b64, perms)
+    objective = float(sum((a64[n].double() * bp[n].double()).sum() for n in names))
+    return perms, {"passes": passes, "objective": objective}
+
+
+def _match_nodes(spec: PermutationSpec) -> dict[str, list[str]]:
+    """Per permutation, the traced values whose units are compared: its activations, else all."""
+    if not any(spec.nodes.values()):
+        raise UserError("this permutation spec has no traced nodes (hand-written?): activation matching and "
+                        "REPAIR need a spec from infer_spec(model)")
+    out = {}
+    for p in spec.sizes:
+        nodes = spec.nodes.get(p, [])
+        acts = [n for n, kind in nodes if kind == "act"]
+        out[p] = acts or [n for n, kind in nodes if kind in ("tie", "norm")] or [n for n, _ in nodes]
+        if not out[p]:
+            raise UserError(f"permutation '{p}' has no traced values to compare")
+    return out
+
+
+class _Moments:
+    """Running sums for per-unit means, variances and the cross-covariance of A's and B's units."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+
+    def add(self, xa: Tensor, xb: Tensor) -> None:
+        ra, rb = channel_rows(xa).double(), channel_rows(xb).double()
+        parts = (ra.sum(1), rb.sum(1), (ra * ra).sum(1), (rb * rb).sum(1), ra @ rb.T)
+        if self.sa is None:
+            self.sa, self.sb, self.saa, self.sbb, self.sab = parts
+        else:
+            self.sa, self.sb, self.saa, self.sbb, self.sab = (s + q for s, q in zip(
+                (self.sa, self.sb, self.saa, self.sbb, self.sab), parts))
+        self.n += ra.shape[1]
+
+    def correlation(self, eps: float = 1e-8) -> Tensor:
+        ma, mb = self.sa / self.n, self.sb / self.n
+        cov = self.sab / self.n - ma[:, None] * mb[None, :]
+        sa = (self.saa / self.n - ma * ma).clamp_min(0).sqrt()
+        sb = (self.sbb / self.n - mb * mb).clamp_min(0).sqrt()
+        return cov / (sa[:, None] * sb[None, :] + eps)
+
+
+def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
+                        spec: PermutationSpec | None = None, batch_size: int = 500, max_batches: int | None = None,
+                        progress: bool | None = None) -> Perms:
+    """Permutations for ``b`` maximising the correlation of its units' activations with A's over ``data``.
+
+    ``a``, ``b``: states (parameters, optionally with buffers; missing buffers are the model's).
+    ``data``: ``(X, y)`` tensors, a Dataset or a DataLoader (targets are ignored); BatchNorm uses each
+    model's running statistics. For a permutation carried by several values (a residual stream) the
+    correlation matrices of all of them are summed before the assignment.
+    """
+    spec = spec or infer_spec(model)
+    chosen = _match_nodes(spec)
+    flat = sorted({n for ns in chosen.values() for n in ns})
+    probe = Probe(model, flat)
+    dev = next(iter(a.values())).device
+    src = make_source(data, "activation data", batch_size=batch_size, device=dev)
+    moments = {n: _Moments() for n in flat}
+    total = src.n // batch_size + 1 if max_batches is None else max_batches
+    with torch.no_grad(), bar("activation matching", total, enabled=progress) as advance:
+        for k, (x, _) in enumerate(src):
+            if max_batches is not None and k >= max_batches:
+                break
+            for name, xa, xb in zip(flat, probe(a, x), probe(b, x)):
+                moments[name].add(xa, xb)
+            advance()
+    perms = {}
+    for p, nodes in chosen.items():
+        corr = sum(moments[n].correlation() for n in nodes)
+        _, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+        perms[p] = torch.as_tensor(cols, dtype=torch.long)
+    return perms
+
+
+def ste_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: tuple[Tensor, Tensor],
+                 spec: PermutationSpec | None = None, steps: int = 200, lr: float = 1e-3, batch_size: int = 256,
+                 seed: int = 0, progress: bool | None = None, return_info: bool = False):
+    """Straight-through-estimator matching (Ainsworth et al. 2022, Algorithm 2).
+
+    A proxy point W~ starts at A. Each step: P = weight_matching(W~, B) (warm-started), the midpoint
+    m = (A + W~ + stopgrad(P[B] - W~)) / 2 is evaluated on a minibatch of ``data`` = (X, y) with
+    BatchNorm on batch statistics, and W~ takes an Adam step on the loss at m. Returns the
+    permutations of B matched to the final W~ (and, with ``return_info``, the loss per step).
+    """
+    spec = spec or infer_spec(model)
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise UserError("ste_matching needs data as (X, y) tensors")
+    x_all, y_all = data
+    params = [n for n, _ in model.named_parameters()]
+    a = {n: a[n].detach() for n in params}
+    b = {n: b[n].detach() for n in params}
+    ev = Evaluator(model, (x_all[:2], y_all[:2]), progress=False)
+    proxy = {n: a[n].clone().requires_grad_(True) for n in params}
+    opt = torch.optim.Adam(list(proxy.values()), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    perms = identity_perms(spec)
+    losses = []
+    with bar("STE matching", steps, enabled=progress) as advance:
+        for step in range(steps):
+            current = {n: t.detach() for n, t in proxy.items()}
+            perms = weight_matching(spec, current, b, init=perms, seed=seed + step)
+            projected = apply(spec, b, perms)
+            ste = {n: proxy[n] + (projected[n] - proxy[n]).detach() for n in params}
+            mid = sp.lerp(a, ste, 0.5)
+            idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=gen)
+            xb, yb = x_all[idx].to(ev.device, ev.dtype), y_all[idx].to(ev.device)
+            loss = ev.loss_fn(ev.forward(mid, ev.buffers, xb, bn_train=True), yb).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            advance(info=f"loss {losses[-1]:.4f}")
+    final = weight_matching(spec, {n: t.detach() for n, t in proxy.items()}, b, init=perms, seed=seed)
+    return (final, {"losses": losses}) if return_info else final
+
+
+__all__ = ["activation_matching", "ste_matching", "weight_matching"]

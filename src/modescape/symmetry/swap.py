@@ -1,0 +1,170 @@
+"""Swap analysis (Brea et al. 2019): the loss along the path that exchanges two hidden units.
+
+* `swap_path(model, point, layer, i, j)` -> `SwapPath`: the line from ``point`` to ``point`` with
+  units i and j of ``layer`` exchanged (every axis the spec lists for that layer's permutation).
+* `swap_analysis(...)`: the loss along it at ``n_points`` t, its barrier (`modescape.barrier`),
+  and the smallest Hessian eigenvalues at the permutation point t = 1/2 (Lanczos,
+  `modescape.curvature.eigenvalues`): at a permutation point the tied units leave flat directions
+  (zero eigenvalues, e.g. moving outgoing weight from one unit to the other); a negative eigenvalue
+  marks a saddle. ``relax_steps`` > 0 first descends the loss from t = 1/2 *keeping the two units
+  tied* (their incoming weights, biases and norm parameters equal; outgoing weights free), which
+  brings it towards the permutation saddle Brea et al. describe.
+* `best_pair(...)`: the pair of a layer with the lowest barrier. All pairs are scored when there are
+  at most ``candidates``; otherwise the ``candidates`` pairs whose swap moves the point least
+  (smallest ||theta - swap_ij(theta)||) are scored, the others are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .. import curvature
+from ..barrier import barrier
+from ..errors import UserError
+from ..evaluate import Evaluator
+from ..families.swap import SwapPath
+from .align import has_bn
+from .spec import PermutationSpec, apply, infer_spec
+
+
+def transposition(n: int, i: int, j: int) -> Tensor:
+    """The permutation of n units that exchanges i and j."""
+    if not (0 <= i < n and 0 <= j < n) or i == j:
+        raise UserError(f"units i={i} and j={j} must be different and in [0, {n})")
+    p = torch.arange(n)
+    p[i], p[j] = j, i
+    return p
+
+
+def swap_path(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: int, j: int,
+              spec: PermutationSpec | None = None) -> SwapPath:
+    """The `SwapPath` exchanging units ``i`` and ``j`` of ``layer`` (a module or permutation name)."""
+    spec = spec or infer_spec(model)
+    perm = spec.layer_perm(layer)
+    names = [n for n, _ in model.named_parameters()]
+    theta = {n: point[n].detach() for n in names}
+    swapped = apply(spec, theta, {perm: transposition(spec.sizes[perm], i, j)})
+    return SwapPath(theta, swapped, perm, i, j)
+
+
+def _evaluator(model: nn.Module, data: Any, evaluator: Evaluator | None) -> Evaluator:
+    if evaluator is not None:
+        return evaluator
+    if data is None:
+        raise UserError("swap analysis needs data: pass (X, y) or an Evaluator")
+    return Evaluator(model, data, metrics=("loss", "accuracy"), bn="recompute" if has_bn(model) else "running",
+                     progress=False)
+
+
+def _tied_axes(spec: PermutationSpec, perm: str) -> list:
+    """The axes that hold the units' own parameters (axis 0: incoming weights, bias, norm)."""
+    return [a for a in spec.axes[perm] if a.axis == 0]
+
+
+def relax(ev: Evaluator, point: Mapping[str, Tensor], spec: PermutationSpec, perm: str, i: int, j: int,
+          steps: int = 100, lr: float = 0.05) -> dict[str, Tensor]:
+    """Gradient descent on the loss from ``point`` keeping units i and j tied (see module docstring).
+
+    The gradient of each tied tensor is averaged over rows i and j (the projection onto the
+    constraint, for a point that satisfies it), so the units stay equal.
+    """
+    tied = {a.name: a for a in _tied_axes(spec, perm) if a.name in point}
+    params = {n: t.detach().clone().requires_grad_(True) for n, t in point.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=lr)
+    for _ in range(steps):
+        loss = ev.loss(params)
+        opt.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for name, a in tied.items():
+                g = params[name].grad
+                b = a.block
+                gi, gj = g[i * b:(i + 1) * b], g[j * b:(j + 1) * b]
+                mean = (gi + gj) / 2
+                g[i * b:(i + 1) * b] = mean
+                g[j * b:(j + 1) * b] = mean
+        opt.step()
+    return {n: t.detach() for n, t in params.items()}
+
+
+def swap_analysis(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: int, j: int, data: Any = None,
+                  n_points: int = 25, k: int = 5, spec: PermutationSpec | None = None,
+                  evaluator: Evaluator | None = None, eigen: bool = True, eigen_at_start: bool = False,
+                  relax_steps: int = 0, relax_lr: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Loss along the swap path, its barrier, and the ``k`` smallest Hessian eigenvalues at t = 1/2.
+
+    Returns ``{"perm", "i", "j", "t" [T], "loss" [T], "accuracy" [T], "barrier": {...},
+    "eigenvalues" [k], "start_eigenvalues" [k] (with eigen_at_start: at theta itself, for contrast),
+    "relaxed": {...} (with relax_steps)}``; the loss is the evaluator's first source (pass ``data`` as
+    (X, y)).
+    """
+    spec = spec or infer_spec(model)
+    ev = _evaluator(model, data, evaluator)
+    path = swap_path(model, point, layer, i, j, spec)
+    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
+    m = ev(path(t), description="swap path")
+    first = m.names[0].rsplit("_", 1)[0] + "_" if "_" in m.names[0] else ""
+    loss, acc = m[first + "loss"], m[first + "accuracy"]
+    out: dict[str, Any] = {"perm": path.perm, "i": path.i, "j": path.j, "t": t.tolist(), "loss": loss.tolist(),
+                           "accuracy": acc.tolist(), "barrier": barrier(loss, t), "bn": ev.bn,
+                           "midpoint_loss": float(ev.loss(path(0.5)))}
+    if eigen:
+        res = curvature.eigenvalues(ev, point=path(0.5), k=k, which="smallest", seed=seed)
+        out["eigenvalues"] = res.values.tolist()
+        out["eigen_method"] = "lanczos (modescape.curvature.eigenvalues, which='smallest')"
+        if eigen_at_start:
+            out["start_eigenvalues"] = curvature.eigenvalues(ev, point=path(0.0), k=k, which="smallest",
+                                                             seed=seed).values.tolist()
+    if relax_steps > 0:
+        relaxed = relax(ev, path(0.5), spec, path.perm, path.i, path.j, steps=relax_steps, lr=relax_lr)
+        r = {"steps": relax_steps, "lr": relax_lr, "loss": float(ev.loss(relaxed))}
+        if eigen:
+            r["eigenvalues"] = curvature.eigenvalues(ev, point=relaxed, k=k, which="smallest", seed=seed).values.tolist()
+        out["relaxed"] = r
+    return out
+
+
+def pair_distances(spec: PermutationSpec, point: Mapping[str, Tensor], perm: str) -> Tensor:
+    """[n, n]: squared distance between units' parameter vectors (all axes of ``perm``).
+
+    ||theta - swap_ij(theta)||^2 = 2 * D[i, j].
+    """
+    n = spec.sizes[perm]
+    rows = [point[a.name].detach().double().movedim(a.axis, 0).reshape(n, -1) for a in spec.axes[perm] if a.name in point]
+    u = torch.cat(rows, dim=1)
+    sq = (u * u).sum(1)
+    return (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0)
+
+
+def best_pair(model: nn.Module, point: Mapping[str, Tensor], layer: str, data: Any = None, candidates: int = 10,
+              n_points: int = 9, spec: PermutationSpec | None = None, evaluator: Evaluator | None = None) -> dict[str, Any]:
+    """The pair of ``layer`` whose swap path has the lowest loss barrier (``barrier_linear``).
+
+    Returns ``{"i", "j", "barrier", "scored": [{"i", "j", "distance", "barrier"}], "exhaustive"}``.
+    """
+    spec = spec or infer_spec(model)
+    perm = spec.layer_perm(layer)
+    ev = _evaluator(model, data, evaluator)
+    n = spec.sizes[perm]
+    if n < 2:
+        raise UserError(f"layer '{layer}' has one unit: nothing to swap")
+    d = pair_distances(spec, {k: v for k, v in point.items()}, perm)
+    iu = torch.triu_indices(n, n, offset=1)
+    dist = d[iu[0], iu[1]]
+    order = torch.argsort(dist)[:candidates]
+    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
+    scored = []
+    for idx in order.tolist():
+        i, j = int(iu[0, idx]), int(iu[1, idx])
+        path = swap_path(model, point, perm, i, j, spec)
+        loss = ev(path(t), description="swap path")[ev.names[0]]
+        scored.append({"i": i, "j": j, "distance": float(dist[idx]), "barrier": barrier(loss, t)["barrier_linear"]})
+    best = min(scored, key=lambda r: r["barrier"])
+    return {"perm": perm, "i": best["i"], "j": best["j"], "barrier": best["barrier"], "scored": scored,
+            "exhaustive": len(order) == len(dist)}
+
+
+__all__ = ["best_pair", "pair_distances", "relax", "swap_analysis", "swap_path", "transposition"]

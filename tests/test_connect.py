@@ -1,0 +1,287 @@
+"""Mode connectivity: curve training, path evaluation with BN recompute, summaries, FGE."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
+
+from modescape import space as sp
+from modescape.connect import (cyclic_lr, ensemble_curve, evaluate_path, fge, load_curve, reference_schedule,
+                               save_curve, train_curve)
+from modescape.errors import UserError
+from modescape.evaluate import Evaluator
+from modescape.families.curves import Bezier, PolyChain
+from modescape.train import TrainConfig, train
+from modescape.zoo import build_model
+
+from conftest import run_cli
+
+
+def _mlp(split, seed, **args):
+    torch.manual_seed(seed)
+    return build_model("mlp", split.input_shape, split.num_classes, **args)
+
+
+@pytest.fixture(scope="module")
+def minima(digits):
+    """Two digits MLPs trained from different seeds."""
+    models = []
+    for seed in (0, 1):
+        m = _mlp(digits, seed, width=32)
+        train(m, digits, TrainConfig(epochs=5, lr=0.05, batch_size=64, seed=seed), progress=False)
+        models.append(m)
+    return models
+
+
+def test_reference_schedule_matches_piecewise_definition():
+    epochs, lr = 20, 0.3
+    for e in range(epochs):
+        frac = (e + 1) / epochs
+        expected = lr if frac <= 0.5 else (lr * 0.01 if frac > 0.9 else lr * (1 - 0.99 * (frac - 0.5) / 0.4))
+        assert reference_schedule(lr, e, epochs) == pytest.approx(expected, rel=1e-12)
+    assert reference_schedule(lr, 9, 20) == lr and reference_schedule(lr, 17, 20) == pytest.approx(0.01 * lr)
+
+
+def test_curve_training_beats_the_segment(digits, minima):
+    a, b = minima
+    ev = Evaluator(a, {"train": digits.train}, metrics=("loss", "error"), bn="recompute")
+    line = evaluate_path((a, b), ev, points=11)
+    run = train_curve(a, a, b, digits, kind="bezier", bends=3, epochs=5, lr=0.05, wd=5e-4, batch_size=64, seed=0)
+    curve = evaluate_path(run.family, ev, points=11)
+    assert curve.summary()["train_loss"]["max"] < line.summary()["train_loss"]["max"]
+    # the endpoints were frozen: the curve still starts at a and ends at b
+    space = sp.WeightSpace(a)
+    for j, m in ((0, a), (2, b)):
+        for k, v in space.point(m).items():
+            assert torch.equal(run.family.bend(j)[k], v)
+    assert [h["epoch"] for h in run.history] == [1, 2, 3, 4, 5]
+    # the model passed in was not modified
+    for k, v in space.point(a).items():
+        assert torch.equal(v, dict(a.named_parameters())[k].detach())
+
+
+def test_segment_and_summary_recomputed_independently(digits, minima):
+    a, b = minima
+    ev = Evaluator(a, {"train": digits.train, "test": digits.test}, metrics=("loss", "error"), bn="running")
+    res = evaluate_path((a, b), ev, points=7)
+    space = sp.WeightSpace(a)
+    pa, pb = space.point(a), space.point(b)
+    # metrics at each t: a plain module at (1 - t) a + t b
+    net = copy.deepcopy(a).eval()
+    for i, t in enumerate(res.t.tolist()):
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_((1 - t) * pa[k] + t * pb[k])
+            x, y = digits.test
+            out = net(x)
+            assert res.metrics["test_loss"][i].item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-4)
+            assert res.metrics["test_error"][i].item() == pytest.approx((out.argmax(1) != y).double().mean().item(), abs=1e-9)
+    s = res.summary()
+    length = math.sqrt(sum(float(((pb[k] - pa[k]).double() ** 2).sum()) for k in pa))
+    assert s["length"] == pytest.approx(length, rel=1e-5)
+    v = res.metrics["train_loss"].numpy()
+    t = res.t.numpy()
+    assert s["train_loss"]["barrier_linear"] == pytest.approx(np.max(v - ((1 - t) * v[0] + t * v[-1])))
+    assert s["train_loss"]["barrier_mean"] == pytest.approx(v.max() - (v[0] + v[-1]) / 2)
+    assert s["train_loss"]["int"] == pytest.approx(np.trapezoid(v, t), rel=1e-5)  # uniform speed on a segment
+    assert (s["train_loss"]["start"], s["train_loss"]["end"]) == (pytest.approx(v[0]), pytest.approx(v[-1]))
+
+
+def test_bn_recompute_along_path_equals_update_bn(digits):
+    a, b, c = (_mlp(digits, s, width=16, norm="bn") for s in (0, 1, 2))
+    space = sp.WeightSpace(a)
+    curve = PolyChain([space.point(a), space.point(c), space.point(b)])
+    ev = Evaluator(a, {"train": digits.train, "test": digits.test}, metrics=("loss", "error"), bn="recompute",
+                   batch_size=256, mode="vmap")
+    res = evaluate_path(curve, ev, points=5)
+    x, y = digits.test
+    loader = [(xb,) for xb in digits.train[0].split(256)]
+    for i in (1, 2, 3):
+        net = copy.deepcopy(a)
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_(curve(res.t[i])[k])
+        update_bn(loader, net)
+        net.eval()
+        with torch.no_grad():
+            out = net(x)
+        assert res.metrics["test_loss"][i].item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-4, abs=1e-5)
+        assert res.metrics["test_error"][i].item() == pytest.approx((out.argmax(1) != y).double().mean().item(), abs=1e-9)
+
+
+def test_curve_training_with_batchnorm_and_resume(digits, tmp_path):
+    a, b = _mlp(digits, 0, width=16, norm="bn"), _mlp(digits, 1, width=16, norm="bn")
+    kw = dict(kind="polychain", bends=4, epochs=2, lr=0.02, batch_size=128, seed=3)
+    whole = train_curve(a, a, b, digits, **kw)
+    ckpt = tmp_path / "curve.safetensors"
+    first = train_curve(a, a, b, digits, checkpoint=ckpt, stop_after=1, **kw)
+    assert len(first.history) == 1
+    resumed = train_curve(a, a, b, digits, checkpoint=ckpt, **kw)
+    assert len(resumed.history) == 2
+    for j in range(4):
+        assert torch.equal(resumed.family.anchor(j), whole.family.anchor(j))
+    loaded, meta = load_curve(ckpt)
+    assert isinstance(loaded, PolyChain) and meta["epoch"] == 2
+    for j in range(4):
+        assert torch.equal(loaded.anchor(j), whole.family.anchor(j))
+    with pytest.raises(UserError, match="other settings"):
+        train_curve(a, a, b, digits, checkpoint=ckpt, **{**kw, "lr": 0.5})
+
+
+def test_save_load_roundtrip(tmp_path):
+    pts = [{"w": torch.randn(3, 2), "b": torch.randn(3)} for _ in range(3)]
+    fam = Bezier(pts)
+    path = save_curve(fam, tmp_path / "c.safetensors", {"note": "x"})
+    back, meta = load_curve(path)
+    assert isinstance(back, Bezier) and meta["note"] == "x" and back.layout == fam.layout
+    for t in (0.0, 0.3, 1.0):
+        for k in ("w", "b"):
+            assert torch.equal(back(t)[k], fam(t)[k])
+
+
+def test_fge_learning_rate_and_ensemble(digits, minima):
+    a = minima[0]
+    cycle, epochs, bs, (a1, a2) = 2, 4, 256, (0.05, 0.001)
+    res = fge(a, a, digits, cycle=cycle, lr=(a1, a2), epochs=epochs, batch_size=bs, seed=0)
+    iters = math.ceil(digits.train[0].shape[0] / bs)
+    assert len(res.lrs) == epochs * iters
+    for e in range(epochs):
+        for i in range(iters):
+            t = ((e % cycle) + i / iters) / cycle
+            expected = a1 * (1 - 2 * t) + a2 * 2 * t if t < 0.5 else a1 * (2 * t - 1) + a2 * (2 - 2 * t)
+            assert res.lrs[e * iters + i] == pytest.approx(expected, rel=1e-12)
+            assert cyclic_lr(e, i, iters, cycle, a1, a2) == pytest.approx(expected, rel=1e-12)
+    # snapshots at the end of epochs 1 and 3 (the LR minima of the 2-epoch cycle)
+    assert [m["epoch"] for m in res.members] == [1, 3]
+    # the ensemble recomputed independently: softmax of plain modules, averaged with numpy
+    x, y = digits.test
+    probs = []
+    for snap in res.snapshots:
+        net = copy.deepcopy(a).eval()
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_(snap[k])
+            probs.append(F.softmax(net(x).double(), dim=1).numpy())
+    for m, member in enumerate(res.members, 1):
+        avg = np.mean(probs[:m], axis=0)
+        assert member["accuracy"] == pytest.approx(np.mean(avg.argmax(1) == y.numpy()), abs=1e-12)
+        assert member["nll"] == pytest.approx(-np.mean(np.log(avg[np.arange(len(y)), y.numpy()])), rel=1e-5)
+        assert member["single_accuracy"] == pytest.approx(np.mean(probs[m - 1].argmax(1) == y.numpy()), abs=1e-12)
+    # the model passed in was not modified
+    for k, v in sp.WeightSpace(a).point(a).items():
+        assert torch.equal(v, dict(a.named_parameters())[k].detach())
+
+
+def test_ensemble_curve_matches_numpy():
+    g = torch.Generator().manual_seed(0)
+    probs = [F.softmax(torch.randn(50, 4, generator=g, dtype=torch.float64), 1) for _ in range(3)]
+    y = torch.randint(0, 4, (50,), generator=g)
+    out = ensemble_curve(probs, y)
+    for m in (1, 2, 3):
+        avg = np.mean([p.numpy() for p in probs[:m]], axis=0)
+        assert out[m - 1]["accuracy"] == pytest.approx(np.mean(avg.argmax(1) == y.numpy()))
+        assert out[m - 1]["nll"] == pytest.approx(-np.mean(np.log(avg[np.arange(50), y.numpy()])))
+
+
+def test_errors(digits, minima):
+    a, b = minima
+    with pytest.raises(UserError, match="even"):
+        fge(a, a, digits, cycle=3, epochs=4)
+    with pytest.raises(UserError, match="unknown curve"):
+        train_curve(a, a, b, digits, kind="spline", epochs=1)
+    other = _mlp(digits, 0, width=8)
+    with pytest.raises(UserError, match="shape"):
+        train_curve(a, a, other, digits, epochs=1)
+    ev = Evaluator(a, {"train": digits.train})
+    with pytest.raises(UserError, match="points must be"):
+        evaluate_path((a, b), ev, points=1)
+
+
+def test_cli_connect_path_fge(tmp_path, capsys):
+    import json
+
+    ckpts = []
+    for seed in (0, 1):
+        out = tmp_path / f"run{seed}"
+        code, _, err = run_cli(["train", "--out", out, "--epochs", "2", "--model-args", "depth=1,width=16",
+                                "--seed", seed, "--json"], capsys)
+        assert code == 0, err
+        ckpts.append(out / "final.safetensors")
+    cdir = tmp_path / "curve"
+    code, out, err = run_cli(["connect", *ckpts, "--out", cdir, "--epochs", "1", "--points", "5",
+                              "--plane-points", "4", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert set(summary) == {"bezier", "segment"} and summary["segment"]["points"] == 5
+    assert summary["segment"]["test_error"]["barrier_mean"] >= 0
+    for name in ("curve.safetensors", "curve.json", "path.json", "path.png", "plane.png"):
+        assert (cdir / name).exists(), name
+    code, out, err = run_cli(["path", cdir, "--points", "5", "--json"], capsys)
+    assert code == 0, err
+    again = json.loads(out)["summary"]["bezier"]
+    assert again["test_loss"]["max"] == pytest.approx(summary["bezier"]["test_loss"]["max"], rel=1e-6)
+    code, out, err = run_cli(["path", *ckpts, "--points", "5", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["summary"]["segment"]["test_loss"]["max"] == pytest.approx(
+        summary["segment"]["test_loss"]["max"], rel=1e-6)
+    fdir = tmp_path / "fge"
+    code, out, err = run_cli(["fge", ckpts[0], "--cycle", "2", "--epochs", "2", "--lr", "0.05:0.001",
+                              "--out", fdir, "--json"], capsys)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert [m["members"] for m in rep["members"]] == [1] and (fdir / "snapshot-01.safetensors").exists()
+    # user errors: one line, exit status 2
+    for argv, pattern in ((["fge", ckpts[0], "--lr", "fast"], "A1:A2"),
+                          (["fge", ckpts[0], "--cycle", "3"], "even"),
+                          (["path", tmp_path], "not a curve folder"),
+                          (["connect", *ckpts, "--out", tmp_path / "c2", "--curve", "spline"], "unknown curve")):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and pattern in err and "Traceback" not in err, err
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {src!r})
+torch.set_num_threads(1)
+from modescape import distributed
+from modescape.connect import train_curve
+from modescape.zoo import build_model, load_dataset
+distributed.init()
+split = load_dataset("digits")
+torch.manual_seed(0); a = build_model("mlp", split.input_shape, 10, depth=1, width=16)
+torch.manual_seed(1); b = build_model("mlp", split.input_shape, 10, depth=1, width=16)
+train_curve(a, a, b, split, kind="bezier", bends=3, epochs=1, lr=0.05, batch_size=64, seed=0, checkpoint=sys.argv[1],
+            progress=False)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.xdist_group("torchrun")  # two gloo jobs at once abort on this machine: run them in one worker
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(src=src))
+    env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.safetensors")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two.safetensors")], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-2000:]
+    c1, m1 = load_curve(tmp_path / "one.safetensors")
+    c2, m2 = load_curve(tmp_path / "two.safetensors")
+    # each rank takes half of every minibatch; the all-reduced gradient is the full-batch gradient
+    torch.testing.assert_close(c2.anchor(1), c1.anchor(1), rtol=1e-4, atol=1e-5)
+    assert m2["history"][-1]["train_loss"] == pytest.approx(m1["history"][-1]["train_loss"], rel=1e-4)

@@ -1,0 +1,124 @@
+"""Bezier and PolyChain families: exact endpoints, bends, coefficients, trainable inner bends only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from modescape.errors import UserError
+from modescape.families.curves import Bezier, PolyChain, curve_class
+
+
+def _points(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"w": torch.randn(4, 3, generator=g), "b": torch.randn(4, generator=g)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("cls", [Bezier, PolyChain])
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_exact_endpoints(cls, n):
+    pts = _points(n, seed=n)
+    curve = cls(pts)
+    for t, ref in ((0.0, pts[0]), (1.0, pts[-1])):
+        out = curve(t)
+        for k in ref:
+            assert torch.equal(out[k], ref[k])
+    stacked = curve(torch.tensor([0.0, 0.3, 1.0]))
+    for k in pts[0]:
+        assert torch.equal(stacked[k][0], pts[0][k]) and torch.equal(stacked[k][2], pts[-1][k])
+
+
+@pytest.mark.parametrize("n", [3, 4, 6, 11, 50])
+def test_polychain_passes_through_each_bend(n):
+    pts = _points(n, seed=1)
+    curve = PolyChain(pts)
+    ts = torch.tensor([j / (n - 1) for j in range(n)], dtype=torch.float64)
+    out = curve(ts)
+    for j in range(n):
+        for k in pts[j]:
+            assert torch.equal(out[k][j], pts[j][k]), (j, k)
+
+
+def test_polychain_is_piecewise_linear():
+    pts = _points(4, seed=2)
+    curve = PolyChain(pts)
+    t, j = 0.5, 1  # between bend 1 (t = 1/3) and bend 2 (t = 2/3), half way
+    s = t * 3 - j
+    out = curve(t)
+    for k in pts[0]:
+        torch.testing.assert_close(out[k], (1 - s) * pts[j][k] + s * pts[j + 1][k])
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_bezier_matches_bernstein_formula(n):
+    pts = _points(n, seed=3)
+    curve = Bezier(pts)
+    ts = np.array([0.1, 0.37, 0.5, 0.92])
+    out = curve(torch.tensor(ts))
+    for i, t in enumerate(ts):
+        for k in pts[0]:
+            ref = sum(math.comb(n - 1, j) * t ** j * (1 - t) ** (n - 1 - j) * pts[j][k].double().numpy()
+                      for j in range(n))
+            np.testing.assert_allclose(out[k][i].detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [Bezier, PolyChain])
+@pytest.mark.parametrize("n", [3, 5])
+def test_on_segment_is_the_segment(cls, n):
+    a, b = _points(2, seed=4)
+    curve = cls.on_segment(a, b, bends=n)
+    for j in range(n):
+        for k in a:
+            torch.testing.assert_close(curve.bend(j)[k], a[k] + j / (n - 1) * (b[k] - a[k]))
+    # equally spaced control points on a line give the line itself, for both families
+    ts = torch.tensor([0.0, 0.2, 0.55, 1.0], dtype=torch.float64)
+    out = curve(ts)
+    for i, t in enumerate(ts.tolist()):
+        for k in a:
+            torch.testing.assert_close(out[k][i], a[k] + t * (b[k] - a[k]), atol=1e-6, rtol=1e-6)
+
+
+def test_through_given_points():
+    a, m1, m2, b = _points(4, seed=5)
+    curve = Bezier.through(a, b, [m1, m2])
+    assert curve.n_bends == 4
+    for j, ref in enumerate((a, m1, m2, b)):
+        for k in a:
+            assert torch.equal(curve.bend(j)[k], ref[k])
+
+
+@pytest.mark.parametrize("cls", [Bezier, PolyChain])
+def test_gradients_reach_only_inner_bends(cls):
+    pts = _points(5, seed=6)
+    curve = cls(pts)
+    trainable = [name for name, p in curve.named_parameters() if p.requires_grad]
+    assert trainable == ["anchor_1", "anchor_2", "anchor_3"]
+    assert not curve.anchor(0).requires_grad and not curve.anchor(4).requires_grad
+    ts = torch.tensor([0.1, 0.45, 0.8], dtype=torch.float64)
+    point = curve(ts)
+    loss = sum((v ** 2).sum() for v in point.values())
+    loss.backward()
+    for j in (1, 2, 3):
+        g = curve.anchor(j).grad
+        assert g is not None and float(g.abs().sum()) > 0
+    for j in (0, 4):
+        assert curve.anchor(j).grad is None
+    # the gradient of sum_t ||w(t)||^2 w.r.t. w_j is sum_t 2 a_j(t) w(t): recompute it independently
+    a = curve.coefficients(ts[:, None]).float()  # [3, 5]
+    flat = curve.flat(ts).detach()  # [3, D]
+    for j in (1, 2, 3):
+        torch.testing.assert_close(curve.anchor(j).grad, 2 * (a[:, j:j + 1] * flat).sum(0))
+
+
+def test_errors():
+    a, b = _points(2)
+    with pytest.raises(UserError, match="at least 3 bends"):
+        Bezier([a, b])
+    with pytest.raises(UserError, match="bends must be >= 3"):
+        PolyChain.on_segment(a, b, bends=2)
+    with pytest.raises(UserError, match="unknown curve"):
+        curve_class("spline")
+    assert curve_class("Bezier") is Bezier

@@ -1,0 +1,262 @@
+"""Sweeps: grids, values against direct evaluation, the fast path, torchrun sharding, Goodfellow's
+monotone interpolation, the convexity map, plots and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from modescape import space as sp
+from modescape.directions import random_directions
+from modescape.errors import UserError
+from modescape.evaluate import Evaluator
+from modescape.families import Line, Plane, PlaneThrough
+from modescape.landscape import Grid, convexity, parse_range, sweep
+from modescape.store import load
+from modescape.zoo import build_model, load_dataset
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine (and under pytest -n 2) a second one only spins."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    split = load_dataset("digits")
+    return split
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    torch.manual_seed(0)
+    net = build_model("mlp", digits.input_shape, 10, depth=1, width=16)
+    tr = (digits.train[0][:300], digits.train[1][:300])
+    te = (digits.test[0][:200], digits.test[1][:200])
+    return net, tr, te
+
+
+def direct(net, point, x, y):
+    """Loss and accuracy of ``net`` at ``point``, computed without the Evaluator."""
+    with torch.no_grad():
+        out = functional_call(net, point, (x,))
+    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).double().mean())
+
+
+def test_parse_range_and_grid_order():
+    np.testing.assert_allclose(parse_range("-1:1:5"), [-1, -0.5, 0, 0.5, 1])
+    np.testing.assert_allclose(parse_range("0:1", steps=3), [0, 0.5, 1])
+    np.testing.assert_allclose(parse_range("2:2:1"), [2.0])
+    for bad in ("1:2", "a:b:3", "0:1:0", "0:1:1"):
+        with pytest.raises(UserError, match="A:B:N|at least 1|1 point"):
+            parse_range(bad)
+    g = Grid.parse(x="0:2:3", y="0:1:2")
+    assert g.shape == (3, 2)
+    np.testing.assert_array_equal(g.points(), [[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]])
+    np.testing.assert_array_equal(g.points(slice(1, 2)), [[1, 0], [1, 1]])
+
+
+def test_3x7_grid_equals_direct_evaluation_and_origin_equals_model(small):
+    net, tr, te = small
+    origin = sp.WeightSpace(net).point(net)
+    dx, dy = random_directions(net, 2, seed=0)
+    ev = Evaluator(net, {"train": tr, "test": te}, progress=False)
+    ds = sweep(Plane(origin, dx, dy), ev, {"x": "-1:1:3", "y": "0:0.6:7"}, progress=False)
+    assert ds.train_loss.dims == ("x", "y") and ds.train_loss.shape == (3, 7)
+    assert ds.attrs["bn"] == "running" and ds.attrs["eval_mode"] in ev.FAMILY_MODES
+    for x in ds.x.values:
+        for y in ds.y.values:
+            p = {k: origin[k] + x * dx[k] + y * dy[k] for k in origin}
+            for split, (xs, ys) in (("train", tr), ("test", te)):
+                loss, acc = direct(net, p, xs, ys)
+                np.testing.assert_allclose(float(ds[f"{split}_loss"].sel(x=x, y=y)), loss, rtol=1e-5)
+                np.testing.assert_allclose(float(ds[f"{split}_accuracy"].sel(x=x, y=y)), acc, atol=1e-12)
+    with torch.no_grad():
+        own = float(F.cross_entropy(net(tr[0]), tr[1]))
+    np.testing.assert_allclose(float(ds.train_loss.sel(x=0.0, y=0.0)), own, rtol=1e-6)
+
+
+def test_every_evaluation_mode_gives_the_same_values(small):
+    net, tr, _ = small
+    origin = sp.WeightSpace(net).point(net)
+    dx, dy = random_directions(net, 2, seed=1)
+    plane = Plane(origin, dx, dy)
+    c = torch.tensor(Grid.parse(x="-1:1:4", y="-1:1:3").points())
+    ev = Evaluator(net, {"train": tr}, progress=False, chunk=5)
+    ref = ev(plane(c)).values
+    for mode in ev.FAMILY_MODES:
+        ev.family_mode = mode
+        torch.testing.assert_close(ev.evaluate_family(plane, c).values, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_bn_policy_recorded_and_recompute_works(digits):
+    torch.manual_seed(0)
+    net = build_model("mlp", digits.input_shape, 10, depth=1, width=8, norm="bn")
+    tr = (digits.train[0][:200], digits.train[1][:200])
+    a = sp.WeightSpace(net).point(net)
+    b = sp.add(a, random_directions(net, 1, seed=4)[0])
+    ev = Evaluator(net, {"train": tr}, bn="recompute", progress=False)
+    ds = sweep(Line(a, b), ev, "0:1:3", progress=False)
+    assert ds.attrs["bn"] == "recompute"
+    ref = ev([a, b]).values
+    np.testing.assert_allclose(ds.train_loss.values[[0, 2]], ref[:, 0].numpy(), rtol=1e-5)
+
+
+def test_interpolation_init_to_trained_is_monotone(digits):
+    """Goodfellow et al. 2015: on the straight line from the initialisation to the trained digits MLP
+    (default model and training config), the train loss decreases monotonically."""
+    from modescape.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    net = build_model("mlp", digits.input_shape, digits.num_classes)
+    init = sp.WeightSpace(net).point(net)
+    train(net, digits, TrainConfig(), progress=False)
+    final = sp.WeightSpace(net).point(net)
+    ev = Evaluator(net, {"train": digits.train}, progress=False)
+    ds = sweep(Line(init, final), ev, "0:1:21", progress=False)
+    loss = ds.train_loss.values
+    assert loss[-1] < 0.1 * loss[0]
+    assert np.all(np.diff(loss) < 0), loss
+
+
+def test_plane_through_three_models_reports_their_coordinates(small):
+    net, tr, _ = small
+    a = sp.WeightSpace(net).point(net)
+    d1, d2 = random_directions(net, 2, seed=7)
+    b, c = sp.add(a, d1), sp.axpy(0.5, d1, sp.add(a, d2))
+    fam = PlaneThrough(a, b, c)
+    mc = fam.model_coords.numpy()
+    ev = Evaluator(net, {"train": tr}, progress=False)
+    ds = sweep(fam, ev, {"x": mc[:, 0], "y": np.unique(mc[:, 1])}, progress=False)
+    for p, (x, y) in zip((a, b, c), mc):
+        np.testing.assert_allclose(float(ds.train_loss.sel(x=x, y=y)), direct(net, p, *tr)[0], rtol=1e-5)
+
+
+def test_convexity_map_matches_dense_hessian(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Tanh(), nn.Linear(3, 10))
+    x, y = digits.train[0][:100], digits.train[1][:100]
+    origin = sp.WeightSpace(net).point(net)
+    dx, dy = random_directions(net, 2, seed=0)
+    ev = Evaluator(net, {"train": (x, y)}, progress=False)
+    ds = convexity(Plane(origin, dx, dy), ev, {"x": "0:0.5:2", "y": "0:0:1"}, tol=1e-8, progress=False)
+    names = list(origin)
+    shapes = [origin[n].shape for n in names]
+    sizes = [origin[n].numel() for n in names]
+    for xv in ds.x.values:
+        p = {k: origin[k] + xv * dx[k] for k in origin}
+        flat = torch.cat([p[n].reshape(-1) for n in names]).double()
+
+        def loss(v):
+            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(v, sizes), shapes)}
+            return F.cross_entropy(functional_call(net.double(), parts, (x.double(),)), y)
+
+        ev_ = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
+        net.float()
+        got = ds.sel(x=xv, y=0.0)
+        np.testing.assert_allclose(float(got.lambda_max), float(ev_.max()), rtol=1e-3)
+        np.testing.assert_allclose(float(got.lambda_min), float(ev_.min()), rtol=1e-3, atol=1e-4 * float(ev_.max()))
+        np.testing.assert_allclose(float(got.convexity_ratio), abs(float(ev_.min() / ev_.max())), rtol=1e-2, atol=1e-4)
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, numpy as np, torch
+    sys.path.insert(0, {src!r})
+    torch.set_num_threads(1)
+    from modescape import space as sp
+    from modescape.directions import random_directions
+    from modescape.evaluate import Evaluator
+    from modescape.families import Plane
+    from modescape.landscape import sweep
+    from modescape.zoo import build_model, load_dataset
+    split = load_dataset("digits")
+    torch.manual_seed(0)
+    net = build_model("mlp", split.input_shape, 10, depth=1, width=16)
+    dx, dy = random_directions(net, 2, seed=0)
+    ev = Evaluator(net, {{"train": (split.train[0][:300], split.train[1][:300])}}, progress=False)
+    ev.family_mode = "loop"
+    plane = Plane(sp.WeightSpace(net).point(net), dx, dy)
+    sweep(plane, ev, {{"x": "-1:1:5", "y": "0:1:3"}}, store=sys.argv[1], rows=1, progress=False)
+    mem = sweep(plane, ev, {{"x": "-1:1:5", "y": "0:1:3"}}, rows=1, progress=False)  # in memory, also sharded
+    if int(os.environ.get("RANK", 0)) == 0:
+        np.save(sys.argv[1] + ".npy", mem.train_loss.values)
+""")
+
+
+@pytest.mark.xdist_group("torchrun")  # two gloo jobs at once abort on this machine: run them in one worker
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT.format(src=SRC))
+    env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.zarr")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two.zarr")], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr")
+    assert b.attrs["complete"] and a.attrs["settings_hash"] == b.attrs["settings_hash"]
+    assert a.attrs["world_size"] == 1 and b.attrs["world_size"] == 2
+    for v in ("train_loss", "train_accuracy"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert not np.isnan(b.train_loss.values).any()
+    mem_one, mem_two = np.load(str(tmp_path / "one.zarr") + ".npy"), np.load(str(tmp_path / "two.zarr") + ".npy")
+    np.testing.assert_array_equal(mem_one, a.train_loss.values)
+    np.testing.assert_array_equal(mem_two, a.train_loss.values)
+
+
+def test_plots_and_cli(tmp_path, digits):
+    from typer.testing import CliRunner
+
+    from modescape import io
+    from modescape.cli import app
+
+    torch.manual_seed(0)
+    net = build_model("mlp", digits.input_shape, 10, depth=1, width=8)
+    init = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.5)
+    meta = {"data": {"name": "digits", "args": {}, "root": None}}
+    io.save_checkpoint(tmp_path / "a.safetensors", init, meta)
+    io.save_checkpoint(tmp_path / "b.safetensors", net, meta)
+    runner = CliRunner()
+    r = runner.invoke(app, ["surface", str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "s"),
+                            "--x", "-1:1:4", "--y", "0:1:3", "--vtk", "--json"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "s"
+    for f in ("result.zarr", "train_loss_contour.png", "train_loss_contourf.png", "train_loss_heatmap.png",
+              "train_loss_surface.png", "landscape.html", "train_loss.vtk", "summary.json"):
+        assert (out / f).exists(), f
+    html = (out / "landscape.html").read_text()
+    assert "Plotly" in html and '<script src="http' not in html  # self-contained
+    assert (out / "train_loss.vtk").read_text().startswith("# vtk DataFile")
+    ds = load(out)
+    assert ds.attrs["command"].startswith("modescape") and ds.attrs["seed"] == 0 and ds.attrs["model_hash"]
+    r = runner.invoke(app, ["interpolate", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                            "--out", str(tmp_path / "i"), "--steps", "5", "--range", "0:1"])
+    assert r.exit_code == 0, r.output
+    line = load(tmp_path / "i")
+    np.testing.assert_allclose(line.t.values, np.linspace(0, 1, 5))
+    assert (tmp_path / "i" / "line.png").exists()
+    r = runner.invoke(app, ["plot", str(tmp_path / "i" / "result.zarr"), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p" / "line.png").exists() and (tmp_path / "p" / "landscape.html").exists()
