@@ -576,7 +576,7 @@ def test_model_user_errors(name: str, args: dict, match: str) -> None:
 @given(st.integers(min_value=-(10**9), max_value=10**9))
 def test_int_coercion_round_trips(value: int) -> None:
     def fn(*, n: int = 0, x: float = 0.0, s: str = "", flag: bool = False, o: int | None = None):
-        raise NotImplementedError
+        return None  # only its signature is read
 
     assert coerce_args("f", fn, {"n": str(value)}) == {"n": value}
     assert coerce_args("f", fn, {"x": str(value)}) == {"x": float(value)}

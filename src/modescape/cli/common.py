@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import typer
 import torch
 from torch import nn
 
@@ -99,3 +100,13 @@ def out_dir(path: str | Path) -> Path:
         raise UserError(f"--out {p} exists and is not a folder: choose another path")
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+# -- options every command that reads a checkpoint shares (one definition, one help text) -----------
+MODEL = typer.Option(None, "--model", help="Override the sidecar's model: a zoo name or package.module:factory.")
+MODEL_ARGS = typer.Option("", "--model-args", help="Model arguments, e.g. depth=2,width=64.")
+DATA = typer.Option(None, "--data", help="Override the sidecar's dataset: a zoo name or package.module:factory.")
+DATA_ROOT = typer.Option(None, "--data-root", help="Folder with the data files (mnist, cifar10).")
+DATA_ARGS = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).")
+JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")

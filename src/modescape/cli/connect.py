@@ -74,12 +74,12 @@ def connect_cmd(
     plane_points: int = typer.Option(21, "--plane-points", help="Grid size of the plane plot (3 bends; 0 skips it)."),
     bn: str = typer.Option("recompute", "--bn", help="BN policy of the evaluation: recompute, running or train."),
     eval_batch_size: int = typer.Option(1024, "--eval-batch-size"),
-    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     seed: int = typer.Option(0, "--seed", help="Fixes the data order and the sampled t."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary numbers as JSON."),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Train a curve between two minima, then evaluate it and the straight segment, and plot both."""
     dev = distributed.rank_device(common.resolve_device(device))
@@ -117,11 +117,11 @@ def path_cmd(
     bn: str = typer.Option("recompute", "--bn", help="BN policy: recompute, running or train."),
     eval_batch_size: int = typer.Option(1024, "--eval-batch-size"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for path.json and path.png."),
-    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary numbers as JSON."),
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Evaluate a path: the straight segment between two checkpoints, or a curve trained by `connect`."""
     dev = common.resolve_device(device)
@@ -174,12 +174,12 @@ def fge_cmd(
     momentum: float = typer.Option(0.9, "--momentum"),
     batch_size: int = typer.Option(128, "--batch-size"),
     bn: str = typer.Option("recompute", "--bn", help="BN policy for the snapshots: recompute, running or train."),
-    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the ensemble numbers as JSON."),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Fast geometric ensembling: cyclical learning rate, a snapshot at each minimum, averaged softmax."""
     a1, a2 = _parse_lr(lr)

@@ -69,13 +69,13 @@ def hessian_cmd(
     batch_size: int = typer.Option(1024, "--batch-size"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for hessian.json and density.png."),
     seed: int = typer.Option(0, "--seed"),
-    model: Optional[str] = typer.Option(None, "--model"),
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = typer.Option(None, "--data"),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Hessian eigenvalues, trace and spectral density of the loss at a checkpoint."""
     if which not in cv.WHICH:
@@ -145,13 +145,13 @@ def sharpness_cmd(
     batch_size: int = typer.Option(1024, "--batch-size"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sharpness.json."),
     seed: int = typer.Option(0, "--seed"),
-    model: Optional[str] = typer.Option(None, "--model"),
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = typer.Option(None, "--data"),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Sharpness and flatness measures (Keskar, worst/average case, adaptive, PAC-Bayes, filter-normalised)."""
     names = _parse_measures(measures)
@@ -189,8 +189,8 @@ def correlate_cmd(
     batch_size: int = typer.Option(1024, "--batch-size"),
     out: Path = typer.Option(Path("correlate"), "--out", help="Folder for correlate.csv, .json and .png."),
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Every measure and the generalisation gap over runs; Kendall's tau of each measure with the gap."""
     if bn not in BN_POLICIES:

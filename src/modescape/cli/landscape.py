@@ -78,15 +78,15 @@ def interpolate_cmd(
     steps: int = typer.Option(51, "--steps", help="Number of points along the line."),
     range_: str = typer.Option("-0.5:1.5", "--range", help="A:B (with --steps) or A:B:N: the values of t."),
     bn: str = _BN,
-    model: Optional[str] = typer.Option(None, "--model"), model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    model: Optional[str] = common.MODEL, model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size"),
     mode: str = typer.Option("auto", "--mode", help="Evaluator mode: auto, loop or vmap."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Loss and accuracy along the straight line (1 - t) A + t B (Goodfellow et al. 2015)."""
     dev, ctx = _setup(device, bn)
@@ -129,15 +129,15 @@ def surface_cmd(
     convexity_points: int = typer.Option(0, "--convexity", help="Also a convexity map on an N x N grid (0: no)."),
     vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
     bn: str = _BN,
-    model: Optional[str] = typer.Option(None, "--model"), model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    model: Optional[str] = common.MODEL, model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size"),
     mode: str = typer.Option("auto", "--mode", help="Evaluator mode: auto, loop or vmap."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random directions (direction j uses seed + j)."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """A 2-D slice: filter-normalised random plane (Li et al. 2018) or the plane through three models."""
     if norm not in NORMALIZATIONS:
@@ -190,13 +190,13 @@ def trajectory_cmd(
     ignore: str = typer.Option("none", "--ignore", help="biasbn: leave biases and norm layers out of the PCA."),
     vtk: bool = typer.Option(False, "--vtk"),
     bn: str = _BN,
-    data: Optional[str] = typer.Option(None, "--data"), data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size"),
     mode: str = typer.Option("auto", "--mode"),
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """The loss on the PCA plane of a training trajectory, with the path drawn (Li et al. 2018, sec. 7)."""
     dev, ctx = _setup(device, bn)
@@ -233,7 +233,7 @@ def plot_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the figures (default: beside the result)."),
     var: Optional[str] = typer.Option(None, "--var", help="Variable to plot (default train_loss)."),
     vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = common.JSON,
 ) -> None:
     """Redraw the figures and the interactive HTML of a stored result."""
     ds = load(result)

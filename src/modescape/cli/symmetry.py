@@ -19,8 +19,6 @@ from ..errors import UserError
 from ..symmetry.align import METHODS
 from .app import app, common, console
 
-_MODEL = typer.Option(None, "--model", help="Override the sidecar's model (zoo name or package.module:factory).")
-_DATA = typer.Option(None, "--data", help="Override the sidecar's dataset.")
 
 
 def _spec(net, split, spec_file: Optional[Path]) -> sy.PermutationSpec:
@@ -32,12 +30,12 @@ def _spec(net, split, spec_file: Optional[Path]) -> sy.PermutationSpec:
 @app.command("spec")
 def spec_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.safetensors with its sidecar)."),
-    model: Optional[str] = _MODEL,
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = _DATA,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    as_json: bool = typer.Option(False, "--json", help="Print the spec as JSON (the format --spec FILE reads)."),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    as_json: bool = common.JSON,
 ) -> None:
     """Print the permutation spec inferred from the model's torch.fx graph."""
     net, _, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args)
@@ -55,12 +53,12 @@ def permute_cmd(
     out: Path = typer.Option(..., "--out", help="Output checkpoint file (.safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random permutations."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Hand-written spec (JSON) instead of inferring it."),
-    model: Optional[str] = _MODEL,
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = _DATA,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    as_json: bool = typer.Option(False, "--json"),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    as_json: bool = common.JSON,
 ) -> None:
     """Write a randomly permuted copy of a checkpoint that computes the same function."""
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args)
@@ -95,13 +93,13 @@ def align_cmd(
     steps: int = typer.Option(200, "--steps", help="STE optimisation steps."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Hand-written spec (JSON)."),
     seed: int = typer.Option(0, "--seed", help="Order of the coordinate descent; STE minibatches."),
-    model: Optional[str] = _MODEL,
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = _DATA,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Align B to A; write aligned B, the barriers before/after and a plot."""
     if method not in METHODS:
@@ -148,13 +146,13 @@ def swap_cmd(
     relax_steps: int = typer.Option(0, "--relax-steps", help="Descend with the two units tied first (0: off)."),
     n_eval: int = typer.Option(2000, "--n-eval", help="Training samples the loss and Hessian use."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for swap.json and swap.png."),
-    model: Optional[str] = _MODEL,
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = _DATA,
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Loss along the path swapping units i and j of a layer; barrier and Hessian at its midpoint."""
     if best == (i is not None or j is not None) or (not best and (i is None or j is None)):

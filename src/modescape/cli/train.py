@@ -22,10 +22,10 @@ from .app import app, common, console
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/epoch-NNN.safetensors, final.safetensors."),
     model: str = typer.Option("mlp", "--model", help="Zoo model (mlp, cnn, resnet, vgg) or package.module:factory."),
-    model_args: str = typer.Option("", "--model-args", help="Model arguments, e.g. depth=2,width=64."),
+    model_args: str = common.MODEL_ARGS,
     data: str = typer.Option("digits", "--data", help="Zoo dataset (digits, mnist, cifar10, spirals, blobs, random-cifar) or package.module:factory."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder with the data files (mnist, cifar10)."),
-    data_args: str = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000."),
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     epochs: int = typer.Option(20, "--epochs", help="Number of epochs."),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(0.05, "--lr", help="Peak learning rate."),
@@ -34,8 +34,8 @@ def train_cmd(
     momentum: float = typer.Option(0.9, "--momentum"),
     schedule: str = typer.Option("cosine", "--schedule", help="constant, step or cosine."),
     seed: int = typer.Option(0, "--seed", help="Fixes the initialisation and the data order."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Train a model; one checkpoint per epoch; rerun with the same --out to resume."""
     dev = common.resolve_device(device)
@@ -66,14 +66,14 @@ def train_cmd(
 def eval_cmd(
     checkpoints: List[Path] = typer.Argument(..., help="Checkpoint files (.safetensors, or .pt/.pth with --model)."),
     bn: str = typer.Option("running", "--bn", help="BatchNorm policy: running, recompute or train."),
-    model: Optional[str] = typer.Option(None, "--model", help="Override the sidecar's model (zoo name or package.module:factory)."),
-    model_args: str = typer.Option("", "--model-args"),
-    data: Optional[str] = typer.Option(None, "--data", help="Override the sidecar's dataset."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    data_args: str = typer.Option("", "--data-args"),
+    model: Optional[str] = common.MODEL,
+    model_args: str = common.MODEL_ARGS,
+    data: Optional[str] = common.DATA,
+    data_root: Optional[str] = common.DATA_ROOT,
+    data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size", help="Evaluation batch size (also the BN-recompute batch)."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    device: Optional[str] = common.DEVICE,
+    as_json: bool = common.JSON,
 ) -> None:
     """Train and test loss and accuracy of checkpoints."""
     if bn not in BN_POLICIES:
