@@ -69,7 +69,7 @@ def kendall(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 def _default_loader(path: Path, device) -> tuple[Any, dict, Any]:
-    from .cli.common import load_checkpoint  # the one place that turns a sidecar into a model and data
+    from .io import load_checkpoint  # the one place that turns a sidecar into a model and data
 
     return load_checkpoint(path, device=device)
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +29,9 @@ from torch import Tensor, nn
 
 from . import space as sp
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .zoo import DataSplit
 
 FORMAT = "modescape-checkpoint/1"
 _UMASK = os.umask(0o022)
@@ -274,10 +276,50 @@ def load_model(path: str | os.PathLike, model: nn.Module | str | None = None, mo
     return module, meta
 
 
-def data_meta(split) -> dict[str, Any]:
-    """The sidecar entry that lets a checkpoint's data be rebuilt (zoo name or import spec, args, root)."""
-    return dict(split.meta)
+# -- data and checkpoints from sidecars (the one place that turns a sidecar into model and data) ----
+
+DEFAULT_DATA = "digits"
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any] | None = None) -> "DataSplit":
+    """A zoo dataset by name, or a user's ``package.module:factory`` (called with ``**args``)."""
+    from .zoo import as_split, load_dataset
+
+    name = name or DEFAULT_DATA
+    args = dict(args or {})
+    if ":" in name:
+        factory = resolve_spec(name)
+        kwargs = dict(args)
+        if root is not None:
+            kwargs["root"] = root
+        try:
+            split = as_split(factory(**kwargs), name)
+        except TypeError as e:
+            raise UserError(f"data factory '{name}' rejected its arguments {kwargs}: {e}") from None
+        split.meta.update({"name": name, "args": args, "root": root})
+        return split
+    return load_dataset(name, root=root, **args)
+
+
+def data_from_meta(meta: Mapping[str, Any], data: str | None = None, data_root: str | None = None,
+                   data_args: str | None = None) -> "DataSplit":
+    """The data a checkpoint was trained on (its sidecar), unless overridden on the command line."""
+    saved = dict(meta.get("data") or {})
+    if data is not None:
+        return load_data(data, data_root, parse_args(data_args))
+    name = saved.get("name") or DEFAULT_DATA
+    root = data_root if data_root is not None else saved.get("root")
+    args = {**saved.get("args", {}), **parse_args(data_args)}
+    return load_data(name, root, args)
+
+
+def load_checkpoint(path: str | Path, model: str | None = None, model_args: str | None = None,
+                    data: str | None = None, data_root: str | None = None, data_args: str | None = None,
+                    device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any], "DataSplit"]:
+    """``model, meta, split = load_checkpoint(path)``: the model, its sidecar and the data it was
+    trained on; ``model``/``data`` (and their arguments, as ``k=v,...`` text) override the sidecar."""
+    meta = read_meta(path) if Path(path).exists() else {}
+    split = data_from_meta(meta, data, data_root, data_args)
+    module, meta = load_model(path, model=model, model_args=parse_args(model_args), device=device,
+                              data_shape=split.input_shape, num_classes=split.num_classes)
+    return module, meta, split

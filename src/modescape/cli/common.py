@@ -21,9 +21,7 @@ from torch import nn
 
 from .. import io
 from ..errors import UserError
-from ..zoo import DataSplit, as_split, load_dataset
-
-DEFAULT_DATA = "digits"
+from ..io import DEFAULT_DATA, data_from_meta, load_checkpoint, load_data  # noqa: F401  (re-exported for commands)
 
 
 def seed_everything(seed: int) -> None:
@@ -43,47 +41,6 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
     return dev
-
-
-def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any] | None = None) -> DataSplit:
-    """A zoo dataset by name, or a user's ``package.module:factory`` (called with ``**args``)."""
-    name = name or DEFAULT_DATA
-    args = dict(args or {})
-    if ":" in name:
-        factory = io.resolve_spec(name)
-        kwargs = dict(args)
-        if root is not None:
-            kwargs["root"] = root
-        try:
-            split = as_split(factory(**kwargs), name)
-        except TypeError as e:
-            raise UserError(f"data factory '{name}' rejected its arguments {kwargs}: {e}") from None
-        split.meta.update({"name": name, "args": args, "root": root})
-        return split
-    return load_dataset(name, root=root, **args)
-
-
-def data_from_meta(meta: Mapping[str, Any], data: str | None = None, data_root: str | None = None,
-                   data_args: str | None = None) -> DataSplit:
-    """The data a checkpoint was trained on (its sidecar), unless overridden on the command line."""
-    saved = dict(meta.get("data") or {})
-    if data is not None:
-        return load_data(data, data_root, io.parse_args(data_args))
-    name = saved.get("name") or DEFAULT_DATA
-    root = data_root if data_root is not None else saved.get("root")
-    args = {**saved.get("args", {}), **io.parse_args(data_args)}
-    return load_data(name, root, args)
-
-
-def load_checkpoint(path: str | Path, model: str | None = None, model_args: str | None = None,
-                    data: str | None = None, data_root: str | None = None, data_args: str | None = None,
-                    device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any], DataSplit]:
-    """Model, sidecar and data for a checkpoint argument."""
-    meta = io.read_meta(path) if Path(path).exists() else {}
-    split = data_from_meta(meta, data, data_root, data_args)
-    module, meta = io.load_model(path, model=model, model_args=io.parse_args(model_args), device=device,
-                                 data_shape=split.input_shape, num_classes=split.num_classes)
-    return module, meta, split
 
 
 def command_line() -> str:
