@@ -11,7 +11,7 @@ Claims checked (Garipov et al. 2018):
 
 Everything is seeded; run from the repository root:
 
-    .venv/bin/python studies/connect_mnist.py --root /work/shared/data/mnist --out runs/connect_mnist
+    .venv/bin/python studies/connect_mnist.py --root ../shared/data/mnist --out runs/connect_mnist
 
 It writes ``OUT/results.json`` and the figures into ``docs/figures/`` (``--figures``).
 """
@@ -52,7 +52,7 @@ def trained(split, args, seed: int, epochs: int, out: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="/work/shared/data/mnist")
+    p.add_argument("--root", default="../shared/data/mnist")
     p.add_argument("--out", default="runs/connect_mnist")
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--threads", type=int, default=1)

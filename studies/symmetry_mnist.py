@@ -13,7 +13,7 @@ Claims checked (Ainsworth et al. 2022; Jordan et al. 2022; Brea et al. 2019; Ent
 
 Everything is seeded; run from the repository root:
 
-    .venv/bin/python studies/symmetry_mnist.py --root /work/shared/data/mnist --out runs/symmetry_mnist
+    .venv/bin/python studies/symmetry_mnist.py --root ../shared/data/mnist --out runs/symmetry_mnist
 
 It writes ``OUT/results.json`` and three figures into ``docs/figures/`` (``--figures``). Trained
 models are kept under OUT, so a rerun only recomputes the measurements; ``--parts`` picks which of
@@ -58,7 +58,7 @@ def test_loss_barrier(curve) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="/work/shared/data/mnist")
+    p.add_argument("--root", default="../shared/data/mnist")
     p.add_argument("--out", default="runs/symmetry_mnist")
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--threads", type=int, default=1)
