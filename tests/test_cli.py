@@ -65,6 +65,30 @@ def test_user_errors(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist")
 
 
+def test_review_findings(run_dir, tmp_path, capsys):
+    """Problems a first-time user met: each now gives the right result or one clear line."""
+    final = run_dir / "final.safetensors"
+    # interpolate reports A and B even when the grid misses t = 0 and t = 1
+    code, out, err = run_cli(["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors",
+                              "--steps", "4", "--range", "-0.5:1.5", "--out", tmp_path / "line", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    summary = summary.get("summary", summary)
+    assert summary["train_loss_at_A"] == pytest.approx(json.loads((run_dir / "final.json").read_text())["metrics"]["train_loss"], rel=1e-5)
+    # a range error shows the format, not an emoji
+    err = one_line_error(capsys, ["surface", final, "--x", "-1:1", "--y", "-1:1:3", "--out", tmp_path / "s"], "A:B:N")
+    assert "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in err
+    # permute into an existing folder, align of different architectures, plot of an unknown variable
+    one_line_error(capsys, ["permute", final, "--out", tmp_path], "is a folder")
+    torch.manual_seed(0)
+    other = build_model("mlp", (1, 8, 8), 10, depth=1, width=8)
+    side = {k: v for k, v in json.loads((run_dir / "final.json").read_text()).items() if k != "model"}
+    io.save_checkpoint(tmp_path / "w8.safetensors", other, side)
+    one_line_error(capsys, ["align", final, tmp_path / "w8.safetensors", "--out", tmp_path / "al"], "has shape")
+    one_line_error(capsys, ["plot", tmp_path / "line", "--var", "nope"], "no variable 'nope'")
+    one_line_error(capsys, ["eval", run_dir], "is a folder")
+
+
 def test_console_script_has_no_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "modescape")
     r = subprocess.run([exe, "eval", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)

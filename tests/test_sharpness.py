@@ -203,6 +203,16 @@ def test_correlate_table_taus_and_files(runs, tmp_path):
         assert (tmp_path / f).stat().st_size > 0
 
 
+def test_correlate_default_measures_all_run(runs, tmp_path):
+    """Every default measure runs through correlate (pacbayes_mag needs accuracy from its evaluator)."""
+    from modescape.correlate import correlate
+    from modescape.sharpness import MEASURES
+
+    res = correlate(runs[:2], n_train=60, out=tmp_path)
+    assert set(MEASURES) <= set(res.tau)
+    assert all(all(r[m] == r[m] for m in MEASURES) for r in res.rows)  # no NaN
+
+
 def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     import json
 

@@ -35,10 +35,10 @@ def test_resume_after_crash_is_bit_identical(digits, tmp_path, monkeypatch, opti
 
     real = tr._save_optimizer
 
-    def crash_at_3(path, opt, epoch, config, history):
+    def crash_at_3(path, opt, epoch, config, history, identity):
         if epoch == 3:
             raise KeyboardInterrupt("killed")
-        real(path, opt, epoch, config, history)
+        real(path, opt, epoch, config, history, identity)
 
     monkeypatch.setattr(tr, "_save_optimizer", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
@@ -55,6 +55,21 @@ def test_resume_refuses_other_settings(digits, tmp_path):
     small_run(digits, tmp_path, tr.TrainConfig(epochs=1, batch_size=256))
     with pytest.raises(UserError, match="different settings"):
         small_run(digits, tmp_path, tr.TrainConfig(epochs=1, batch_size=256, lr=0.1))
+
+
+def test_resume_refuses_another_model_or_data(digits, tmp_path):
+    cfg = tr.TrainConfig(epochs=1, batch_size=256)
+    small_run(digits, tmp_path, cfg)
+    torch.manual_seed(0)
+    tanh = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=16, activation="tanh")
+    with pytest.raises(UserError, match="another model"):
+        tr.train(tanh, digits, cfg, out=tmp_path)
+    from modescape.zoo import load_dataset
+
+    other = load_dataset("digits", split_seed=1)
+    with pytest.raises(UserError, match="another data"):
+        small_run(other, tmp_path, cfg)
+    small_run(digits, tmp_path, cfg)  # the same run resumes (here: is already finished)
 
 
 def test_schedules():

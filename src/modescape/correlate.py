@@ -95,7 +95,7 @@ def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None 
             ckpt = checkpoint_of(run)
             model, meta, split = load(ckpt, device)
             train = split.train if n_train is None else (split.train[0][:n_train], split.train[1][:n_train])
-            ev = Evaluator(model, {"train": train, "test": split.test}, metrics=("loss", "error"), bn=bn,
+            ev = Evaluator(model, {"train": train, "test": split.test}, metrics=("loss", "accuracy", "error"), bn=bn,
                            device=device, batch_size=batch_size, progress=False)
             point = ev.point0
             base = ev([point]).to_dict()

@@ -90,6 +90,9 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        hint = path / "final.safetensors"
+        raise UserError(f"{path} is a folder: pass a checkpoint file" + (f", e.g. {hint}" if hint.exists() else ""))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:

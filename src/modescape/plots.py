@@ -255,6 +255,8 @@ def plot_result(ds: xr.Dataset, out_dir: str | Path, vtk: bool = False, var: str
         written.append(plot_convexity(ds, out_dir / "convexity.png"))
         var = var or "lambda_max"
     var = var or next((v for v in ("train_loss", "loss", "test_loss") if v in data_vars), data_vars[0])
+    if var not in data_vars:
+        raise UserError(f"no variable '{var}' in this result; it has {', '.join(data_vars)}")
     if len(ds[var].dims) == 1:
         written.append(plot_line(ds, out_dir / "line.png"))
     else:

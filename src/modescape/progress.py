@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 T = TypeVar("T")
-_console = Console(stderr=True)
+_console = Console(stderr=True, emoji=False)
 
 
 def enabled_by_default() -> bool:

@@ -95,7 +95,7 @@ class ResultStore:
         except Exception as e:  # a corrupt or foreign folder: one line, and what to do
             first = str(e).splitlines()[0] if str(e) else "unreadable"
             raise UserError(f"{self.path} is not a readable modescape result ({type(e).__name__}: {first}): "
-                            f"delete it or choose another --out") from None
+                            f"point at a folder written by interpolate, surface or trajectory, or delete it and rerun") from None
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod

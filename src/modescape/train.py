@@ -97,7 +97,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: TrainConfig,
-                    history: list[dict[str, float]]) -> None:
+                    history: list[dict[str, float]], identity: Mapping[str, Any]) -> None:
     state = opt.state_dict()
     tensors, numbers = {}, {}
     for idx, st in state["state"].items():
@@ -108,7 +108,8 @@ def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: 
                 numbers[f"state.{idx}.{key}"] = val
     io.save_tensors(path, tensors)
     io.write_json(path.with_suffix(".json"), {"epoch": epoch, "config": asdict(config), "numbers": numbers,
-                                              "param_groups": state["param_groups"], "history": history})
+                                              "param_groups": state["param_groups"], "history": history,
+                                              **identity})
 
 
 def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
@@ -121,8 +122,11 @@ def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
     opt.load_state_dict({"state": state, "param_groups": side["param_groups"]})
 
 
-def _find_resume(out: Path, config: TrainConfig) -> int:
-    """The last finished epoch in ``out`` (0 when starting fresh); errors if ``out`` holds another run."""
+def _find_resume(out: Path, config: TrainConfig, identity: Mapping[str, Any]) -> int:
+    """The last finished epoch in ``out`` (0 when starting fresh); errors if ``out`` holds another run.
+
+    Another run: other settings, another model (name, arguments, shapes) or other data.
+    """
     side = out / "trainer.json"
     if not side.exists():
         return 0
@@ -134,6 +138,10 @@ def _find_resume(out: Path, config: TrainConfig) -> int:
         diff = [k for k, v in asdict(config).items() if saved.get("config", {}).get(k) != v]
         raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): "
                         f"use the same settings to resume, or another --out")
+    for key, value in identity.items():
+        if json.loads(json.dumps(value, default=str)) != saved.get(key):
+            raise UserError(f"{out} holds a run of another {key} ({saved.get(key)}): "
+                            f"use the same {key} to resume, or another --out")
     epoch = int(saved["epoch"])
     if not (out / "checkpoints" / f"epoch-{epoch:03d}.safetensors").exists():
         raise UserError(f"{out} has trainer state for epoch {epoch} but no checkpoint: delete {out} to start over")
@@ -162,8 +170,11 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
     history = History()
     start = 0
     base_meta = {**dict(meta or {}), "seed": config.seed, "config": asdict(config)}
+    # what makes a run the same run besides its settings: the model and the data
+    identity = {"model": getattr(model, "modescape_spec", None) or {"class": type(model).__name__},
+                "data": dict(getattr(data, "meta", {}) or {})}
     if out is not None:
-        start = _find_resume(out, config)
+        start = _find_resume(out, config, identity)
         if start > 0:
             io.load_state_into(model, io.load_tensors(checkpoint_path(out, start)), str(checkpoint_path(out, start)))
             _load_optimizer(out / "trainer.safetensors", opt)
@@ -200,7 +211,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
             if out is not None:
                 io.save_checkpoint(checkpoint_path(out, epoch + 1), model,
                                    {**base_meta, "epoch": epoch + 1, "metrics": metrics})
-                _save_optimizer(out / "trainer.safetensors", opt, epoch + 1, config, history.epochs)
+                _save_optimizer(out / "trainer.safetensors", opt, epoch + 1, config, history.epochs, identity)
     model.eval()
     if out is not None:
         final_meta = {**base_meta, "epoch": config.epochs, "metrics": history.last}

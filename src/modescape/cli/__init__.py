@@ -11,6 +11,8 @@ import importlib
 import pkgutil
 import sys
 
+from rich.text import Text
+
 from ..errors import UserError
 from .app import app, err_console
 
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="modescape")
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # a Text is printed as is: no markup, no emoji in paths or in "A:B:N"
+        err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -17,8 +17,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # wide enough for result tables when stdout is a file or a pipe (rich would assume 80 columns)
-console = Console() if sys.stdout.isatty() else Console(width=160)
-err_console = Console(stderr=True)
+# emoji=False: "A:B:N" in a message must not become an emoji
+console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 from . import common  # noqa: E402  (re-exported for command modules: `from .app import app, common`)
 

@@ -102,24 +102,23 @@ def interpolate_cmd(
                attrs=_provenance(seed, checkpoints=[str(a), str(b)], data=split.meta,
                                  models={"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}))
     tl = ds["train_loss"]
+    ends = ev([pa, pb])  # A and B themselves, whether or not the grid holds t = 0 and t = 1
+    inside = tl.where((ds.t >= 0) & (ds.t <= 1))
     summary = {"points": int(tl.size), "bn": bn,
-               "train_loss_at_A": _at(tl, "t", 0.0), "train_loss_at_B": _at(tl, "t", 1.0),
-               "max_train_loss_between": float(tl.where((ds.t >= 0) & (ds.t <= 1)).max())}
+               **{f"{name}_at_{end}": float(ends[name][i]) for name in ends.names for i, end in enumerate("AB")},
+               "max_train_loss_between": float(inside.max()) if int(inside.count()) else None}
     _finish(ds, out, ctx, False, as_json, summary)
-
-
-def _at(da, dim: str, value: float) -> float | None:
-    coords = da[dim].values
-    i = int(np.argmin(np.abs(coords - value)))
-    return float(da.values[i]) if abs(coords[i] - value) < 1e-9 else None
 
 
 @app.command("surface")
 def surface_cmd(
     checkpoint: Path = typer.Argument(..., help="The model at the centre (or model A with --through)."),
     out: Path = _OUT,
-    x: Optional[str] = typer.Option(None, "--x", help="A:B:N along the first direction (default -1:1:51)."),
-    y: Optional[str] = typer.Option(None, "--y", help="A:B:N along the second direction (default -1:1:51)."),
+    x: Optional[str] = typer.Option(None, "--x", help="A:B:N along the first direction (default -1:1:51). With "
+                                    "--through: distances in weight space along the plane's orthonormal basis (A at 0, "
+                                    "B and C at the coordinates printed; default: around the three models)."),
+    y: Optional[str] = typer.Option(None, "--y", help="A:B:N along the second direction (default -1:1:51; with --through "
+                                    "as for --x)."),
     norm: str = typer.Option("filter", "--norm", help="Direction normalisation: filter, layer, model or none."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn: zero directions on biases and norm layers; none."),
     orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),

@@ -14,6 +14,7 @@ import torch
 import typer
 
 from .. import io
+from .. import space as sp
 from .. import symmetry as sy
 from ..errors import UserError
 from ..symmetry.align import METHODS
@@ -61,6 +62,8 @@ def permute_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Write a randomly permuted copy of a checkpoint that computes the same function."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path, e.g. {out / 'permuted.safetensors'}")
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args)
     spec = _spec(net, split, spec_file)
     perms = sy.random_perms(spec, seed)
@@ -108,6 +111,8 @@ def align_cmd(
     common.seed_everything(seed)
     net_a, _, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
     net_b, meta_b, _ = common.load_checkpoint(b, model, model_args, data, data_root, data_args, dev)
+    sp.check_compatible({k: tuple(v.shape) for k, v in net_a.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in net_b.state_dict().items()}, what=f"B ({b}) against A ({a}):")
     spec = _spec(net_a, split, spec_file)
     sa, sb = sy.state_of(net_a), sy.state_of(net_b)
     kwargs = {"steps": steps} if method == "ste" else {}
