@@ -221,7 +221,7 @@ def load_curve(path: str | Path) -> tuple[Curve, dict[str, Any]]:
     meta = _read_meta(path)
     tensors = io.load_tensors(path)
     names, shapes = meta["layout"]["names"], [tuple(s) for s in meta["layout"]["shapes"]]
-    from .families.base import Layout
+    from .space import Layout
 
     layout = Layout(tuple(names), tuple(shapes))
     bends = [layout.unflatten(tensors[f"bend_{j}"]) for j in range(int(meta["bends"]))]

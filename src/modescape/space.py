@@ -13,6 +13,7 @@ unflatten, stack) lives here, so that there is one home for each of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -50,6 +51,50 @@ class Entry:
         for s in self.shape:
             n *= s
         return n
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names and shapes of a point's tensors, in order: enough to flatten and unflatten."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, point: Mapping[str, Tensor]) -> "Layout":
+        return cls(tuple(point), tuple(tuple(t.shape) for t in point.values()))
+
+    @property
+    def numel(self) -> int:
+        total = 0
+        for s in self.shapes:
+            n = 1
+            for d in s:
+                n *= d
+            total += n
+        return total
+
+    def flatten(self, point: Mapping[str, Tensor]) -> Tensor:
+        """A point -> [D] in layout order (shapes checked; a stacked point goes through `flatten_stacked`)."""
+        check_compatible(dict(zip(self.names, self.shapes)), {k: tuple(v.shape) for k, v in point.items()},
+                            what="point")
+        return torch.cat([point[n].reshape(-1) for n in self.names])
+
+    def flatten_stacked(self, point: Mapping[str, Tensor]) -> Tensor:
+        """A stacked point [K, ...] -> [K, D] in layout order."""
+        k = point[self.names[0]].shape[0]
+        return torch.cat([point[n].reshape(k, -1) for n in self.names], dim=1)
+
+    def unflatten(self, flat: Tensor) -> Point:
+        """[D] -> point; [K, D] -> stacked point.
+
+        One ``torch.split`` (not a slice per tensor): its backward is a single concatenation, where
+        per-tensor slices would each scatter into a fresh zero vector of size D (training curves).
+        """
+        sizes = [math.prod(shape) for shape in self.shapes]
+        lead = tuple(flat.shape[:-1])
+        parts = torch.split(flat, sizes, dim=-1)
+        return {name: part.reshape(lead + shape) for name, shape, part in zip(self.names, self.shapes, parts)}
 
 
 class WeightSpace:
@@ -92,6 +137,7 @@ class WeightSpace:
         self.shapes: dict[str, tuple[int, ...]] = {e.name: e.shape for e in self.entries}
         self.roles: dict[str, str] = {e.name: e.role for e in self.entries}
         self.numel: int = sum(e.numel for e in self.entries)
+        self.layout = Layout(self.names, tuple(e.shape for e in self.entries))
 
     def __repr__(self) -> str:
         return f"WeightSpace({len(self.entries)} tensors, {self.numel} parameters, {len(self.buffer_entries)} buffers)"
@@ -128,23 +174,15 @@ class WeightSpace:
     # -- flat vectors -------------------------------------------------------------------------
     def flatten(self, point: Mapping[str, Tensor]) -> Tensor:
         """Concatenate a point into one vector [D] (or [K, D] for a stacked point), layout order."""
-        stacked = self.is_stacked(point)
-        if stacked:
-            k = point[self.names[0]].shape[0]
-            return torch.cat([point[n].reshape(k, -1) for n in self.names], dim=1)
-        return torch.cat([point[n].reshape(-1) for n in self.names])
+        if self.is_stacked(point):
+            return self.layout.flatten_stacked(point)
+        return self.layout.flatten(point)
 
     def unflatten(self, vec: Tensor) -> Point:
         """Inverse of `flatten`: a [D] vector to a point, or a [K, D] matrix to a stacked point."""
         if vec.shape[-1] != self.numel:
             raise UserError(f"vector has {vec.shape[-1]} entries; this weight space has {self.numel}")
-        out: Point = {}
-        offset = 0
-        lead = tuple(vec.shape[:-1])
-        for e in self.entries:
-            out[e.name] = vec[..., offset:offset + e.numel].reshape(lead + e.shape)
-            offset += e.numel
-        return out
+        return self.layout.unflatten(vec)
 
     def zeros(self, like: Mapping[str, Tensor] | None = None, device=None, dtype=None) -> Point:
         """A point of zeros (on ``like``'s device and dtype when given)."""
@@ -244,14 +282,10 @@ def flatten(a: Mapping[str, Tensor]) -> Tensor:
 
 def unflatten(vec: Tensor, like: Mapping[str, Tensor]) -> Point:
     """Split a vector into a point shaped like ``like`` (key order of ``like``)."""
-    out, offset = {}, 0
-    for k, t in like.items():
-        n = t.numel()
-        out[k] = vec[offset:offset + n].reshape(t.shape)
-        offset += n
-    if offset != vec.numel():
-        raise UserError(f"vector has {vec.numel()} entries; the point has {offset}")
-    return out
+    layout = Layout.of(like)
+    if vec.numel() != layout.numel:
+        raise UserError(f"vector has {vec.numel()} entries; the point has {layout.numel}")
+    return layout.unflatten(vec.reshape(-1))
 
 
 def stack(points: Sequence[Mapping[str, Tensor]]) -> Point:

@@ -6,7 +6,8 @@ affine subspace differ only in their coefficients, so they share one implementat
 differentiable in their trainable anchors, and can be swept (landscapes) or trained (curves).
 """
 
-from .base import Family, LinearFamily, Layout
+from ..space import Layout
+from .base import Family, LinearFamily
 
 __all__ = ["Family", "LinearFamily", "Layout"]
 

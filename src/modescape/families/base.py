@@ -13,53 +13,14 @@ safetensors file.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .. import space as sp
+from ..space import Layout
 from ..errors import UserError
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Names and shapes of a point's tensors, in order: enough to flatten and unflatten."""
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def of(cls, point: Mapping[str, Tensor]) -> "Layout":
-        return cls(tuple(point), tuple(tuple(t.shape) for t in point.values()))
-
-    @property
-    def numel(self) -> int:
-        total = 0
-        for s in self.shapes:
-            n = 1
-            for d in s:
-                n *= d
-            total += n
-        return total
-
-    def flatten(self, point: Mapping[str, Tensor]) -> Tensor:
-        sp.check_compatible(dict(zip(self.names, self.shapes)), {k: tuple(v.shape) for k, v in point.items()},
-                            what="point")
-        return torch.cat([point[n].reshape(-1) for n in self.names])
-
-    def unflatten(self, flat: Tensor) -> sp.Point:
-        """[D] -> point; [K, D] -> stacked point.
-
-        One ``torch.split`` (not a slice per tensor): its backward is a single concatenation, where
-        per-tensor slices would each scatter into a fresh zero vector of size D (training curves).
-        """
-        sizes = [math.prod(shape) for shape in self.shapes]
-        lead = tuple(flat.shape[:-1])
-        parts = torch.split(flat, sizes, dim=-1)
-        return {name: part.reshape(lead + shape) for name, shape, part in zip(self.names, self.shapes, parts)}
 
 
 class Family(nn.Module):
