@@ -240,26 +240,6 @@ def lerp(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float | Tensor) ->
     return {k: a[k] + t * (b[k] - a[k]) for k in a}
 
 
-def combine(origin: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coords: Tensor) -> Point:
-    """origin + sum_j coords[..., j] * directions[j].
-
-    ``coords`` is [J] for one point or [K, J] for K points (returns a stacked point).
-    """
-    coords = torch.as_tensor(coords)
-    if coords.dim() == 1:
-        out = {k: v.clone() for k, v in origin.items()}
-        for j, d in enumerate(directions):
-            for k in out:
-                out[k] = out[k] + coords[j] * d[k]
-        return out
-    out = {k: v.unsqueeze(0).expand((coords.shape[0],) + tuple(v.shape)).clone() for k, v in origin.items()}
-    for j, d in enumerate(directions):
-        c = coords[:, j]
-        for k in out:
-            out[k] = out[k] + _bcast(c.to(d[k].dtype), d[k]) * d[k].unsqueeze(0)
-    return out
-
-
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """<a, b> summed over all tensors: a scalar."""
     return sum((a[k] * b[k]).sum() for k in a)
