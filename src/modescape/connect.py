@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -542,6 +543,11 @@ def evaluate_plane(family: Curve, evaluator: Evaluator, points: int = 21, margin
     curve = coef @ bends
     xs = auto_range(bends[:, 0].numpy(), points, margin)
     ys = auto_range(bends[:, 1].numpy(), points, margin)
+    # the plot is drawn to scale: give y at least 40% of x's extent so that a slight bend looks slight
+    half = 0.2 * float(xs[-1] - xs[0])
+    if float(ys[-1] - ys[0]) < 2 * half:
+        mid = 0.5 * float(ys[0] + ys[-1])
+        ys = np.linspace(mid - half, mid + half, points)
     ds = sweep(plane, evaluator, {"x": xs, "y": ys}, progress=progress)
     values = {n: torch.from_numpy(ds[n].values.copy()) for n in evaluator.names}
     return PlaneResult(torch.from_numpy(xs), torch.from_numpy(ys), values, bends, curve, evaluator.bn)
@@ -556,19 +562,20 @@ def plot_plane(result: PlaneResult, path: str | Path, metric: str = "test_error"
     import numpy as np
 
     z = result.values[metric].numpy().T * (100.0 if metric.endswith("error") else 1.0)  # [ny, nx]
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
     lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
     levels = np.geomspace(max(lo, 1e-3), hi, 18) if hi > lo > 0 else 18
     cs = ax.contourf(result.x.numpy(), result.y.numpy(), z, levels=levels, cmap="viridis_r")
-    fig.colorbar(cs, ax=ax, label=metric.replace("_", " ") + (" (%)" if metric.endswith("error") else ""))
+    fig.colorbar(cs, ax=ax, shrink=0.8, label=metric.replace("_", " ") + (" (%)" if metric.endswith("error") else ""))
     c, b = result.curve.numpy(), result.bends.numpy()
     ax.plot(c[:, 0], c[:, 1], color="white", lw=2, label="curve")
     ax.plot(b[[0, 2], 0], b[[0, 2], 1], color="white", lw=1.2, ls="--", label="segment")
     ax.scatter(b[[0, 2], 0], b[[0, 2], 1], color="black", zorder=3, s=30, label="endpoints")
     ax.scatter(b[1:2, 0], b[1:2, 1], color="red", marker="x", zorder=3, s=40, label="bend")
+    ax.set_aspect("equal")  # distances in weight space, to scale
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.legend(frameon=True, facecolor="0.7", fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4)
     if title:
         ax.set_title(title)
     fig.tight_layout()

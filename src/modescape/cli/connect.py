@@ -10,6 +10,7 @@ Thin shells over `modescape.connect`: the checkpoints' sidecars supply the model
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -87,7 +88,8 @@ def connect_cmd(
     common.seed_everything(seed)
     model_a, meta, split = common.load_checkpoint(a, None, "", data, data_root, data_args, dev)
     model_b, _ = io.load_model(b, model=None, device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
-    out = common.out_dir(out)
+    io.load_state_into(copy.deepcopy(model_a), model_b.state_dict(), source=f"B ({b}) against A ({a}):")
+    out = common.out_dir(out)  # only once both endpoints load: a failed start leaves no empty folder
     run = train_curve(model_a, model_a, model_b, split, kind=curve, bends=bends, epochs=epochs, lr=lr, wd=wd,
                       momentum=momentum, batch_size=batch_size, seed=seed, checkpoint=out / "curve.safetensors",
                       device=dev)
