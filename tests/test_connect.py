@@ -258,11 +258,11 @@ torch.manual_seed(0); a = build_model("mlp", split.input_shape, 10, depth=1, wid
 torch.manual_seed(1); b = build_model("mlp", split.input_shape, 10, depth=1, width=16)
 train_curve(a, a, b, split, kind="bezier", bends=3, epochs=1, lr=0.05, batch_size=64, seed=0, checkpoint=sys.argv[1],
             progress=False)
-distributed.shutdown()
+distributed.finish()
 """
 
 
-@pytest.mark.xdist_group("torchrun")  # two gloo jobs at once abort on this machine: run them in one worker
+@pytest.mark.xdist_group("torchrun")  # one torchrun job at a time: each starts 3 processes on 2 cores
 def test_torchrun_two_ranks_match_one_process(tmp_path):
     import os
     import subprocess

@@ -197,10 +197,12 @@ SCRIPT = textwrap.dedent("""
     mem = sweep(plane, ev, {{"x": "-1:1:5", "y": "0:1:3"}}, rows=1, progress=False)  # in memory, also sharded
     if int(os.environ.get("RANK", 0)) == 0:
         np.save(sys.argv[1] + ".npy", mem.train_loss.values)
+    from modescape import distributed
+    distributed.finish()
 """)
 
 
-@pytest.mark.xdist_group("torchrun")  # two gloo jobs at once abort on this machine: run them in one worker
+@pytest.mark.xdist_group("torchrun")  # one torchrun job at a time: each starts 3 processes on 2 cores
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT.format(src=SRC))

@@ -13,6 +13,7 @@ import sys
 
 from rich.text import Text
 
+from .. import distributed
 from ..errors import UserError
 from .app import app, err_console
 
@@ -26,7 +27,10 @@ for _mod in [m for m in _ORDER if m in _found] + sorted(_found - set(_ORDER)):
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
-        app(args=argv, prog_name="modescape")
+        app(args=argv, prog_name="modescape", standalone_mode=True)
+    except SystemExit as e:
+        distributed.finish(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        raise
     except UserError as e:
         # a Text is printed as is: no markup, no emoji in paths or in "A:B:N"
         err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
