@@ -74,16 +74,72 @@ def plain_case():
     return m, data, dense_reference(m, data)
 
 
-@pytest.mark.parametrize("method", ["double-backward", "forward-over-reverse"])
+@pytest.mark.parametrize("method,retain", [("double-backward", True), ("double-backward", False),
+                                           ("forward-over-reverse", False)])
 @pytest.mark.parametrize("case", ["bn_case", "plain_case"])
-def test_dense_hessian_matches_autograd_with_unequal_batches(case, method, request):
+def test_dense_hessian_matches_autograd_with_unequal_batches(case, method, retain, request):
     m, data, ref = request.getfixturevalue(case)
     ev = Evaluator(m, data, batch_size=17)  # batches of 17, 17, 16
-    H = cv.Hessian(ev, method=method)
-    assert H.method == method
+    H = cv.Hessian(ev, method=method, retain=retain)
+    assert H.method == method and H.retained == retain
     v = torch.randn(ref.shape[0], 2, dtype=torch.float64)
     assert rel(torch.stack([H.matvec(v[:, 0]), H.matvec(v[:, 1])], 1), ref @ v) < 1e-10
-    assert rel(H.dense(), ref) < 1e-10  # the vectorised path (vmap of forward-over-reverse)
+    assert rel(H @ v[:, 0], ref @ v[:, 0]) < 1e-10  # the retained graph serves product after product
+    # the vectorised path: a batched backward through the retained graph, else vmap of forward-over-reverse
+    assert rel(H.dense(), ref) < 1e-10
+    assert H.n_hvp == 3 + ref.shape[0]
+
+
+def test_retained_graph_keeps_the_batches_when_bn_uses_batch_statistics():
+    m, data = tiny_mlp("bn"), tiny_data()
+    v = torch.randn(sum(p.numel() for p in m.parameters()), dtype=torch.float64)
+    kept = cv.Hessian(m, data, bn="train", batch_size=17, retain=True)
+    redone = cv.Hessian(m, data, bn="train", batch_size=17, retain=False, method="double-backward")
+    merged = cv.Hessian(m, data, bn="train", batch_size=N)  # one batch: other batch statistics
+    assert kept.retained and not redone.retained
+    assert rel(kept @ v, redone @ v) < 1e-12
+    assert rel(kept @ v, merged @ v) > 1e-3
+
+
+def test_retained_graph_respects_its_memory_budget_and_can_be_released(plain_case):
+    m, data, ref = plain_case
+    v = torch.randn(ref.shape[0], dtype=torch.float64)
+    assert cv.Hessian(m, data, batch_size=17).retained  # auto: a tiny model fits the default budget
+    H = cv.Hessian(m, data, batch_size=17, retain_mb=1e-3)  # 1 kB: too small, products recompute
+    assert not H.retained and H.method in ("double-backward", "forward-over-reverse")
+    assert rel(H @ v, ref @ v) < 1e-10
+    H = cv.Hessian(m, data, batch_size=17, retain=True, retain_mb=1e-3)  # forced: the budget does not apply
+    assert H.retained
+    H.release()
+    assert not H.retained and rel(H @ v, ref @ v) < 1e-10
+    with pytest.raises(UserError, match="retain must be"):
+        cv.Hessian(m, data, retain="always")
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_gradient_is_the_whole_data_mean_gradient(bn_case, retain):
+    m, data, _ = bn_case
+    H = cv.Hessian(m, data, batch_size=17, retain=retain)
+    X, y = data
+    m.zero_grad()
+    F.cross_entropy(m.eval()(X), y).backward()
+    ref = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
+    m.zero_grad()
+    assert rel(H.gradient(), ref) < 1e-12
+
+
+def test_gradient_start_mixes_gradient_and_seeded_noise(plain_case):
+    m, data, _ = plain_case
+    H = cv.Hessian(m, data)
+    g = H.gradient()
+    v = cv.start_vector(H, "gradient", seed=3)
+    r = cv.start_vector(H, "random", seed=3)
+    assert abs(float(v.norm()) - 1) < 1e-12 and abs(float(r.norm()) - 1) < 1e-12
+    expect = r + g / g.norm()
+    assert rel(v, expect / expect.norm()) < 1e-12  # r / |r| + g / |g|, normalised; r fixed by the seed
+    assert not torch.allclose(cv.start_vector(H, "random", seed=4), r)
+    with pytest.raises(UserError, match="unknown start"):
+        cv.start_vector(H, "ones")
 
 
 def test_batch_weighting_equals_one_full_batch(bn_case):
@@ -97,10 +153,12 @@ def test_batch_weighting_equals_one_full_batch(bn_case):
 def test_auto_measures_and_caches_the_method(plain_case):
     m, data, _ = plain_case
     ev = Evaluator(m, data)
-    H = cv.Hessian(ev)
+    H = cv.Hessian(ev)  # the graph fits: retained, so each product is one backward pass; nothing to measure
+    assert H.retained and H.method == "double-backward" and H.timings == {}
+    H = cv.Hessian(ev, retain=False)
     assert H.method in ("double-backward", "forward-over-reverse")
     assert set(H.timings) == {"double-backward", "forward-over-reverse"}
-    assert cv.Hessian(ev).timings == {}  # second operator on the same evaluator reuses the measurement
+    assert cv.Hessian(ev, retain=False).timings == {}  # a second operator on the evaluator reuses the measurement
 
 
 def test_train_mode_bn_policy_differentiates_batch_statistics():
@@ -304,3 +362,29 @@ def test_recompute_policy_holds_fresh_statistics_fixed():
             b.copy_(fresh[name])
     assert rel(fresh["norm0.running_mean"], dict(m.named_buffers())["norm0.running_mean"]) > 1e-3
     assert rel(H.dense(), dense_reference(twin, data)) < 1e-10
+
+
+class WithSpare(nn.Module):
+    """A linear layer and a parameter the forward pass never uses."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(D_IN, C).double()
+        self.spare = nn.Parameter(torch.ones(4, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("method,retain", [("double-backward", True), ("double-backward", False),
+                                           ("forward-over-reverse", False)])
+def test_unused_parameters_get_zero_curvature(method, retain):
+    m, data = WithSpare(), tiny_data()
+    ref = dense_reference(m, data, names=["fc.weight", "fc.bias"])
+    H = cv.Hessian(m, data, batch_size=17, method=method, retain=retain)
+    dense = H.dense()
+    used = torch.cat([torch.full((n,), name != "spare") for name, n in zip(H.names, H.numels)])
+    assert int(used.sum()) == ref.shape[0] < H.size
+    assert rel(dense[used][:, used], ref) < 1e-10
+    assert float(dense[~used].abs().max()) == 0.0 and float(dense[:, ~used].abs().max()) == 0.0

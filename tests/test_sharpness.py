@@ -232,7 +232,14 @@ def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     X, y = load_dataset("digits").train
     want = cv.eigenvalues(model, (X[:50], y[:50]), k=2, tol=1e-4)
     assert g["eigenvalues"]["values"] == pytest.approx(want.values.tolist(), rel=1e-4)
+    assert g["retained_graph"] is True and g["start"] == "gradient"
     assert (tmp_path / "density.png").exists() and (tmp_path / "hessian.json").exists()
+    code, out, err = run_cli(["hessian", ckpt, "--top-k", "2", "--n-train", "50", "--start", "random", "--json"],
+                             capsys)
+    assert code == 0, err
+    assert json.loads(out)["groups"]["all"]["eigenvalues"]["values"] == pytest.approx(want.values.tolist(), rel=1e-4)
+    code, out, err = run_cli(["hessian", ckpt, "--start", "ones"], capsys)
+    assert code == 2 and "gradient or random" in err
     code, out, err = run_cli(["sharpness", ckpt, "--measures", "keskar,avg_linf", "--n-train", "50", "--json"], capsys)
     assert code == 0, err
     rows = json.loads(out)

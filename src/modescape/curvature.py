@@ -34,6 +34,7 @@ On top of the operator (each also works on any symmetric ``matvec``, e.g. a dens
 from __future__ import annotations
 
 import math
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -138,7 +139,8 @@ class Hessian:
     def __init__(self, model: nn.Module | Evaluator, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
                  params: str | Sequence[str] | None = "all", method: str = "auto", bn: str | None = None,
                  buffers: Mapping[str, Tensor] | None = None, source: str | None = None, loss=None,
-                 batch_size: int | None = None, device=None, dtype=None):
+                 batch_size: int | None = None, device=None, dtype=None, retain: bool | str = "auto",
+                 retain_mb: float | None = None):
         if method not in HVP_METHODS:
             raise UserError(f"unknown HVP method '{method}': use one of {', '.join(HVP_METHODS)}")
         ev = as_evaluator(model, data, bn=bn, loss=loss, batch_size=batch_size, device=device, dtype=dtype)
@@ -156,6 +158,15 @@ class Hessian:
         self.device, self.dtype = ev.device, ev.dtype
         self.n_hvp = 0
         self.timings: dict[str, float] = {}
+        self._leaves: list[Tensor] | None = None
+        self._grads: list[Tensor] | None = None
+        self._batched_ok = True
+        if retain not in (True, False, "auto"):
+            raise UserError(f"retain must be True, False or 'auto'; got {retain!r}")
+        if retain is not False and method in ("auto", "double-backward"):
+            budget = _retain_budget(self.device, retain_mb) if retain == "auto" else float("inf")
+            if self._retain(budget):
+                method = "double-backward"
         key = (self.names, source)
         if method == "auto":
             cache = _CHOSEN.setdefault(ev, {})
@@ -182,6 +193,96 @@ class Hessian:
             return parts
         return {n: parts[n] if n in parts else torch.zeros_like(self.point[n]) for n in self.space.names}
 
+    # -- the retained gradient graph ------------------------------------------------------------
+    @property
+    def retained(self) -> bool:
+        """Whether the gradient's graph is kept, so that each product is one backward pass."""
+        return self._grads is not None
+
+    def _retain(self, budget: float) -> bool:
+        """Build g = sum_b (n_b / N) grad L_b with ``create_graph`` and keep it, so that each product is
+        one backward pass through g's graph (no forward pass, no first backward pass).
+
+        The memory the graph holds is measured on a probe of a few samples (saved tensors, each storage
+        once, parameters and buffers excluded) and extrapolated to the whole source; over ``budget``
+        bytes nothing is kept. Unless batch norm uses batch statistics (``bn="train"``), whose values
+        depend on the batches, a materialised source is then built as one batch: the graph of all data
+        is held either way, and one batch makes each product fewer, larger operations."""
+        ev = self.evaluator
+        src = ev.sources[self.source] if self.source is not None else next(iter(ev.sources.values()))
+        if not src.materialised:  # data too large to hold on the device: its graph is larger still
+            return False
+        params = dict(self.point)
+        leaves = [params[n].detach().requires_grad_(True) for n in self.names]
+        params.update(zip(self.names, leaves))
+        fixed = {t.untyped_storage().data_ptr() for t in [*params.values(), *self.buffers.values()]}
+        seen: set[int] = set()
+        size = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal size
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in fixed and ptr not in seen:
+                seen.add(ptr)
+                size += t.untyped_storage().nbytes()
+            return t
+
+        def grads(x: Tensor, y: Tensor, w: float) -> list[Tensor]:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = ev.batch_loss(params, self.buffers, x, y)
+                g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+            return [torch.zeros_like(leaf) if gi is None else gi * w for gi, leaf in zip(g, leaves)]
+
+        x0, y0 = next(iter(src))
+        k = min(x0.shape[0], 16)
+        if ev.bn != "train" or k == x0.shape[0]:  # (batch statistics of a slice: another function)
+            grads(x0[:k], y0[:k], 1.0)
+            if size * src.n / k > budget:
+                return False
+            seen.clear()
+            size = 0
+        if ev.bn != "train" and len(src.batches) > 1:
+            batches = [(1.0, torch.cat([x for x, _ in src.batches]), torch.cat([y for _, y in src.batches]))]
+        else:
+            batches = ev.weighted_batches(self.source)
+        total: list[Tensor] | None = None
+        for w, x, y in batches:
+            g = grads(x, y, w)
+            total = g if total is None else [a + b for a, b in zip(total, g)]
+            if size > budget:
+                return False
+        self._leaves, self._grads = leaves, total
+        return True
+
+    def release(self) -> None:
+        """Drop the retained graph (products then recompute the forward and backward passes)."""
+        self._leaves = self._grads = None
+
+    def _hvp_retained(self, vs: list[Tensor], batched: bool = False) -> list[Tensor]:
+        pairs = [(g, v) for g, v in zip(self._grads, vs) if g.requires_grad]
+        lead = tuple(vs[0].shape[:1]) if batched else ()
+        zeros = [torch.zeros(lead + tuple(leaf.shape), device=self.device, dtype=self.dtype) for leaf in self._leaves]
+        if not pairs:  # the gradient does not depend on the parameters: H = 0
+            return zeros
+        hv = torch.autograd.grad([g for g, _ in pairs], self._leaves, grad_outputs=[v for _, v in pairs],
+                                 retain_graph=True, allow_unused=True, is_grads_batched=batched)
+        return [z if h is None else h.detach() for z, h in zip(zeros, hv)]
+
+    def gradient(self) -> Tensor:
+        """The mean-loss gradient over the selected parameters, [P] (free when the graph is retained)."""
+        if self._grads is not None:
+            return torch.cat([g.detach().reshape(-1) for g in self._grads])
+        params = dict(self.point)
+        leaves = [params[n].detach().requires_grad_(True) for n in self.names]
+        params.update(zip(self.names, leaves))
+        out = [torch.zeros_like(t) for t in leaves]
+        for w, x, y in self.evaluator.weighted_batches(self.source):
+            loss = self.evaluator.batch_loss(params, self.buffers, x, y)
+            for o, g in zip(out, torch.autograd.grad(loss, leaves, allow_unused=True)):
+                if g is not None:
+                    o.add_(g, alpha=w)
+        return torch.cat([o.reshape(-1) for o in out])
+
     # -- products -----------------------------------------------------------------------------
     def _hvp_double(self, vs: list[Tensor], batches) -> list[Tensor]:
         params = dict(self.point)
@@ -191,10 +292,15 @@ class Hessian:
         ev = self.evaluator
         for w, x, y in batches:
             loss = ev.batch_loss(params, self.buffers, x, y)
-            g = torch.autograd.grad(loss, leaves, create_graph=True)
-            hv = torch.autograd.grad(g, leaves, grad_outputs=vs)
+            g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+            pairs = [(gi, v) for gi, v in zip(g, vs) if gi is not None and gi.requires_grad]
+            if not pairs:  # this batch's gradient does not depend on the parameters
+                continue
+            hv = torch.autograd.grad([gi for gi, _ in pairs], leaves, grad_outputs=[v for _, v in pairs],
+                                     allow_unused=True)
             for o, h in zip(out, hv):
-                o.add_(h.detach(), alpha=w)
+                if h is not None:
+                    o.add_(h.detach(), alpha=w)
         return out
 
     def _hvp_jvp(self, vs: list[Tensor], batches) -> list[Tensor]:
@@ -212,9 +318,12 @@ class Hessian:
     def matvec(self, v: Tensor) -> Tensor:
         """H v for a flat vector v [P] (in the evaluator's dtype and device): [P]."""
         vs = [t.to(self.device, self.dtype) for t in self.split(v)]
-        batches = self.evaluator.weighted_batches(self.source)
-        fn = self._hvp_jvp if self.method == "forward-over-reverse" else self._hvp_double
-        out = fn(vs, batches)
+        if self._grads is not None:
+            out = self._hvp_retained(vs)
+        else:
+            batches = self.evaluator.weighted_batches(self.source)
+            fn = self._hvp_jvp if self.method == "forward-over-reverse" else self._hvp_double
+            out = fn(vs, batches)
         self.n_hvp += 1
         return torch.cat([o.reshape(-1) for o in out])
 
@@ -228,8 +337,22 @@ class Hessian:
         return self.to_point(self.matvec(self.flat(v)), full=False)
 
     def matmat(self, vs: Tensor, chunk: int = 64) -> Tensor:
-        """H @ vs for vs [P, k]: [P, k], as ``vmap`` over forward-over-reverse products (``chunk``
-        columns at a time); counts k products."""
+        """H @ vs for vs [P, k]: [P, k], ``chunk`` columns at a time, each chunk one vectorised product
+        (a batched backward pass through the retained graph, else ``vmap`` over forward-over-reverse
+        products); counts k products."""
+        if self._grads is not None and self._batched_ok:
+            cols = vs.T.to(self.device, self.dtype)
+            try:
+                parts = []
+                for i in range(0, cols.shape[0], chunk):
+                    c = cols[i:i + chunk]
+                    vs_b = [t.reshape(c.shape[0], *s) for t, s in zip(torch.split(c, self.numels, dim=1), self.shapes)]
+                    parts.append(torch.cat([h.reshape(c.shape[0], -1) for h in self._hvp_retained(vs_b, True)], 1))
+            except RuntimeError:  # an operator without a batching rule for its double backward
+                self._batched_ok = False
+            else:
+                self.n_hvp += vs.shape[1]
+                return torch.cat(parts).T
         ev, fixed, names = self.evaluator, self.point, self.names
         prim = tuple(self.point[n] for n in names)
         out = torch.zeros(vs.shape[1], self.size, device=self.device, dtype=self.dtype)
@@ -279,6 +402,21 @@ class Hessian:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _retain_budget(device: torch.device, retain_mb: float | None) -> float:
+    """Bytes a retained gradient graph may hold: ``retain_mb``, else $MODESCAPE_HESSIAN_RETAIN_MB, else
+    2 GiB on a CPU and half the free memory on a GPU."""
+    if retain_mb is None and os.environ.get("MODESCAPE_HESSIAN_RETAIN_MB"):
+        try:
+            retain_mb = float(os.environ["MODESCAPE_HESSIAN_RETAIN_MB"])
+        except ValueError:
+            raise UserError("MODESCAPE_HESSIAN_RETAIN_MB must be a number of megabytes") from None
+    if retain_mb is not None:
+        return float(retain_mb) * 2 ** 20
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2
+    return 2.0 * 2 ** 30
 
 
 def hvp(model: nn.Module | Evaluator, point: Mapping[str, Tensor] | None, data: Any, v: Mapping[str, Tensor] | Tensor,
@@ -427,7 +565,8 @@ def _ritz(theta, S, V, beta, which, k, tol):
     return values, vectors, residuals, residuals <= tol * scale
 
 
-def _power(matvec: Matvec, size: int, *, k: int, which: str, tol: float, max_iter: int, seed: int, like: Tensor):
+def _power(matvec: Matvec, size: int, *, k: int, which: str, tol: float, max_iter: int, seed: int, like: Tensor,
+           v0: Tensor | None = None):
     """Power iteration with deflation; shifted for ``largest`` / ``smallest`` (see `eigenvalues`).
 
     Each eigenpair is iterated until ``||H y - theta y|| <= tol * |theta|`` or ``max_iter`` products.
@@ -445,8 +584,10 @@ def _power(matvec: Matvec, size: int, *, k: int, which: str, tol: float, max_ite
         return out
 
     def iterate(op: Matvec) -> tuple[float, Tensor, float, bool]:
-        nonlocal n
+        nonlocal n, v0
         v = _random_unit(size, gen, like)
+        if v0 is not None:  # the given start serves the first pair only
+            v, v0 = v0 / v0.norm(), None
         lam, res = 0.0, float("inf")
         for _ in range(max_iter):
             hv = op(v)
@@ -485,7 +626,7 @@ def _power(matvec: Matvec, size: int, *, k: int, which: str, tol: float, max_ite
 
 def eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Mapping[str, Tensor] | None = None,
                 *, k: int = 5, which: str = "largest", tol: float = 1e-4, method: str = "lanczos",
-                max_iter: int | None = None, seed: int = 0, progress: bool | None = None,
+                max_iter: int | None = None, seed: int = 0, start: str = "gradient", progress: bool | None = None,
                 callback: Callable[[int, Tensor, Tensor], None] | None = None, **hessian_kwargs) -> EigenResult:
     """Top-k eigenpairs of the Hessian at ``point`` (default: the model's / evaluator's own point).
 
@@ -497,44 +638,69 @@ def eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None, point:
     default 1000). For ``largest`` / ``smallest``, power iteration first finds the dominant eigenvalue; if
     it lies at the other end of the spectrum, it iterates on ``H - lambda I`` (reference implementations
     return the dominant eigenvalue and call it the largest).
+    ``start``: the first vector. ``"gradient"`` (default): ``r / ||r|| + g / ||g||`` normalised, for a
+    seeded Gaussian r and the mean-loss gradient g, which lies mostly in the top eigenspace (Gur-Ari et
+    al. 2018), so the top pairs converge in fewer products while every eigenvector keeps r's share (r
+    alone where g is zero); ``"random"``: r alone.
     Other keywords go to `Hessian` (``params``, ``bn``, ``method`` as ``hvp_method``, ...).
     """
     if which not in WHICH:
         raise UserError(f"unknown which '{which}': use largest (algebraic), smallest (algebraic) or magnitude")
     if "hvp_method" in hessian_kwargs:
         hessian_kwargs["method"] = hessian_kwargs.pop("hvp_method")
+    if method not in ("lanczos", "power"):
+        raise UserError(f"unknown eigenvalue method '{method}': use lanczos or power")
     H = _operator(model, data, point, hessian_kwargs)
     like = torch.empty(0, device=H.device, dtype=H.dtype)
-    start = H.n_hvp
+    first = H.n_hvp
+    v0 = start_vector(H, start, seed)
     if method == "lanczos":
         theta, S, V, beta, m = lanczos(H.matvec, H.size, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed,
-                                       device=H.device, dtype=H.dtype, progress=progress, callback=callback)
+                                       v0=v0, device=H.device, dtype=H.dtype, progress=progress, callback=callback)
         values, vectors, res, conv = _ritz(theta, S, V, beta, which, k, tol)
         iters = m
-    elif method == "power":
+    else:
         if k > H.size:
             raise UserError(f"k must be at most the number of parameters ({H.size}); got {k}")
         values, vectors, res, conv, iters = _power(H.matvec, H.size, k=k, which=which, tol=tol,
-                                                   max_iter=max_iter or 1000, seed=seed, like=like)
-    else:
-        raise UserError(f"unknown eigenvalue method '{method}': use lanczos or power")
-    return EigenResult(values.double().cpu(), vectors, res.double().cpu(), conv.cpu(), H.n_hvp - start, iters, which,
+                                                   max_iter=max_iter or 1000, seed=seed, like=like, v0=v0)
+    if H is not model:
+        H.release()
+    return EigenResult(values.double().cpu(), vectors, res.double().cpu(), conv.cpu(), H.n_hvp - first, iters, which,
                        method, H.names, H)
+
+
+def start_vector(H: Hessian, start: str = "gradient", seed: int = 0) -> Tensor:
+    """The first Krylov / power vector (see `eigenvalues`): unit norm, [P]."""
+    if start not in ("gradient", "random"):
+        raise UserError(f"unknown start '{start}': use gradient or random")
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    r = _random_unit(H.size, gen, torch.empty(0, device=H.device, dtype=H.dtype))
+    if start == "random":
+        return r
+    g = H.gradient()
+    norm = float(g.norm())
+    if not math.isfinite(norm) or norm == 0.0:
+        return r
+    v = r + g / norm
+    return v / v.norm()
 
 
 def extreme_eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None,
                         point: Mapping[str, Tensor] | None = None, *, tol: float = 1e-3, max_iter: int | None = None,
-                        seed: int = 0, **hessian_kwargs) -> tuple[float, float, int]:
+                        seed: int = 0, start: str = "gradient", **hessian_kwargs) -> tuple[float, float, int]:
     """``(lambda_min, lambda_max, n_hvp)`` from one Lanczos run (both ends converge together).
 
     The run stops when both extreme Ritz residuals are at most ``tol * max|theta|``; for the convexity
     ratio ``|lambda_min / lambda_max|`` of a landscape this costs about half of two separate runs.
     """
     H = _operator(model, data, point, hessian_kwargs)
-    start = H.n_hvp
+    first = H.n_hvp
     theta, _, _, _, _ = lanczos(H.matvec, H.size, k=min(2, H.size), which="ends", tol=tol, max_iter=max_iter, seed=seed,
-                                device=H.device, dtype=H.dtype)
-    return float(theta.min()), float(theta.max()), H.n_hvp - start
+                                v0=start_vector(H, start, seed), device=H.device, dtype=H.dtype)
+    if H is not model:
+        H.release()
+    return float(theta.min()), float(theta.max()), H.n_hvp - first
 
 
 # -- trace ----------------------------------------------------------------------------------------
@@ -645,9 +811,12 @@ def trace(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Mappi
     if "hvp_method" in hessian_kwargs:
         hessian_kwargs["method"] = hessian_kwargs.pop("hvp_method")
     H = _operator(model, data, point, hessian_kwargs)
-    return trace_of(H.matvec, H.size, method=method, rtol=rtol, atol=atol, min_samples=min_samples,
-                    max_samples=max_samples, sketch=sketch, seed=seed, probes=probes, device=H.device,
-                    dtype=H.dtype, progress=progress, matmat=H.matmat, block=block)
+    out = trace_of(H.matvec, H.size, method=method, rtol=rtol, atol=atol, min_samples=min_samples,
+                   max_samples=max_samples, sketch=sketch, seed=seed, probes=probes, device=H.device,
+                   dtype=H.dtype, progress=progress, matmat=H.matmat, block=block)
+    if H is not model:
+        H.release()
+    return out
 
 
 # -- spectral density -----------------------------------------------------------------------------
@@ -725,6 +894,8 @@ def density(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Map
         pad = m - theta.shape[0]
         nodes.append(torch.cat([theta, torch.zeros(pad, dtype=torch.float64)]))
         weights.append(torch.cat([w, torch.zeros(pad, dtype=torch.float64)]))
+    if H is not model:
+        H.release()
     nodes_t, weights_t = torch.stack(nodes), torch.stack(weights)
     g, d, s = smooth_density(nodes_t, weights_t, sigma, grid)
     return Density(nodes_t, weights_t, g, d, s, H.size)

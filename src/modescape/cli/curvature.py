@@ -63,6 +63,8 @@ def hessian_cmd(
     params: str = typer.Option("all", "--params", help="all, weights, biases, norms, or a layer-name prefix (comma list)."),
     per: Optional[str] = typer.Option(None, "--per", help="Per layer or per block: layer, block or a depth 1, 2, ..."),
     hvp: str = typer.Option("auto", "--hvp", help="HVP method: auto, double-backward or forward-over-reverse."),
+    start: str = typer.Option("gradient", "--start",
+                              help="First Lanczos/power vector: gradient (seeded noise plus the gradient) or random."),
     bn: str = _BN,
     split_name: str = typer.Option("train", "--split", help="Data the loss is averaged over: train or test."),
     n_train: Optional[int] = typer.Option(None, "--n-train", help="Use only the first N samples."),
@@ -82,6 +84,8 @@ def hessian_cmd(
         raise UserError(f"unknown --which '{which}': use largest, smallest or magnitude")
     if hvp not in cv.HVP_METHODS:
         raise UserError(f"unknown --hvp '{hvp}': use one of {', '.join(cv.HVP_METHODS)}")
+    if start not in ("gradient", "random"):
+        raise UserError(f"unknown --start '{start}': use gradient or random")
     common.seed_everything(seed)
     ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
                       data_args)
@@ -92,8 +96,9 @@ def hessian_cmd(
     for g, names in groups.items():
         H = cv.Hessian(ev, params=list(names), method=hvp, source=split_name)
         r = cv.eigenvalues(H, k=min(top_k, H.size), which=which, tol=tol, method=method, max_iter=max_iter,
-                           seed=seed)
-        entry = {"size": H.size, "hvp_method": H.method, "eigenvalues": r.to_dict()}
+                           seed=seed, start=start)
+        entry = {"size": H.size, "hvp_method": H.method, "retained_graph": H.retained, "start": start,
+                 "eigenvalues": r.to_dict()}
         if do_trace:
             entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed).to_dict()
         if do_density:
@@ -105,6 +110,7 @@ def hessian_cmd(
                 cv.plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
+        H.release()
         result["groups"][g] = entry
     if outdir is not None:
         io.write_json(outdir / "hessian.json", result)
