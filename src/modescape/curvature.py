@@ -231,7 +231,7 @@ class Hessian:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 loss = ev.batch_loss(params, self.buffers, x, y)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-            return [torch.zeros_like(leaf) if gi is None else gi * w for gi, leaf in zip(g, leaves)]
+            return [torch.zeros_like(leaf) if gi is None else (gi if w == 1.0 else gi * w) for gi, leaf in zip(g, leaves)]
 
         x0, y0 = next(iter(src))
         k = min(x0.shape[0], 16)
