@@ -562,10 +562,10 @@ def plot_plane(result: PlaneResult, path: str | Path, metric: str = "test_error"
     import numpy as np
 
     z = result.values[metric].numpy().T * (100.0 if metric.endswith("error") else 1.0)  # [ny, nx]
-    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
     lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
     levels = np.geomspace(max(lo, 1e-3), hi, 18) if hi > lo > 0 else 18
-    cs = ax.contourf(result.x.numpy(), result.y.numpy(), z, levels=levels, cmap="viridis_r")
+    cs = ax.contourf(result.x.numpy(), result.y.numpy(), z, levels=levels, cmap="viridis")  # low = dark, as the surfaces
     fig.colorbar(cs, ax=ax, shrink=0.8, label=metric.replace("_", " ") + (" (%)" if metric.endswith("error") else ""))
     c, b = result.curve.numpy(), result.bends.numpy()
     ax.plot(c[:, 0], c[:, 1], color="white", lw=2, label="curve")
@@ -575,7 +575,7 @@ def plot_plane(result: PlaneResult, path: str | Path, metric: str = "test_error"
     ax.set_aspect("equal")  # distances in weight space, to scale
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.legend(frameon=True, facecolor="0.7", fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4)
+    ax.legend(frameon=True, facecolor="0.7", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
     if title:
         ax.set_title(title)
     fig.tight_layout()
