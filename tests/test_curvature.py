@@ -104,7 +104,7 @@ def test_retained_graph_keeps_the_batches_when_bn_uses_batch_statistics():
 def test_retained_graph_respects_its_memory_budget_and_can_be_released(plain_case):
     m, data, ref = plain_case
     v = torch.randn(ref.shape[0], dtype=torch.float64)
-    assert cv.Hessian(m, data, batch_size=17).retained  # auto: a tiny model fits the default budget
+    assert cv.Hessian(m, data, batch_size=17, method="double-backward").retained  # fits the default budget
     H = cv.Hessian(m, data, batch_size=17, retain_mb=1e-3)  # 1 kB: too small, products recompute
     assert not H.retained and H.method in ("double-backward", "forward-over-reverse")
     assert rel(H @ v, ref @ v) < 1e-10
@@ -153,8 +153,12 @@ def test_batch_weighting_equals_one_full_batch(bn_case):
 def test_auto_measures_and_caches_the_method(plain_case):
     m, data, _ = plain_case
     ev = Evaluator(m, data)
-    H = cv.Hessian(ev)  # the graph fits: retained, so each product is one backward pass; nothing to measure
-    assert H.retained and H.method == "double-backward" and H.timings == {}
+    H = cv.Hessian(ev)  # the graph fits: the retained product is timed against a recomputed jvp
+    assert set(H.timings) == {"double-backward", "forward-over-reverse"}
+    assert H.method == min(H.timings, key=H.timings.get)
+    assert H.retained == (H.method == "double-backward")
+    again = cv.Hessian(ev)  # a second operator on the evaluator reuses the measurement
+    assert again.timings == {} and again.method == H.method and again.retained == H.retained
     H = cv.Hessian(ev, retain=False)
     assert H.method in ("double-backward", "forward-over-reverse")
     assert set(H.timings) == {"double-backward", "forward-over-reverse"}

@@ -11,7 +11,9 @@ comma-combinable) | a name prefix such as ``"fc0"`` or ``"stage2.0"`` | a list o
 fixed at the point, so a filter gives the diagonal block ``H[S, S]``.
 
 HVP method: ``"double-backward"`` (grad of <grad, v>) or ``"forward-over-reverse"`` (``jvp`` of ``grad``);
-``"auto"`` times both on one batch once per evaluator and keeps the faster.
+``"auto"`` measures once per evaluator and keeps the faster. With ``retain`` (default ``"auto"``: when
+its memory fits), the gradient's graph over the whole source is built once and kept, so a
+double-backward product is a single backward pass through it.
 
 Batch norm: the evaluator's policy. ``running`` (the default) is eval-mode BN with the point's buffers, so
 H is the Hessian of the function the network computes at test time; ``recompute`` recomputes the
@@ -166,7 +168,16 @@ class Hessian:
         if retain is not False and method in ("auto", "double-backward"):
             budget = _retain_budget(self.device, retain_mb) if retain == "auto" else float("inf")
             if self._retain(budget):
-                method = "double-backward"
+                if method == "auto":  # measured once per evaluator: the retained product or a recomputed jvp
+                    cache = _CHOSEN.setdefault(ev, {})
+                    key = ("retained", self.names, source)
+                    if key not in cache:
+                        cache[key] = self._measure_retained()
+                    if cache[key] == "forward-over-reverse":
+                        self.release()
+                    method = cache[key]
+                else:
+                    method = "double-backward"
         key = (self.names, source)
         if method == "auto":
             cache = _CHOSEN.setdefault(ev, {})
@@ -397,6 +408,26 @@ class Hessian:
             fast, slow = sorted(self.timings.values())
             if slow > 1.5 * fast:  # clear winner: no need for more rounds
                 break
+        return min(self.timings, key=self.timings.get)
+
+    def _measure_retained(self, rounds: int = 2) -> str:
+        """Time a product through the retained graph against a recomputed forward-over-reverse product
+        (whole source each, a warm-up, then the best of ``rounds`` interleaved rounds); return the
+        faster method ("double-backward" for the retained one)."""
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        vs = self.split(torch.randn(self.size, generator=gen, dtype=torch.float64).to(self.device, self.dtype))
+        fns = {"double-backward": lambda: self._hvp_retained(vs),
+               "forward-over-reverse": lambda: self._hvp_jvp(vs, self.evaluator.weighted_batches(self.source))}
+        for fn in fns.values():
+            fn()  # warm-up
+        self.timings = {name: float("inf") for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                self._sync()
+                t0 = time.perf_counter()
+                fn()
+                self._sync()
+                self.timings[name] = min(self.timings[name], time.perf_counter() - t0)
         return min(self.timings, key=self.timings.get)
 
     def _sync(self) -> None:
