@@ -203,6 +203,44 @@ def test_errors(digits, minima):
         evaluate_path((a, b), ev, points=1)
 
 
+def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
+    """With a constant cycle (a1 = a2) FGE is plain SGD from the run's state: equal to a hand-written loop
+    of torch.optim.SGD that starts from the trainer's saved momentum buffers, in FGE's data order."""
+    from modescape.train import epoch_order, momentum_of
+
+    m = _mlp(digits, 0, width=16)
+    train(m, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, wd=5e-4, seed=0), out=tmp_path / "run",
+          progress=False)
+    ckpt = tmp_path / "run" / "final.safetensors"
+    buffers, why = momentum_of(ckpt, m)
+    assert buffers is not None and "restored" in why
+    assert set(buffers) == {n for n, _ in m.named_parameters()}
+    assert all(float(b.abs().max()) > 0 for b in buffers.values())
+    lr, wd, bs, seed = 0.01, 5e-4, 256, 3
+    res = fge(m, ckpt, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed,
+              momentum_buffers=buffers)
+    zero = fge(m, ckpt, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed)
+
+    net = copy.deepcopy(m)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    for name, p in net.named_parameters():
+        opt.state[p]["momentum_buffer"] = buffers[name].clone()
+    x, y = digits.train
+    order = epoch_order(x.shape[0], seed, 0)
+    for i in range(0, x.shape[0], bs):
+        idx = order[i:i + bs]
+        opt.zero_grad()
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+    got = {n: float((res.snapshots[0][n] - p.detach()).abs().max()) for n, p in net.named_parameters()}
+    off = {n: float((zero.snapshots[0][n] - p.detach()).abs().max()) for n, p in net.named_parameters()}
+    assert max(got.values()) < 1e-6, got
+    assert max(off.values()) > 1e-3, off  # zero momentum: another trajectory
+    # an epoch checkpoint other than the last has no saved optimiser state
+    assert momentum_of(tmp_path / "run" / "checkpoints" / "epoch-001.safetensors", m)[0] is None
+    assert momentum_of(tmp_path / "run" / "checkpoints" / "epoch-002.safetensors", m)[0] is not None
+
+
 def test_cli_connect_path_fge(tmp_path, capsys):
     import json
 
@@ -236,6 +274,10 @@ def test_cli_connect_path_fge(tmp_path, capsys):
     assert code == 0, err
     rep = json.loads(out)
     assert [m["members"] for m in rep["members"]] == [1] and (fdir / "snapshot-01.safetensors").exists()
+    assert rep["momentum"].startswith("restored from")
+    code, out, err = run_cli(["fge", ckpts[0], "--cycle", "2", "--epochs", "2", "--zero-momentum", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["momentum"].startswith("zero")
     # user errors: one line, exit status 2
     for argv, pattern in ((["fge", ckpts[0], "--lr", "fast"], "A1:A2"),
                           (["fge", ckpts[0], "--cycle", "3"], "even"),

@@ -425,14 +425,17 @@ class FGEResult:
 
 def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[float, float] = (0.05, 0.0001),
         epochs: int = 20, wd: float = 1e-4, momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
-        bn: str = "recompute", device=None, dtype=None, progress: bool | None = None) -> FGEResult:
+        bn: str = "recompute", device=None, dtype=None, progress: bool | None = None,
+        momentum_buffers: Mapping[str, Tensor] | None = None) -> FGEResult:
     """Fast geometric ensembling from a trained network.
 
     ``checkpoint``: the start (a module, a point, or a checkpoint path); ``data``: a DataSplit or
     {"train", "test"}. SGD(momentum, weight decay ``wd``) with `cyclic_lr` at every iteration; after
     the epoch ending each LR minimum (epoch mod cycle = cycle/2 - 1) the point is a snapshot. Members
     are evaluated on the test data with BN policy ``bn``; the ensemble averages their softmax
-    probabilities. ``model`` is not modified.
+    probabilities. ``model`` is not modified. ``momentum_buffers`` (by parameter name, e.g. from
+    `modescape.train.momentum_of`): SGD's momentum at the start, as the reference restores the training
+    run's optimiser state; default zero.
     """
     if cycle < 2 or cycle % 2:
         raise UserError(f"cycle must be an even number of epochs >= 2, got {cycle}")
@@ -451,6 +454,10 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
     point = {k: v.to(ev.device, ev.dtype).clone().requires_grad_(True) for k, v in start.items()}
     params = list(point.values())
     opt = torch.optim.SGD(params, lr=a1, momentum=momentum, weight_decay=0.0)
+    if momentum_buffers is not None:
+        space.check(momentum_buffers, what="momentum buffers")
+        for name, p in point.items():
+            opt.state[p]["momentum_buffer"] = momentum_buffers[name].detach().to(p.device, p.dtype).clone()
     flat_of = lambda: torch.cat([p.reshape(-1) for p in params])  # noqa: E731
 
     def single(p: sp.Point) -> tuple[dict[str, float], Tensor]:

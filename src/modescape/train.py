@@ -152,6 +152,39 @@ def checkpoint_path(out: Path, epoch: int) -> Path:
     return out / "checkpoints" / f"epoch-{epoch:03d}.safetensors"
 
 
+def momentum_of(checkpoint: str | Path, model: nn.Module) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """SGD momentum buffers saved by `train` for the weights in ``checkpoint``, by parameter name.
+
+    Found when ``checkpoint`` is ``DIR/final.safetensors`` or ``DIR/checkpoints/epoch-NNN.safetensors`` of a
+    run whose optimiser state (``DIR/trainer.safetensors``, kept for the last finished epoch) is for the
+    same epoch, and the run used SGD with momentum. Returns ``(buffers or None, why)``.
+    """
+    checkpoint = Path(checkpoint)
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    state = run / "trainer.safetensors"
+    if not state.exists() or not state.with_suffix(".json").exists():
+        return None, f"no optimiser state beside {checkpoint}"
+    meta = io.read_meta(checkpoint)
+    side = json.loads(state.with_suffix(".json").read_text())
+    config = side.get("config", {})
+    if config.get("optimizer") != "sgd" or not config.get("momentum"):
+        return None, f"{state} is not SGD with momentum"
+    if meta.get("epoch") != side.get("epoch"):
+        return None, f"{state} is for epoch {side.get('epoch')}, {checkpoint} for epoch {meta.get('epoch')}"
+    names = [n for n, _ in model.named_parameters()]
+    tensors = io.load_tensors(state)
+    out = {}
+    for key, val in tensors.items():
+        _, idx, what = key.split(".", 2)
+        if what == "momentum_buffer":
+            if int(idx) >= len(names) or tuple(val.shape) != tuple(model.get_parameter(names[int(idx)]).shape):
+                return None, f"{state} does not match the model's parameters"
+            out[names[int(idx)]] = val
+    if len(out) != len(names):
+        return None, f"{state} has no momentum for every parameter"
+    return out, f"restored from {state} (epoch {side.get('epoch')})"
+
+
 def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | Path | None = None,
           device=None, meta: Mapping[str, Any] | None = None, progress: bool | None = None) -> History:
     """Train ``model`` in place on ``data`` (a zoo `DataSplit`); checkpoint every epoch into ``out``.

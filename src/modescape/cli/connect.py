@@ -23,6 +23,7 @@ from .. import space as sp
 from ..connect import (evaluate_path, evaluate_plane, fge, load_curve, plot_paths, plot_plane, train_curve)
 from ..errors import UserError
 from ..evaluate import BN_POLICIES, Evaluator
+from ..train import momentum_of
 from .app import app, common, console
 
 SUMMARY_ROWS = ("train_loss", "train_error", "test_loss", "test_error")
@@ -174,6 +175,10 @@ def fge_cmd(
     epochs: int = typer.Option(20, "--epochs"),
     wd: float = typer.Option(1e-4, "--wd"),
     momentum: float = typer.Option(0.9, "--momentum"),
+    restore_momentum: bool = typer.Option(True, "--restore-momentum/--zero-momentum",
+                                          help="Start from the training run's SGD momentum when its optimiser "
+                                               "state for this checkpoint's epoch lies beside it (as the reference "
+                                               "does); else momentum starts at zero."),
     batch_size: int = typer.Option(128, "--batch-size"),
     bn: str = typer.Option("recompute", "--bn", help="BN policy for the snapshots: recompute, running or train."),
     data: Optional[str] = common.DATA,
@@ -191,9 +196,11 @@ def fge_cmd(
     distributed.init(dev)
     common.seed_everything(seed)
     model, meta, split = common.load_checkpoint(checkpoint, None, "", data, data_root, data_args, dev)
+    buffers, why = momentum_of(checkpoint, model) if restore_momentum else (None, "--zero-momentum")
     res = fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
-              batch_size=batch_size, seed=seed, bn=bn, device=dev)
-    report = {"start": res.start, "members": res.members, "history": res.history}
+              batch_size=batch_size, seed=seed, bn=bn, device=dev, momentum_buffers=buffers)
+    report = {"start": res.start, "members": res.members, "history": res.history,
+              "momentum": why if buffers is not None else f"zero ({why})"}
     if out is not None and distributed.context().is_main:
         out = common.out_dir(out)
         ev = Evaluator(model, {"train": split.train}, bn=bn, device=dev)
@@ -215,6 +222,7 @@ def fge_cmd(
         table.add_row(str(m["members"]), str(m["epoch"]), f"{m['single_accuracy']:.4f}", f"{m['single_nll']:.4f}",
                       f"{m['accuracy']:.4f}", f"{m['nll']:.4f}")
     console.print(table)
+    console.print(f"momentum: {report['momentum']}")
 
 
 def _module_at(model, point, buffers):
