@@ -24,7 +24,7 @@ for part in "${parts[@]}"; do
     evaluate) timeout 70 python3 bench/evaluate.py --device cuda --points 256 --repeats 2 --json-out "$OUT/evaluate_cuda.json" ;;
     hessian) timeout 150 python3 bench/hessian.py --device cuda --json-out "$OUT/hessian_cuda.json" ;;
     # ResNet-20, 51 x 51 on 10,000 CIFAR-shaped inputs (issue 3's GPU target: under 30 s)
-    surface) timeout 120 python3 bench/surface.py $RESNET --compile --json-out "$OUT/surface_resnet20_compile.json" ;;
+    surface) timeout 150 python3 bench/surface.py $RESNET --compile --profile 8 --json-out "$OUT/surface_resnet20_compile.json" ;;
     surface-autotune) timeout 300 python3 bench/surface.py $RESNET --compile-mode max-autotune-no-cudagraphs \
                         --json-out "$OUT/surface_resnet20_autotune.json" ;;
     *) echo "unknown part $part" ;;

@@ -107,6 +107,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-ll", action="store_true", help="skip loss-landscapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="after the sweep, profile N points (torch.profiler) and print the top operators")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args(argv)
 
@@ -167,12 +169,35 @@ def main(argv=None) -> dict:
     print(f"modescape: {n_points} points in {t_ms:.2f} s ({1e3 * t_ms / n_points:.2f} ms/point, "
           f"mode {ds.attrs.get('eval_mode')}, setup {t_setup:.2f} s, warm-up {t_warm:.2f} s)", flush=True)
 
+    if a.profile:
+        result["profile"] = profile(ev, plane, grid, a.profile, device)
     if not a.skip_baselines:
         baselines(a, result, model, origin, dx, dy, grid, ds, ev, plane, x, y, device, t_ms / n_points)
     if a.json_out:
         Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def profile(ev, plane, grid, n, device) -> list[dict]:
+    """The top operators (by self time on the device, else on the CPU) over ``n`` points of the sweep's
+    path: where a point's time goes, for tuning on a new machine."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    pts = torch.as_tensor(grid.points()[:n])
+    ev.evaluate_family(plane, pts, progress=False)  # warm
+    sync(device)
+    with prof(activities=acts) as p:
+        ev.evaluate_family(plane, pts, progress=False)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(p.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:15]
+    out = [{"name": e.key, "calls": e.count, "self_us_per_point": getattr(e, key, 0.0) / n} for e in rows]
+    print(f"profile over {n} points (self time per point, {key}):")
+    for r in out:
+        print(f"  {r['self_us_per_point']:10.1f} us  {r['calls']:6d} calls  {r['name'][:90]}")
+    return out
 
 
 def baselines(a, result, model, origin, dx, dy, grid, ds, ev, plane, x, y, device, ours_per_point):
