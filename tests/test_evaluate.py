@@ -160,3 +160,29 @@ def test_bad_input_errors():
     bad.pop(next(iter(bad)))
     with pytest.raises(UserError, match="missing tensor"):
         ev([bad])
+
+
+class _TwiceBN(torch.nn.Module):
+    def __init__(self, twice: bool):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.spare = torch.nn.BatchNorm1d(4)
+        self.twice = twice
+
+    def forward(self, x):
+        h = self.bn(self.fc(x))
+        return self.bn(h) if self.twice else h
+
+
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_recompute_refuses_a_batchnorm_used_twice_or_never(vectorised):
+    x = torch.randn(20, 4)
+    pts = sp.stack([sp.WeightSpace(_TwiceBN(True)).point(_TwiceBN(True))])
+    ev = Evaluator(_TwiceBN(True), (x, torch.zeros(20, dtype=torch.long)), bn="recompute", batch_size=8)
+    with pytest.raises(UserError, match="'bn' is called twice"):
+        ev.recompute_buffers(pts, vectorised=vectorised)
+    ev = Evaluator(_TwiceBN(False), (x, torch.zeros(20, dtype=torch.long)), bn="recompute", batch_size=8)
+    with pytest.raises(UserError, match="'spare' was not used"):
+        ev.recompute_buffers(pts, vectorised=vectorised)
+    assert all(m.track_running_stats is False and m.momentum == 0.1 for m in ev.bn_modules.values())

@@ -338,6 +338,8 @@ class Evaluator:
         Non-BN buffers are the model's.
         """
         k = next(iter(points.values())).shape[0]
+        if not vectorised and all(m.running_mean is not None for m in self.bn_modules.values()):
+            return self._native_stats(points)
         sums: list[Tensor] | None = None
         nb = 0
         with torch.no_grad():
@@ -354,6 +356,50 @@ class Evaluator:
             out[prefix + "running_var"] = sums[2 * i + 1] / nb
             if prefix + "num_batches_tracked" in out:
                 out[prefix + "num_batches_tracked"] = torch.full_like(out[prefix + "num_batches_tracked"], nb)
+        return out
+
+    def _native_stats(self, points: Mapping[str, Tensor]) -> sp.Point:
+        """`recompute_buffers` one point at a time through BatchNorm's own kernels: each layer, in train
+        mode with ``momentum=None`` and fresh buffers, keeps the running average of its batch means and
+        unbiased batch variances (what ``update_bn`` does), so the statistics cost no pass beyond the
+        forward's own (the hooks of the vectorised path take several). Same values up to rounding."""
+        k = next(iter(points.values())).shape[0]
+        saved = {name: (m.track_running_stats, m.momentum) for name, m in self.bn_modules.items()}
+        rows: list[sp.Point] = []
+        nb = 0
+        try:
+            for m in self.bn_modules.values():
+                m.track_running_stats, m.momentum = True, None
+            with torch.no_grad():
+                for i in range(k):
+                    p = {n: t[i] for n, t in points.items()}
+                    bufs = dict(self.buffers)
+                    for name, m in self.bn_modules.items():
+                        prefix = f"{name}." if name else ""
+                        bufs[prefix + "running_mean"] = torch.zeros_like(m.running_mean)
+                        bufs[prefix + "running_var"] = torch.ones_like(m.running_var)
+                        bufs[prefix + "num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=self.device)
+                    nb = 0
+                    for x, _ in self.bn_source:
+                        self.forward(p, bufs, x, bn_train=True)
+                        nb += 1
+                    rows.append(bufs)
+        finally:
+            for name, m in self.bn_modules.items():
+                m.track_running_stats, m.momentum = saved[name]
+        if nb == 0:
+            raise UserError("bn_data has no batches to recompute BatchNorm statistics from")
+        for name in self.bn_modules:
+            used = int(rows[0][(f"{name}." if name else "") + "num_batches_tracked"])
+            if used == 0:
+                raise UserError(f"BatchNorm module '{name}' was not used in the forward pass")
+            if used != nb:
+                raise UserError(f"BatchNorm module '{name}' is called twice in one forward pass; "
+                                f"bn='recompute' needs each BatchNorm used once")
+        out = {n: torch.stack([r[n] for r in rows]) for n in rows[0] if n in self.buffers or "running_" in n}
+        for n, b in self.buffers.items():
+            if n.endswith("num_batches_tracked") and n in out:
+                out[n] = out[n].to(b.dtype)
         return out
 
     # -- evaluation ---------------------------------------------------------------------------
