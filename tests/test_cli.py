@@ -93,3 +93,36 @@ def test_console_script_has_no_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "modescape")
     r = subprocess.run([exe, "eval", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr
+
+
+def test_second_review_findings(run_dir, tmp_path, capsys):
+    """A second first-user review: values the option parsers accept but the methods cannot use now give one
+    line, exit status 2 and no leftover folders; --params restricts --per groups."""
+    final = run_dir / "final.safetensors"
+    for argv, pattern in (
+            (["surface", final, "--x", "0:0:1", "--y", "-1:1:5"], "at least 2 distinct values"),
+            (["surface", final, "--x", "1:1:5", "--y", "-1:1:5"], "at least 2 distinct values"),
+            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--convexity", "-1"], "--convexity"),
+            (["surface", final, "--x=-1:1:100000000", "--y", "-1:1:3"], "at most"),
+            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--batch-size", "0"], "--batch-size"),
+            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--data", "spirals"], "cannot run on data"),
+            (["interpolate", final, final], "same weights"),
+            (["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors", "--steps", "0"], "--steps"),
+            (["trajectory", run_dir, "--steps", "0"], "--steps")):
+        out = tmp_path / "new" / "deeper"
+        one_line_error(capsys, [*argv, "--out", out], pattern)
+        assert not (tmp_path / "new").exists(), argv  # the folder it made for --out is gone again
+    for argv, pattern in ((["--top-k", "100000"], "more than the"), (["--density", "--probes", "0"], "--probes"),
+                          (["--tol", "-1"], "positive"), (["--per", "0"], "at least 1")):
+        one_line_error(capsys, ["hessian", final, "--n-train", "50", *argv], pattern)
+    code, out, err = run_cli(["hessian", final, "--n-train", "50", "--params", "biases", "--per", "layer",
+                              "--top-k", "1", "--json"], capsys)
+    assert code == 0, err
+    groups = json.loads(out)["groups"]
+    assert {g: e["size"] for g, e in groups.items()} == {"fc0": 16, "out": 10}
+    # a loss that overflows: one line instead of an eigensolver's traceback
+    state = io.load_tensors(final)
+    io.save_tensors(tmp_path / "big.safetensors", {k: v * 1e25 for k, v in state.items()})
+    (tmp_path / "big.json").write_text((run_dir / "final.json").read_text())
+    one_line_error(capsys, ["hessian", tmp_path / "big.safetensors", "--n-train", "50", "--top-k", "1"], "not finite")
+    one_line_error(capsys, ["hessian", final, "--n-train", "20", "--out", "/proc/modescape-no"], "cannot create --out")

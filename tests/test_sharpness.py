@@ -194,8 +194,16 @@ def test_correlate_table_taus_and_files(runs, tmp_path):
     res = correlate(runs, measures=["lambda_max", "worst_l2"], n_train=60, out=tmp_path,
                     options={"worst_l2": {"steps": 2}})
     assert len(res.rows) == 3
-    for r in res.rows:
+    from modescape import io
+    from modescape.zoo import load_dataset
+
+    X, y = load_dataset("digits").train
+    for r, run in zip(res.rows, runs):
         assert abs(r["gap"] - (r["test_error"] - r["train_error"])) < 1e-12
+        model, _ = io.load_model(run / "final.safetensors")
+        with torch.no_grad():  # the gap uses all training data, not the first n_train samples of the measures
+            full = float((model.eval()(X).argmax(1) != y).double().mean())
+        assert r["train_error"] == pytest.approx(full, abs=1e-12)
     for m in ("lambda_max", "worst_l2"):
         want = kendalltau([r[m] for r in res.rows], [r["gap"] for r in res.rows]).statistic
         assert res.tau[m][0] == pytest.approx(want)

@@ -41,6 +41,14 @@ def test_create_write_reopen_and_load(tmp_path):
     np.testing.assert_array_equal(ds.x.values, COORDS["x"])
     assert DONE not in ds
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temporary folder left behind
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():  # a finished result opens with plain xarray, without a warning
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(str(p))
+    assert plain.attrs["complete"] and float(plain.a.values[0, 0]) == 0.0
 
 
 def test_other_settings_are_refused(tmp_path):

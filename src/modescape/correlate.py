@@ -6,7 +6,7 @@ which says how to rebuild the model and the data), `correlate` computes
 * the generalisation gap at the final point, ``test - train`` of the loss (``gap="loss"``) or of the
   error (``gap="error"``, the default), with the evaluator's BN policy;
 * every measure of `modescape.sharpness.measure_all` on the training data (or a first-``n_train``
-  subset of it, for speed);
+  subset of it, for speed; the gap always uses all the data);
 
 and Kendall's tau (``scipy.stats.kendalltau``, tau-b, with its p-value) between each measure and the gap
 over the runs, as in Jiang et al. (2020). A grid over batch size, learning rate and width gives the
@@ -94,12 +94,16 @@ def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None 
         for run in run_dirs:
             ckpt = checkpoint_of(run)
             model, meta, split = load(ckpt, device)
-            train = split.train if n_train is None else (split.train[0][:n_train], split.train[1][:n_train])
-            ev = Evaluator(model, {"train": train, "test": split.test}, metrics=("loss", "accuracy", "error"), bn=bn,
-                           device=device, batch_size=batch_size, progress=False)
+            # the gap on all the data; the measures (many passes each) on the first n_train samples if asked
+            ev = Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "accuracy", "error"),
+                           bn=bn, device=device, batch_size=batch_size, progress=False)
             point = ev.point0
             base = ev([point]).to_dict()
             g = base[f"test_{gap}"] - base[f"train_{gap}"]
+            if n_train is not None:
+                sub = (split.train[0][:n_train], split.train[1][:n_train])
+                ev = Evaluator(model, {"train": sub}, metrics=("loss", "accuracy", "error"), bn=bn, device=device,
+                               batch_size=batch_size, progress=False)
             t = sh.target(ev, None, point, params=params, source="train")
             values = sh.measure_all(t, measures=names, options=options, seed=seed, progress=False)
             rows.append({"run": str(run), "gap": g, **base, **{k: v for k, v in values.items() if k != "loss"},

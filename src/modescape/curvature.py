@@ -101,6 +101,8 @@ def param_groups(space: sp.WeightSpace, by: str | int | Mapping[str, Any] = "lay
         key = lambda n: n.split(".")[0]  # noqa: E731
     elif isinstance(by, int) or (isinstance(by, str) and by.isdigit()):
         d = int(by)
+        if d < 1:
+            raise UserError(f"a grouping depth must be at least 1; got {d}")
         key = lambda n: ".".join(n.split(".")[:d]) if n.count(".") >= d else n.rsplit(".", 1)[0]  # noqa: E731
     else:
         raise UserError(f"unknown grouping '{by}': use layer, block, a depth (1, 2, ...) or a dict of filters")
@@ -563,6 +565,9 @@ def lanczos(matvec: Matvec, size: int, *, k: int = 1, which: str = "largest", to
             for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
                 w = w - basis.T @ (basis @ w)
             beta = float(w.norm())
+            if not (math.isfinite(alpha) and math.isfinite(beta)):
+                raise UserError("a Hessian-vector product is not finite (NaN or inf): the loss or its curvature "
+                                "overflows at this point; check the checkpoint's loss")
             theta, S = torch.linalg.eigh(_tridiag(alphas, betas))
             scale = float(theta.abs().max()) or 1.0
             adv(1)

@@ -119,6 +119,8 @@ def make_source(data: Any, name: str = "data", batch_size: int | None = None, de
     own batches (one pass, in its order).
     """
     device = torch.device(device or "cpu")
+    if batch_size is not None and int(batch_size) < 1:
+        raise UserError(f"batch size must be at least 1; got {batch_size}")
     if isinstance(data, Source):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
@@ -228,6 +230,7 @@ class Evaluator:
         sources = data if isinstance(data, Mapping) else {"": data}
         self.sources: dict[str, Source] = {
             k: make_source(v, k or "data", batch_size, self.device, self.dtype) for k, v in sources.items()}
+        self._check_runs()
         if bn_data is None:
             bn_key = "train" if "train" in self.sources else next(iter(self.sources))
             self.bn_source = self.sources[bn_key]
@@ -246,6 +249,22 @@ class Evaluator:
                     src.batches = [(_channels_last(x), y) for x, y in src.batches]
 
     # -- functional pieces shared with the methods (curvature, training of families) -------------
+    def _check_runs(self) -> None:
+        """One forward pass on two samples of each materialised source, so that a model and data that do
+        not fit together fail here with one clear line instead of deep inside a method."""
+        for src in self.sources.values():
+            if not src.materialised or not src.batches:
+                continue
+            x = src.batches[0][0][:2]
+            try:
+                with torch.no_grad():
+                    self.forward(self.point0, self.buffers, x, bn_train=False)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"the model cannot run on data '{src.name}' (inputs of shape {list(x.shape[1:])}): "
+                                f"{first}; check that the model and the data belong together "
+                                f"(--model / --data)") from None
+
     def forward(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
                 bn_train: bool | None = None) -> Tensor:
         """Outputs of the model at ``params`` with ``buffers`` on inputs ``x``; pure and differentiable.

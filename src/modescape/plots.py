@@ -38,7 +38,8 @@ def _levels(z: np.ndarray, n: int = 30) -> np.ndarray:
     """Contour levels: log-spaced when the values are positive and span more than a decade."""
     finite = z[np.isfinite(z)]
     if finite.size == 0:
-        raise UserError("nothing to plot: every value is NaN (was the sweep finished?)")
+        raise UserError("nothing to plot: every value is NaN or infinite (an unfinished sweep, or a loss that is "
+                        "not finite at these points: check the checkpoint's own loss)")
     lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.array([lo - 1e-12, lo + 1e-12])
@@ -257,6 +258,10 @@ def plot_result(ds: xr.Dataset, out_dir: str | Path, vtk: bool = False, var: str
     var = var or next((v for v in ("train_loss", "loss", "test_loss") if v in data_vars), data_vars[0])
     if var not in data_vars:
         raise UserError(f"no variable '{var}' in this result; it has {', '.join(data_vars)}")
+    short = {d: int(ds.sizes[d]) for d in ds[var].dims if ds.sizes[d] < 2}
+    if short:
+        raise UserError(f"a figure needs at least 2 points along each axis; this result has "
+                        f"{', '.join(f'{n} along {d}' for d, n in short.items())}")
     if len(ds[var].dims) == 1:
         written.append(plot_line(ds, out_dir / "line.png"))
     else:

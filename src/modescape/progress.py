@@ -7,7 +7,6 @@ off (tests do this); they are also off when a caller passes ``enabled=False``.
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
@@ -33,7 +32,8 @@ def bar(description: str, total: int | None, enabled: bool | None = None) -> Ite
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=_console, transient=not sys.stderr.isatty()) as prog:
+    # the finished bar stays: on a terminal as drawn, in a log file as one line with the count and time
+    with Progress(*columns, console=_console, transient=False) as prog:
         task = prog.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str | None = None) -> None:

@@ -179,6 +179,14 @@ class ResultStore:
         if missing:
             raise UserError(f"{self.path}: {missing} of {self.n_units} units are not computed yet; rerun to finish")
         self.set_attrs(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **attrs)
+        # consolidated metadata: a plain xr.open_zarr(path) then opens the finished result without a warning
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():  # zarr 3: "not part of the format 3 specification" (xarray reads it)
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path))
 
     def dataset(self) -> xr.Dataset:
         """The result, loaded into memory (without the bookkeeping array)."""

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .. import distributed
 from ..errors import UserError
+from . import common
 from .app import app, err_console
 
 # the order of the help listing: the foundation first, then the methods in the order of the docs
@@ -29,15 +30,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="modescape", standalone_mode=True)
     except SystemExit as e:
+        if e.code not in (0, None):
+            common.remove_created_if_empty()
         distributed.finish(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
         raise
     except UserError as e:
+        common.remove_created_if_empty()
         # a Text is printed as is: no markup, no emoji in paths or in "A:B:N"
         err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except BaseException:
+        common.remove_created_if_empty()
+        raise
 
 
 __all__ = ["app", "main"]

@@ -51,12 +51,38 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=io._json_default) + "\n")
 
 
+# folders this process created for --out: removed again, if still empty, when the command fails
+CREATED: list[Path] = []
+
+
 def out_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"--out {p} exists and is not a folder: choose another path")
-    p.mkdir(parents=True, exist_ok=True)
+    new = [q for q in [p, *p.parents] if not q.exists()]
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {p}: {e.strerror or e}; choose a folder you can write to") from None
+    if new:
+        CREATED.append(new[-1])  # the outermost folder made here
     return p
+
+
+def remove_created_if_empty() -> None:
+    """After a failed command: remove the --out folders it created that hold nothing (no empty leftovers)."""
+    for top in reversed(CREATED):
+        if not top.is_dir():
+            continue
+        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
+        if any(f.is_file() or f.is_symlink() for f in top.rglob("*")):
+            continue
+        for d in [*dirs, top]:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    CREATED.clear()
 
 
 # -- options every command that reads a checkpoint shares (one definition, one help text) -----------

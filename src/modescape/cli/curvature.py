@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,6 +58,7 @@ def hessian_cmd(
     do_trace: bool = typer.Option(False, "--trace", help="Also estimate the trace."),
     trace_method: str = typer.Option("hutchinson", "--trace-method", help="hutchinson or hutch++."),
     rtol: float = typer.Option(0.01, "--rtol", help="Trace: stop when stderr <= rtol * |trace|."),
+    max_samples: int = typer.Option(1000, "--max-samples", help="Trace: probes at most (then reported as not converged)."),
     do_density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ), plotted into --out."),
     probes: int = typer.Option(5, "--probes", help="Density: number of SLQ probes."),
     steps: int = typer.Option(80, "--steps", help="Density: Lanczos steps per probe."),
@@ -86,21 +88,37 @@ def hessian_cmd(
         raise UserError(f"unknown --hvp '{hvp}': use one of {', '.join(cv.HVP_METHODS)}")
     if start not in ("gradient", "random"):
         raise UserError(f"unknown --start '{start}': use gradient or random")
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1; got {top_k}")
+    if not tol > 0 or not rtol > 0:
+        raise UserError("--tol and --rtol must be positive")
+    for name, value, least in (("--max-iter", max_iter, 1), ("--max-samples", max_samples, 2),
+                               ("--probes", probes, 1), ("--steps", steps, 2)):
+        if value is not None and value < least:
+            raise UserError(f"{name} must be at least {least}; got {value}")
     common.seed_everything(seed)
     ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
                       data_args)
     outdir = common.out_dir(out) if out is not None else None
-    groups = cv.param_groups(ev.space, per) if per else {params: cv.select_params(ev.space, params)}
+    chosen = cv.select_params(ev.space, params)
+    groups = {params: chosen}
+    if per:  # each layer / block, restricted to what --params selects
+        groups = {g: tuple(n for n in names if n in chosen) for g, names in cv.param_groups(ev.space, per).items()}
+        groups = {g: names for g, names in groups.items() if names}
+    sizes = {g: sum(math.prod(ev.space.shapes[n]) for n in names) for g, names in groups.items()}
+    for g, size in sizes.items():
+        if top_k > size:
+            raise UserError(f"--top-k {top_k} is more than the {size} parameters of '{g}': ask for at most {size}")
     result = {"checkpoint": str(checkpoint), "bn": bn, "split": split_name, "n": ev.sources[split_name].n,
               "which": which, "tol": tol, "method": method, "groups": {}, "command": common.command_line()}
     for g, names in groups.items():
         H = cv.Hessian(ev, params=list(names), method=hvp, source=split_name)
-        r = cv.eigenvalues(H, k=min(top_k, H.size), which=which, tol=tol, method=method, max_iter=max_iter,
+        r = cv.eigenvalues(H, k=top_k, which=which, tol=tol, method=method, max_iter=max_iter,
                            seed=seed, start=start)
         entry = {"size": H.size, "hvp_method": H.method, "retained_graph": H.retained, "start": start,
                  "eigenvalues": r.to_dict()}
         if do_trace:
-            entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed).to_dict()
+            entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed, max_samples=max_samples).to_dict()
         if do_density:
             d = cv.density(H, n_probes=probes, steps=steps, seed=seed)
             entry["density"] = {"sigma": d.sigma, "trace": d.trace, "moment2": d.moment(2)}
@@ -118,14 +136,25 @@ def hessian_cmd(
         common.print_json(result)
         return
     table = Table(title=f"Hessian at {checkpoint.name} ({which}, bn={bn}, {split_name} n={result['n']})")
-    for col in ("parameters", "size", "eigenvalues", "HVPs", "trace", "stderr"):
+    for col in ("parameters", "size", "eigenvalues", "HVPs", "trace", "stderr", "trace HVPs"):
         table.add_column(col, justify="left" if col in ("parameters", "eigenvalues") else "right")
+    notes = []
     for g, e in result["groups"].items():
         ev_ = e["eigenvalues"]
         tr = e.get("trace", {})
-        table.add_row(g, str(e["size"]), ", ".join(f"{v:.4g}" for v in ev_["values"]), str(ev_["n_hvp"]),
-                      f"{tr['estimate']:.4g}" if tr else "", f"{tr['stderr']:.2g}" if tr else "")
+        mark = "" if all(ev_["converged"]) else " *"
+        table.add_row(g, str(e["size"]), ", ".join(f"{v:.4g}" for v in ev_["values"]) + mark, str(ev_["n_hvp"]),
+                      (f"{tr['estimate']:.4g}" + ("" if tr["converged"] else " *")) if tr else "",
+                      f"{tr['stderr']:.2g}" if tr else "", str(tr["n_hvp"]) if tr else "")
+        if mark:
+            notes.append(f"{g}: {sum(not c for c in ev_['converged'])} of {len(ev_['converged'])} eigenvalues did not "
+                         f"reach --tol {tol} in {ev_['iterations']} steps (raise --max-iter)")
+        if tr and not tr["converged"]:
+            notes.append(f"{g}: the trace's standard error {tr['stderr']:.2g} did not reach --rtol {rtol} of it in "
+                         f"{tr['n_samples']} probes (raise --max-samples, loosen --rtol, or try --trace-method hutch++)")
     console.print(table)
+    for note in notes:
+        console.print(f"* not converged: {note}", style="yellow")
     if outdir is not None:
         console.print(f"results in {outdir}")
 
@@ -191,7 +220,8 @@ def correlate_cmd(
     gap: str = typer.Option("error", "--gap", help="Generalisation gap of: error or loss (test minus train)."),
     params: str = typer.Option("all", "--params"),
     bn: str = _BN,
-    n_train: Optional[int] = typer.Option(None, "--n-train", help="Measures on the first N training samples."),
+    n_train: Optional[int] = typer.Option(None, "--n-train",
+                                          help="Measures on the first N training samples (the gap uses all data)."),
     batch_size: int = typer.Option(1024, "--batch-size"),
     out: Path = typer.Option(Path("correlate"), "--out", help="Folder for correlate.csv, .json and .png."),
     seed: int = typer.Option(0, "--seed"),

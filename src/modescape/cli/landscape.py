@@ -45,9 +45,14 @@ def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool)
                      mode=mode, progress=False, autocast=torch.bfloat16 if bf16 else None)
 
 
-def _load_other(path: Path, like: torch.nn.Module, dev) -> sp.Point:
+def _load_other(path: Path, like: torch.nn.Module, dev, role: str = "") -> sp.Point:
     """The parameters of another checkpoint of the same architecture."""
-    net, _ = io.load_model(path, model=copy.deepcopy(like).cpu(), device=dev)
+    try:
+        net, _ = io.load_model(path, model=copy.deepcopy(like).cpu(), device=dev)
+    except UserError as e:
+        if role and "model expects" in str(e):
+            raise UserError(f"{role} ({path}) must have the same architecture as A: {e}") from None
+        raise
     return sp.WeightSpace(net).point(net)
 
 
@@ -64,6 +69,27 @@ def _finish(ds, out: Path, ctx: dd.Context, vtk: bool, as_json: bool, summary: d
             if k not in ("figures",):
                 console.print(f"{k}: {v}")
         console.print(f"figures and landscape.html in {out}")
+
+
+MAX_POINTS = 4_000_000  # a 2001 x 2001 grid; more is almost surely a typo (and a very long run)
+
+
+def _check_grid(grid: Grid, options: dict[str, str]) -> Grid:
+    """A grid the figures can show: at least 2 distinct values per axis, and not absurdly many points."""
+    for d, values in grid.coords.items():
+        opt = options.get(d, f"--{d}")
+        if values.size < 2 or float(values.max()) == float(values.min()):
+            raise UserError(f"{opt} gives {values.size} point(s) from {values.min():g} to {values.max():g}: a figure "
+                            f"needs at least 2 distinct values per axis, e.g. -1:1:51")
+    if grid.size > MAX_POINTS:
+        raise UserError(f"the grid has {grid.size:,} points (at most {MAX_POINTS:,}): use fewer points per axis")
+    return grid
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {v}")
 
 
 def _provenance(seed: int, **extra) -> dict:
@@ -89,12 +115,17 @@ def interpolate_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Loss and accuracy along the straight line (1 - t) A + t B (Goodfellow et al. 2015)."""
+    _check_positive(batch_size=batch_size)
+    if range_.count(":") == 1 and steps < 2:
+        raise UserError(f"--steps must be at least 2; got {steps}")
+    grid = _check_grid(Grid({"t": parse_range(range_, steps, what="--range")}), {"t": "--range"})
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
     pa = sp.WeightSpace(net).point(net)
-    pb = _load_other(b, net, dev)
-    grid = Grid({"t": parse_range(range_, steps, what="--range")})
+    pb = _load_other(b, net, dev, "B")
+    if all(torch.equal(pa[k], pb[k]) for k in pa):
+        raise UserError(f"{a} and {b} hold the same weights: the line between them is a single point")
     ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
@@ -143,13 +174,20 @@ def surface_cmd(
         raise UserError(f"unknown --norm '{norm}': use one of {', '.join(NORMALIZATIONS)}")
     if ignore not in IGNORES:
         raise UserError(f"unknown --ignore '{ignore}': use biasbn or none")
+    _check_positive(batch_size=batch_size, steps=steps)
+    if convexity_points < 0 or convexity_points == 1:
+        raise UserError(f"--convexity must be 0 (none) or at least 2 points per axis; got {convexity_points}")
+    if x:
+        parse_range(x, what="--x")
+    if y:
+        parse_range(y, what="--y")
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
     p0 = sp.WeightSpace(net).point(net)
     extra: dict = {"checkpoints": [str(checkpoint)], "data": split.meta}
     if through:
-        pb, pc = (_load_other(p, net, dev) for p in through)
+        pb, pc = (_load_other(p, net, dev, role) for p, role in zip(through, "BC"))
         family = PlaneThrough(p0, pb, pc)
         mc = family.model_coords.numpy()
         grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(mc[:, 0], steps),
@@ -162,12 +200,15 @@ def surface_cmd(
         grid = Grid.parse(x=x or "-1:1:51", y=y or "-1:1:51")
         extra.update(directions={"normalization": norm, "ignore": ignore, "seed": seed, "orthogonal": orthogonal},
                      models={"labels": ["model"], "coords": [[0.0, 0.0]]})
+    _check_grid(grid, {"x": "--x" if x or not through else "--steps", "y": "--y" if y or not through else "--steps"})
     ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
     ds = sweep(family, ev, grid, store=out / "result.zarr", attrs=_provenance(seed, **extra))
     summary = {"points": int(ds["train_loss"].size), "grid": [len(ds.x), len(ds.y)], "bn": bn,
                "min_train_loss": float(ds["train_loss"].min()), "eval_mode": ds.attrs.get("eval_mode")}
+    if through:  # where A, B and C lie on the plane (the --x / --y coordinates)
+        summary["model_coords"] = {k: [round(float(v), 6) for v in c] for k, c in zip("ABC", extra["models"]["coords"])}
     if convexity_points:
         cgrid = Grid({"x": np.linspace(grid.coords["x"][0], grid.coords["x"][-1], convexity_points),
                       "y": np.linspace(grid.coords["y"][0], grid.coords["y"][-1], convexity_points)})
@@ -187,17 +228,22 @@ def trajectory_cmd(
     y: Optional[str] = typer.Option(None, "--y", help="A:B:N along PC2."),
     steps: int = typer.Option(41, "--steps", help="Points per axis when --x/--y are not given."),
     ignore: str = typer.Option("none", "--ignore", help="biasbn: leave biases and norm layers out of the PCA."),
-    vtk: bool = typer.Option(False, "--vtk"),
+    vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
     bn: str = _BN,
     data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size"),
-    mode: str = typer.Option("auto", "--mode"),
+    mode: str = typer.Option("auto", "--mode", help="Evaluator mode: auto, loop or vmap."),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = common.DEVICE,
     as_json: bool = common.JSON,
 ) -> None:
     """The loss on the PCA plane of a training trajectory, with the path drawn (Li et al. 2018, sec. 7)."""
+    _check_positive(batch_size=batch_size, steps=steps)
+    if x:
+        parse_range(x, what="--x")
+    if y:
+        parse_range(y, what="--y")
     dev, ctx = _setup(device, bn)
     files = sorted((run_dir / "checkpoints").glob("epoch-*.safetensors"))
     final_path = run_dir / "final.safetensors"
@@ -214,6 +260,7 @@ def trajectory_cmd(
     path = pca.path.numpy()
     grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(path[:, 0], steps, 0.2),
                  "y": parse_range(y, what="--y") if y else auto_range(path[:, 1], steps, 0.2)})
+    _check_grid(grid, {"x": "--x" if x else "--steps", "y": "--y" if y else "--steps"})
     ev = _evaluator(net, split, bn, dev, batch_size, mode, False)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
