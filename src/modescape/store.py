@@ -198,7 +198,7 @@ def load(path: str | os.PathLike) -> xr.Dataset:
     p = Path(path)
     if p.is_dir() and not (p / "zarr.json").exists() and (p / "result.zarr").exists():
         p = p / "result.zarr"
-    if not p.exists():
+    if not p.exists() or (p.is_dir() and not (p / "zarr.json").exists() and not p.name.endswith(".zarr")):
         raise UserError(f"no result at {p}: pass a result.zarr folder or the --out folder of a sweep")
     ResultStore(p, mode="r")  # validates, one-line error when corrupt
     try:

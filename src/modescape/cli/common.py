@@ -90,6 +90,6 @@ MODEL = typer.Option(None, "--model", help="Override the sidecar's model: a zoo 
 MODEL_ARGS = typer.Option("", "--model-args", help="Model arguments, e.g. depth=2,width=64.")
 DATA = typer.Option(None, "--data", help="Override the sidecar's dataset: a zoo name or package.module:factory.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder with the data files (mnist, cifar10).")
-DATA_ARGS = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000.")
+DATA_ARGS = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000 (mnist, cifar10).")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).")
 JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
