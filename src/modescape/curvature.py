@@ -274,12 +274,15 @@ class Hessian:
     def _hvp_retained(self, vs: list[Tensor], batched: bool = False) -> list[Tensor]:
         pairs = [(g, v) for g, v in zip(self._grads, vs) if g.requires_grad]
         lead = tuple(vs[0].shape[:1]) if batched else ()
-        zeros = [torch.zeros(lead + tuple(leaf.shape), device=self.device, dtype=self.dtype) for leaf in self._leaves]
+
+        def zeros(leaf: Tensor) -> Tensor:
+            return torch.zeros(lead + tuple(leaf.shape), device=self.device, dtype=self.dtype)
+
         if not pairs:  # the gradient does not depend on the parameters: H = 0
-            return zeros
+            return [zeros(leaf) for leaf in self._leaves]
         hv = torch.autograd.grad([g for g, _ in pairs], self._leaves, grad_outputs=[v for _, v in pairs],
                                  retain_graph=True, allow_unused=True, is_grads_batched=batched)
-        return [z if h is None else h.detach() for z, h in zip(zeros, hv)]
+        return [zeros(leaf) if h is None else h.detach() for leaf, h in zip(self._leaves, hv)]
 
     def gradient(self) -> Tensor:
         """The mean-loss gradient over the selected parameters, [P] (free when the graph is retained)."""
