@@ -355,10 +355,12 @@ def test_blocked_trace_equals_one_probe_at_a_time(plain_case):
     assert abs(a.low_rank - b.low_rank) < 1e-8 * abs(a.low_rank)
 
 
-def test_recompute_policy_holds_fresh_statistics_fixed():
+@pytest.mark.parametrize("method,retain", [("double-backward", True), ("forward-over-reverse", False)])
+def test_recompute_policy_holds_fresh_statistics_fixed(method, retain):
     m, data = tiny_mlp("bn"), tiny_data()
     ev = Evaluator(m, data, bn="recompute", batch_size=20)
-    H = cv.Hessian(ev)
+    H = cv.Hessian(ev, method=method, retain=retain)
+    assert H.retained == retain
     fresh = ev.point_buffers(ev.point0)
     twin = tiny_mlp("bn")
     with torch.no_grad():
