@@ -225,7 +225,8 @@ def correlate_cmd(
     n_train: Optional[int] = typer.Option(None, "--n-train",
                                           help="Measures on the first N training samples (the gap uses all data)."),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    out: Path = typer.Option(Path("correlate"), "--out", help="Folder for correlate.csv, .json and .png."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for correlate.csv, .json and .png (default: "
+                                                            "print the table only)."),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = common.DEVICE,
     as_json: bool = common.JSON,
@@ -237,7 +238,7 @@ def correlate_cmd(
     common.seed_everything(seed)
     dev = common.resolve_device(device)
     res = run_correlate(runs, measures=names, gap=gap, bn=bn, params=params, n_train=n_train, batch_size=batch_size,
-                        device=dev, seed=seed, out=common.out_dir(out))
+                        device=dev, seed=seed, out=common.out_dir(out) if out is not None else None)
     if as_json:
         common.print_json(res.to_dict())
         return
@@ -249,4 +250,5 @@ def correlate_cmd(
         t, p = res.tau[m]
         table.add_row(m, f"{t:+.3f}", f"{p:.3g}")
     console.print(table)
-    console.print(f"table and plot in {out}")
+    if out is not None:
+        console.print(f"table and plot in {out}")
