@@ -36,3 +36,22 @@ def run_cli(argv, capsys):
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+# the head of the subprocess sweep scripts (kill-and-resume, torchrun): a digits MLP and two directions;
+# format with src=<the repository's src folder>
+SWEEP_SCRIPT_HEAD = """
+import os, sys, time, numpy as np, torch
+sys.path.insert(0, {src!r})
+torch.set_num_threads(1)
+from modescape import space as sp
+from modescape.directions import random_directions
+from modescape.evaluate import Evaluator
+from modescape.families import Plane
+from modescape.landscape import sweep
+from modescape.zoo import build_model, load_dataset
+split = load_dataset("digits")
+torch.manual_seed(0)
+net = build_model("mlp", split.input_shape, 10, depth=1, width=16)
+dx, dy = random_directions(net, 2, seed=0)
+"""

@@ -26,16 +26,9 @@ from modescape.landscape import Grid, convexity, parse_range, sweep
 from modescape.store import load
 from modescape.zoo import build_model, load_dataset
 
+from conftest import SWEEP_SCRIPT_HEAD
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine (and under pytest -n 2) a second one only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -176,20 +169,7 @@ def test_convexity_map_matches_dense_hessian(digits):
         np.testing.assert_allclose(float(got.convexity_ratio), abs(float(ev_.min() / ev_.max())), rtol=1e-2, atol=1e-4)
 
 
-SCRIPT = textwrap.dedent("""
-    import os, sys, numpy as np, torch
-    sys.path.insert(0, {src!r})
-    torch.set_num_threads(1)
-    from modescape import space as sp
-    from modescape.directions import random_directions
-    from modescape.evaluate import Evaluator
-    from modescape.families import Plane
-    from modescape.landscape import sweep
-    from modescape.zoo import build_model, load_dataset
-    split = load_dataset("digits")
-    torch.manual_seed(0)
-    net = build_model("mlp", split.input_shape, 10, depth=1, width=16)
-    dx, dy = random_directions(net, 2, seed=0)
+SCRIPT = SWEEP_SCRIPT_HEAD + textwrap.dedent("""
     ev = Evaluator(net, {{"train": (split.train[0][:300], split.train[1][:300])}}, progress=False)
     ev.family_mode = "loop"
     plane = Plane(sp.WeightSpace(net).point(net), dx, dy)

@@ -17,6 +17,8 @@ import zarr
 from modescape.errors import UserError
 from modescape.store import DONE, ResultStore, load
 
+from conftest import SWEEP_SCRIPT_HEAD
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 COORDS = {"x": np.linspace(-1, 1, 3), "y": np.linspace(0, 1, 7)}
 
@@ -71,20 +73,7 @@ def test_corrupt_store_is_a_one_line_user_error(tmp_path):
         ResultStore(junk)
 
 
-SCRIPT = textwrap.dedent("""
-    import sys, time, torch
-    sys.path.insert(0, {src!r})
-    torch.set_num_threads(1)
-    from modescape import space as sp
-    from modescape.directions import random_directions
-    from modescape.evaluate import Evaluator
-    from modescape.families import Plane
-    from modescape.landscape import sweep
-    from modescape.zoo import build_model, load_dataset
-    split = load_dataset("digits")
-    torch.manual_seed(0)
-    net = build_model("mlp", split.input_shape, 10, depth=1, width=16)
-    dx, dy = random_directions(net, 2, seed=0)
+SCRIPT = SWEEP_SCRIPT_HEAD + textwrap.dedent("""
     ev = Evaluator(net, {{"train": (split.train[0][:300], split.train[1][:300]),
                           "test": (split.test[0][:100], split.test[1][:100])}}, progress=False)
     delay = float(sys.argv[2])

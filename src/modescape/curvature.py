@@ -206,6 +206,11 @@ class Hessian:
             return parts
         return {n: parts[n] if n in parts else torch.zeros_like(self.point[n]) for n in self.space.names}
 
+    def _with_leaves(self) -> tuple[sp.Point, list[Tensor]]:
+        """The point with fresh leaf tensors (requiring grad) for the selected names: (params, leaves)."""
+        leaves = [self.point[n].detach().requires_grad_(True) for n in self.names]
+        return {**self.point, **dict(zip(self.names, leaves))}, leaves
+
     # -- the retained gradient graph ------------------------------------------------------------
     @property
     def retained(self) -> bool:
@@ -225,9 +230,7 @@ class Hessian:
         src = ev.sources[self.source] if self.source is not None else next(iter(ev.sources.values()))
         if not src.materialised:  # data too large to hold on the device: its graph is larger still
             return False
-        params = dict(self.point)
-        leaves = [params[n].detach().requires_grad_(True) for n in self.names]
-        params.update(zip(self.names, leaves))
+        params, leaves = self._with_leaves()
         fixed = {t.untyped_storage().data_ptr() for t in [*params.values(), *self.buffers.values()]}
         seen: set[int] = set()
         size = 0
@@ -288,9 +291,7 @@ class Hessian:
         """The mean-loss gradient over the selected parameters, [P] (free when the graph is retained)."""
         if self._grads is not None:
             return torch.cat([g.detach().reshape(-1) for g in self._grads])
-        params = dict(self.point)
-        leaves = [params[n].detach().requires_grad_(True) for n in self.names]
-        params.update(zip(self.names, leaves))
+        params, leaves = self._with_leaves()
         out = [torch.zeros_like(t) for t in leaves]
         for w, x, y in self.evaluator.weighted_batches(self.source):
             loss = self.evaluator.batch_loss(params, self.buffers, x, y)
@@ -301,9 +302,7 @@ class Hessian:
 
     # -- products -----------------------------------------------------------------------------
     def _hvp_double(self, vs: list[Tensor], batches) -> list[Tensor]:
-        params = dict(self.point)
-        leaves = [params[n].detach().requires_grad_(True) for n in self.names]
-        params.update(zip(self.names, leaves))
+        params, leaves = self._with_leaves()
         out = [torch.zeros_like(t) for t in vs]
         ev = self.evaluator
         for w, x, y in batches:
@@ -391,38 +390,10 @@ class Hessian:
             raise UserError(f"a dense Hessian of {self.size} parameters is too large: use a parameter filter")
         return self.matmat(torch.eye(self.size, device=self.device, dtype=self.dtype))
 
-    def _measure(self, rounds: int = 3) -> str:
-        """Time both HVP methods on the first batch, interleaved over up to ``rounds`` rounds after a
-        warm-up (fewer when one is 1.5x faster), keeping each one's fastest time (robust to a busy
-        machine); return the faster method."""
-        first = next(iter(self.evaluator.weighted_batches(self.source)))
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        v = torch.randn(self.size, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
-        vs = self.split(v)
-        fns = {"double-backward": self._hvp_double, "forward-over-reverse": self._hvp_jvp}
-        for fn in fns.values():
-            fn(vs, [first])  # warm-up
-        self.timings = {name: float("inf") for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                self._sync()
-                t0 = time.perf_counter()
-                fn(vs, [first])
-                self._sync()
-                self.timings[name] = min(self.timings[name], time.perf_counter() - t0)
-            fast, slow = sorted(self.timings.values())
-            if slow > 1.5 * fast:  # clear winner: no need for more rounds
-                break
-        return min(self.timings, key=self.timings.get)
-
-    def _measure_retained(self, rounds: int = 2) -> str:
-        """Time a product through the retained graph against a recomputed forward-over-reverse product
-        (whole source each, a warm-up, then the best of ``rounds`` interleaved rounds); return the
-        faster method ("double-backward" for the retained one)."""
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        vs = self.split(torch.randn(self.size, generator=gen, dtype=torch.float64).to(self.device, self.dtype))
-        fns = {"double-backward": lambda: self._hvp_retained(vs),
-               "forward-over-reverse": lambda: self._hvp_jvp(vs, self.evaluator.weighted_batches(self.source))}
+    def _fastest(self, fns: Mapping[str, Callable[[], Any]], rounds: int, clear: float | None = None) -> str:
+        """Time each of ``fns`` after a warm-up, interleaved over up to ``rounds`` rounds (fewer once one is
+        ``clear`` times faster), keeping each one's fastest time (robust to a busy machine) in
+        ``self.timings``; return the fastest name."""
         for fn in fns.values():
             fn()  # warm-up
         self.timings = {name: float("inf") for name in fns}
@@ -433,7 +404,30 @@ class Hessian:
                 fn()
                 self._sync()
                 self.timings[name] = min(self.timings[name], time.perf_counter() - t0)
+            fast, slow = sorted(self.timings.values())
+            if clear is not None and slow > clear * fast:  # a clear winner: no need for more rounds
+                break
         return min(self.timings, key=self.timings.get)
+
+    def _probe_vector(self) -> list[Tensor]:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        return self.split(torch.randn(self.size, generator=gen, dtype=torch.float64).to(self.device, self.dtype))
+
+    def _measure(self, rounds: int = 3) -> str:
+        """Both recomputed HVP methods on the first batch (up to ``rounds`` rounds, fewer when one is 1.5x
+        faster); return the faster method."""
+        first = next(iter(self.evaluator.weighted_batches(self.source)))
+        vs = self._probe_vector()
+        return self._fastest({"double-backward": lambda: self._hvp_double(vs, [first]),
+                              "forward-over-reverse": lambda: self._hvp_jvp(vs, [first])}, rounds, clear=1.5)
+
+    def _measure_retained(self, rounds: int = 2) -> str:
+        """A product through the retained graph against a recomputed forward-over-reverse product, whole
+        source each; return the faster method ("double-backward" for the retained one)."""
+        vs = self._probe_vector()
+        return self._fastest({"double-backward": lambda: self._hvp_retained(vs),
+                              "forward-over-reverse": lambda: self._hvp_jvp(vs, self.evaluator.weighted_batches(
+                                  self.source))}, rounds)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -112,13 +112,18 @@ def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: 
                                               **identity})
 
 
-def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+def _read_optimizer(path: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The saved optimiser state: (its JSON sidecar, {parameter index: {name: value}})."""
     side = json.loads(path.with_suffix(".json").read_text())
-    tensors = io.load_tensors(path)
     state: dict[int, dict[str, Any]] = {}
-    for key, val in list(tensors.items()) + list(side["numbers"].items()):
+    for key, val in list(io.load_tensors(path).items()) + list(side["numbers"].items()):
         _, idx, name = key.split(".", 2)
         state.setdefault(int(idx), {})[name] = val
+    return side, state
+
+
+def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+    side, state = _read_optimizer(path)
     opt.load_state_dict({"state": state, "param_groups": side["param_groups"]})
 
 
@@ -165,22 +170,22 @@ def momentum_of(checkpoint: str | Path, model: nn.Module) -> tuple[dict[str, tor
     if not state.exists() or not state.with_suffix(".json").exists():
         return None, f"no optimiser state beside {checkpoint}"
     meta = io.read_meta(checkpoint)
-    side = json.loads(state.with_suffix(".json").read_text())
+    side, saved = _read_optimizer(state)
     config = side.get("config", {})
     if config.get("optimizer") != "sgd" or not config.get("momentum"):
         return None, f"{state} is not SGD with momentum"
     if meta.get("epoch") != side.get("epoch"):
         return None, f"{state} is for epoch {side.get('epoch')}, {checkpoint} for epoch {meta.get('epoch')}"
-    names = [n for n, _ in model.named_parameters()]
-    tensors = io.load_tensors(state)
+    params = list(model.named_parameters())  # the trainer's optimiser indexes model.parameters()
     out = {}
-    for key, val in tensors.items():
-        _, idx, what = key.split(".", 2)
-        if what == "momentum_buffer":
-            if int(idx) >= len(names) or tuple(val.shape) != tuple(model.get_parameter(names[int(idx)]).shape):
-                return None, f"{state} does not match the model's parameters"
-            out[names[int(idx)]] = val
-    if len(out) != len(names):
+    for idx, entry in saved.items():
+        buf = entry.get("momentum_buffer")
+        if buf is None:
+            continue
+        if idx >= len(params) or tuple(buf.shape) != tuple(params[idx][1].shape):
+            return None, f"{state} does not match the model's parameters"
+        out[params[idx][0]] = buf
+    if len(out) != len(params):
         return None, f"{state} has no momentum for every parameter"
     return out, f"restored from {state} (epoch {side.get('epoch')})"
 

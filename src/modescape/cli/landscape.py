@@ -177,10 +177,7 @@ def surface_cmd(
     _check_positive(batch_size=batch_size, steps=steps)
     if convexity_points < 0 or convexity_points == 1:
         raise UserError(f"--convexity must be 0 (none) or at least 2 points per axis; got {convexity_points}")
-    if x:
-        parse_range(x, what="--x")
-    if y:
-        parse_range(y, what="--y")
+    xs, ys = (parse_range(r, what=w) if r else None for r, w in ((x, "--x"), (y, "--y")))  # checked before loading
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
@@ -190,14 +187,15 @@ def surface_cmd(
         pb, pc = (_load_other(p, net, dev, role) for p, role in zip(through, "BC"))
         family = PlaneThrough(p0, pb, pc)
         mc = family.model_coords.numpy()
-        grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(mc[:, 0], steps),
-                     "y": parse_range(y, what="--y") if y else auto_range(mc[:, 1], steps)})
+        grid = Grid({"x": xs if xs is not None else auto_range(mc[:, 0], steps),
+                     "y": ys if ys is not None else auto_range(mc[:, 1], steps)})
         extra.update(checkpoints=[str(checkpoint), *map(str, through)],
                      models={"labels": ["A", "B", "C"], "coords": mc.tolist()})
     else:
         dx, dy = random_directions(net, 2, normalization=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
         family = Plane(p0, dx, dy)
-        grid = Grid.parse(x=x or "-1:1:51", y=y or "-1:1:51")
+        grid = Grid({"x": xs if xs is not None else parse_range("-1:1:51"),
+                     "y": ys if ys is not None else parse_range("-1:1:51")})
         extra.update(directions={"normalization": norm, "ignore": ignore, "seed": seed, "orthogonal": orthogonal},
                      models={"labels": ["model"], "coords": [[0.0, 0.0]]})
     _check_grid(grid, {"x": "--x" if x or not through else "--steps", "y": "--y" if y or not through else "--steps"})
@@ -240,10 +238,7 @@ def trajectory_cmd(
 ) -> None:
     """The loss on the PCA plane of a training trajectory, with the path drawn (Li et al. 2018, sec. 7)."""
     _check_positive(batch_size=batch_size, steps=steps)
-    if x:
-        parse_range(x, what="--x")
-    if y:
-        parse_range(y, what="--y")
+    xs, ys = (parse_range(r, what=w) if r else None for r, w in ((x, "--x"), (y, "--y")))  # checked before loading
     dev, ctx = _setup(device, bn)
     files = sorted((run_dir / "checkpoints").glob("epoch-*.safetensors"))
     final_path = run_dir / "final.safetensors"
@@ -258,8 +253,8 @@ def trajectory_cmd(
     points = [_load_other(f, net, dev) for f in files]
     plane, pca = trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))
     path = pca.path.numpy()
-    grid = Grid({"x": parse_range(x, what="--x") if x else auto_range(path[:, 0], steps, 0.2),
-                 "y": parse_range(y, what="--y") if y else auto_range(path[:, 1], steps, 0.2)})
+    grid = Grid({"x": xs if xs is not None else auto_range(path[:, 0], steps, 0.2),
+                 "y": ys if ys is not None else auto_range(path[:, 1], steps, 0.2)})
     _check_grid(grid, {"x": "--x" if x else "--steps", "y": "--y" if y else "--steps"})
     ev = _evaluator(net, split, bn, dev, batch_size, mode, False)
     out = common.out_dir(out) if ctx.is_main else Path(out)
