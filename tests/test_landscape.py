@@ -242,3 +242,31 @@ def test_plots_and_cli(tmp_path, digits):
     r = runner.invoke(app, ["plot", str(tmp_path / "i" / "result.zarr"), "--out", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "p" / "line.png").exists() and (tmp_path / "p" / "landscape.html").exists()
+
+
+def test_convexity_map_on_a_parameter_filter(digits):
+    """params="weights" (the reference's choice: tensors with dim > 1) is the Hessian's diagonal block."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.Tanh(), nn.Linear(4, 10))
+    x, y = digits.train[0][:100], digits.train[1][:100]
+    origin = sp.WeightSpace(net).point(net)
+    dx, dy = random_directions(net, 2, seed=0)
+    ev = Evaluator(net.double(), {"train": (x.double(), y)}, progress=False)
+    plane = Plane({k: v.double() for k, v in origin.items()}, {k: v.double() for k, v in dx.items()},
+                  {k: v.double() for k, v in dy.items()})
+    ds = convexity(plane, ev, {"x": "0:0.5:2", "y": "0:0:1"}, tol=1e-10, params="weights", progress=False)
+    assert ds.attrs["params"] == "weights"
+    names = [n for n in origin if origin[n].dim() > 1]
+    for xv in ds.x.values:
+        p = plane(torch.tensor([xv, 0.0], dtype=torch.float64))
+        sizes, shapes = [p[n].numel() for n in names], [p[n].shape for n in names]
+
+        def loss(flat):  # the weights free, the biases fixed at p
+            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+            return F.cross_entropy(functional_call(net, {**p, **parts}, (x.double(),)), y)
+
+        flat = torch.cat([p[n].reshape(-1) for n in names])
+        want = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
+        got = ds.sel(x=xv, y=0.0)
+        np.testing.assert_allclose(float(got.lambda_max), float(want.max()), rtol=1e-6)
+        np.testing.assert_allclose(float(got.lambda_min), float(want.min()), rtol=1e-6, atol=1e-8 * float(want.max()))

@@ -318,14 +318,16 @@ CONVEXITY_NAMES = ("lambda_max", "lambda_min", "convexity_ratio")
 
 def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
               store: str | os.PathLike | None = None, source: str | None = None, tol: float = 1e-3,
-              max_iter: int | None = None, seed: int = 0, start: str = "gradient",
+              max_iter: int | None = None, seed: int = 0, start: str = "gradient", params: str = "all",
               attrs: Mapping[str, Any] | None = None, progress: bool | None = None) -> xr.Dataset:
     """Li et al.'s convexity map: at each grid point the largest and smallest Hessian eigenvalues of the
     mean loss on ``source`` (default the evaluator's first), by Lanczos on Hessian-vector products
     (`modescape.curvature.extreme_eigenvalues`: one run, both ends, residuals at most ``tol * max|theta|``),
     and ``|lambda_min / lambda_max|`` (near 0: locally convex; large: strong negative curvature).
     Variables ``lambda_max``, ``lambda_min``, ``convexity_ratio``, ``n_hvp``; resumable like `sweep`.
-    ``start``: Lanczos's first vector at each point (see `modescape.curvature.eigenvalues`).
+    ``start``: Lanczos's first vector at each point (see `modescape.curvature.eigenvalues`); ``params``: the
+    parameter filter of the Hessian (`modescape.curvature.select_params`; the reference code uses
+    ``"weights"``, the tensors with dim > 1).
     """
     from . import curvature
 
@@ -335,7 +337,7 @@ def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[s
     g = Grid(dict(zip(dims, g.coords.values())))
     settings = {"grid": {d: g.coords[d] for d in dims}, "family_hash": io.tensor_hash({"W": family.matrix().detach()}),
                 "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator), "bn": evaluator.bn,
-                "source": source, "tol": tol, "max_iter": max_iter, "seed": seed, "start": start, "what": "convexity"}
+                "source": source, "tol": tol, "max_iter": max_iter, "seed": seed, "start": start, "params": params, "what": "convexity"}
     all_attrs = {k: v for k, v in settings.items() if k != "grid"}
     all_attrs.update({"versions": versions(), "family": family.describe() if hasattr(family, "describe") else {},
                       **dict(attrs or {})})
@@ -346,7 +348,7 @@ def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[s
             point = family(torch.as_tensor(row, dtype=torch.float64))
             point = {k: v.detach().to(evaluator.device, evaluator.dtype) for k, v in point.items()}
             lo, hi, n = curvature.extreme_eigenvalues(evaluator, point=point, source=source, tol=tol,
-                                                      max_iter=max_iter, seed=seed, start=start)
+                                                      max_iter=max_iter, seed=seed, start=start, params=params)
             out.append([hi, lo, abs(lo / hi) if hi != 0 else float("nan"), n])
         return np.asarray(out, dtype=np.float64)
 
