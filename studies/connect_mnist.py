@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from modescape import io
+from modescape import io, provenance
 from modescape import space as sp
 from modescape.connect import (ensemble_curve, evaluate_path, evaluate_plane, fge, plot_paths, plot_plane,
                                predict_proba, train_curve)
@@ -86,7 +86,7 @@ def main() -> None:
     pa, pb = space.point(a), space.point(b)
 
     ev = Evaluator(a, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn="recompute")
-    results: dict = {"args": vars(args), "data": split.meta, "versions": io.versions()}
+    results: dict = {"args": vars(args), "data": split.meta, "versions": provenance.versions()}
 
     # 1. the straight segment and trained curves
     line = evaluate_path((pa, pb), ev, points=args.points, name="segment")

@@ -65,8 +65,9 @@ def test_user_errors(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist")
 
 
-def test_review_findings(run_dir, tmp_path, capsys):
-    """Problems a first-time user met: each now gives the right result or one clear line."""
+def test_interpolate_ends_range_errors_and_mismatched_inputs(run_dir, tmp_path, capsys):
+    """interpolate reports A and B when the grid misses t = 0 and 1; a range error shows the A:B:N format
+    (not an emoji); a folder as --out, two architectures, an unknown variable: one clear line each."""
     final = run_dir / "final.safetensors"
     # interpolate reports A and B even when the grid misses t = 0 and t = 1
     code, out, err = run_cli(["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors",
@@ -95,9 +96,9 @@ def test_console_script_has_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr
 
 
-def test_second_review_findings(run_dir, tmp_path, capsys):
-    """A second first-user review: values the option parsers accept but the methods cannot use now give one
-    line, exit status 2 and no leftover folders; --params restricts --per groups."""
+def test_values_the_parsers_accept_but_methods_cannot_use(run_dir, tmp_path, capsys):
+    """Values the option parsers accept but the methods cannot use give one line, exit status 2 and no
+    leftover folders; --params restricts --per groups; an overflowing loss is named."""
     final = run_dir / "final.safetensors"
     for argv, pattern in (
             (["surface", final, "--x", "0:0:1", "--y", "-1:1:5"], "at least 2 distinct values"),

@@ -1,4 +1,4 @@
-"""Mode connectivity: curve training, path evaluation with BN recompute, summaries, FGE."""
+"""Mode connectivity: curve training, path evaluation (BN recompute and carried buffers), summaries, FGE."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
 from modescape import space as sp
-from modescape.connect import (cyclic_lr, ensemble_curve, evaluate_path, fge, load_curve, reference_schedule,
-                               save_curve, train_curve)
+from modescape.connect import load_curve, reference_schedule, save_curve, train_curve
+from modescape.ensembles import cyclic_lr, ensemble_curve, fge
 from modescape.errors import UserError
 from modescape.evaluate import Evaluator
 from modescape.families.curves import Bezier, PolyChain
-from modescape.train import TrainConfig, train
+from modescape.paths import evaluate_path
+from modescape.train import TrainConfig, epoch_order, train
 from modescape.zoo import build_model
 
 from conftest import run_cli
@@ -39,21 +40,30 @@ def minima(digits):
     return models
 
 
-def test_reference_schedule_matches_piecewise_definition():
-    epochs, lr = 20, 0.3
-    for e in range(epochs):
-        frac = (e + 1) / epochs
-        expected = lr if frac <= 0.5 else (lr * 0.01 if frac > 0.9 else lr * (1 - 0.99 * (frac - 0.5) / 0.4))
-        assert reference_schedule(lr, e, epochs) == pytest.approx(expected, rel=1e-12)
-    assert reference_schedule(lr, 9, 20) == lr and reference_schedule(lr, 17, 20) == pytest.approx(0.01 * lr)
+# the reference's learning_rate_schedule(base_lr, epoch, 20) for its 1-based epochs 1..20, worked out by hand:
+# factor 1 up to alpha = epoch / 20 = 0.5, then 1 - (alpha - 0.5) / 0.4 * 0.99 down to 0.01 at alpha = 0.9
+REFERENCE_CURVE_FACTORS = [1.0] * 10 + [0.87625, 0.7525, 0.62875, 0.505, 0.38125, 0.2575, 0.13375, 0.01, 0.01, 0.01]
+# the reference's cyclic_learning_rate(epoch, 2, 0.05, 0.001) at iterations 0..3 of 4, epochs 0 and 1
+REFERENCE_CYCLE = [0.05, 0.03775, 0.0255, 0.01325, 0.001, 0.01325, 0.0255, 0.03775]
+
+
+def test_reference_schedule_matches_the_references_table():
+    got = [reference_schedule(0.3, e, 20) for e in range(20)]
+    assert got == pytest.approx([0.3 * f for f in REFERENCE_CURVE_FACTORS], rel=1e-12)
+
+
+def test_cyclic_lr_matches_the_references_table():
+    got = [cyclic_lr(e, i, 4, 2, 0.05, 0.001) for e in (0, 1) for i in range(4)]
+    assert got == pytest.approx(REFERENCE_CYCLE, rel=1e-12)
+    assert cyclic_lr(2, 0, 4, 2, 0.05, 0.001) == pytest.approx(0.05)  # the next cycle starts over
 
 
 def test_curve_training_beats_the_segment(digits, minima):
     a, b = minima
     ev = Evaluator(a, {"train": digits.train}, metrics=("loss", "error"), bn="recompute")
-    line = evaluate_path((a, b), ev, points=11)
+    line = evaluate_path((a, b), ev, n_points=11)
     run = train_curve(a, a, b, digits, kind="bezier", bends=3, epochs=5, lr=0.05, wd=5e-4, batch_size=64, seed=0)
-    curve = evaluate_path(run.family, ev, points=11)
+    curve = evaluate_path(run.family, ev, n_points=11)
     assert curve.summary()["train_loss"]["max"] < line.summary()["train_loss"]["max"]
     # the endpoints were frozen: the curve still starts at a and ends at b
     space = sp.WeightSpace(a)
@@ -69,7 +79,7 @@ def test_curve_training_beats_the_segment(digits, minima):
 def test_segment_and_summary_recomputed_independently(digits, minima):
     a, b = minima
     ev = Evaluator(a, {"train": digits.train, "test": digits.test}, metrics=("loss", "error"), bn="running")
-    res = evaluate_path((a, b), ev, points=7)
+    res = evaluate_path((a, b), ev, n_points=7)
     space = sp.WeightSpace(a)
     pa, pb = space.point(a), space.point(b)
     # metrics at each t: a plain module at (1 - t) a + t b
@@ -99,7 +109,7 @@ def test_bn_recompute_along_path_equals_update_bn(digits):
     curve = PolyChain([space.point(a), space.point(c), space.point(b)])
     ev = Evaluator(a, {"train": digits.train, "test": digits.test}, metrics=("loss", "error"), bn="recompute",
                    batch_size=256, mode="vmap")
-    res = evaluate_path(curve, ev, points=5)
+    res = evaluate_path(curve, ev, n_points=5)
     x, y = digits.test
     loader = [(xb,) for xb in digits.train[0].split(256)]
     for i in (1, 2, 3):
@@ -150,13 +160,8 @@ def test_fge_learning_rate_and_ensemble(digits, minima):
     cycle, epochs, bs, (a1, a2) = 2, 4, 256, (0.05, 0.001)
     res = fge(a, a, digits, cycle=cycle, lr=(a1, a2), epochs=epochs, batch_size=bs, seed=0)
     iters = math.ceil(digits.train[0].shape[0] / bs)
-    assert len(res.lrs) == epochs * iters
-    for e in range(epochs):
-        for i in range(iters):
-            t = ((e % cycle) + i / iters) / cycle
-            expected = a1 * (1 - 2 * t) + a2 * 2 * t if t < 0.5 else a1 * (2 * t - 1) + a2 * (2 - 2 * t)
-            assert res.lrs[e * iters + i] == pytest.approx(expected, rel=1e-12)
-            assert cyclic_lr(e, i, iters, cycle, a1, a2) == pytest.approx(expected, rel=1e-12)
+    assert res.lrs == [cyclic_lr(e, i, iters, cycle, a1, a2) for e in range(epochs) for i in range(iters)]
+    assert min(res.lrs) == pytest.approx(a2, rel=1e-12) and max(res.lrs) == pytest.approx(a1, rel=1e-12)
     # snapshots at the end of epochs 1 and 3 (the LR minima of the 2-epoch cycle)
     assert [m["epoch"] for m in res.members] == [1, 3]
     # the ensemble recomputed independently: softmax of plain modules, averaged with numpy
@@ -176,6 +181,69 @@ def test_fge_learning_rate_and_ensemble(digits, minima):
     # the model passed in was not modified
     for k, v in sp.WeightSpace(a).point(a).items():
         assert torch.equal(v, dict(a.named_parameters())[k].detach())
+
+
+def _hand_fge(model, x, y, lr, wd, bs, seed, epochs):
+    """FGE with a constant learning rate written by hand: a train-mode module, torch.optim.SGD, FGE's data
+    order; BatchNorm tracks its running statistics as any train-mode loop does."""
+    net = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    for epoch in range(epochs):
+        order = epoch_order(x.shape[0], seed, epoch)
+        for i in range(0, x.shape[0], bs):
+            idx = order[i:i + bs]
+            opt.zero_grad()
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+def test_fge_snapshots_carry_their_own_batchnorm_statistics(digits):
+    """Each snapshot is scored and saved with statistics of its own weights: under ``running`` the ones
+    BatchNorm tracked during the FGE run (equal to a hand-written train-mode torch.optim.SGD loop), under
+    ``recompute`` fresh ones (equal to the same loop followed by update_bn); neither is the start's."""
+    m = _mlp(digits, 0, width=16, norm="bn")
+    train(m, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, seed=0), progress=False)
+    lr, wd, bs, seed = 0.02, 5e-4, 200, 1  # 1797 = 8 * 200 + 197: no batch of one sample
+    x, y = digits.train
+    hand = _hand_fge(m, x, y, lr, wd, bs, seed, epochs=1)
+    hand_state = dict(hand.state_dict())
+    xt, yt = digits.test
+    for bn in ("running", "recompute"):
+        res = fge(m, m, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed, bn=bn)
+        assert res.bn == bn and len(res.snapshots) == 1 == len(res.buffers)
+        for k, v in res.snapshots[0].items():
+            torch.testing.assert_close(v, hand_state[k], rtol=1e-5, atol=1e-6)
+        ref = copy.deepcopy(hand)
+        if bn == "recompute":
+            update_bn([(xb,) for xb in x.split(1024)], ref)  # the evaluator's batches of 1024
+            ref.eval()
+        for k, v in res.buffers[0].items():
+            if k.endswith(("running_mean", "running_var")):
+                torch.testing.assert_close(v, dict(ref.named_buffers())[k], rtol=1e-4, atol=1e-5)
+                assert not torch.allclose(v, dict(m.named_buffers())[k])  # not the start's statistics
+        with torch.no_grad():
+            acc = float((ref(xt).argmax(1) == yt).double().mean())
+        assert res.members[0]["single_accuracy"] == pytest.approx(acc, abs=1e-12)
+
+
+def test_path_between_batchnorm_models_ends_at_each_model(digits):
+    """A straight line between two BN models carries both models' statistics: under every policy its ends
+    evaluate exactly as the models themselves (the bug was B evaluated with A's running statistics)."""
+    a, b = (_mlp(digits, s, width=16, norm="bn") for s in (0, 1))
+    for net, s in ((a, 0), (b, 1)):
+        train(net, digits, TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=s), progress=False)
+    data = {"train": digits.train, "test": digits.test}
+    results = {}
+    for bn in ("running", "recompute", "train"):
+        ev = Evaluator(a, data, bn=bn, mode="loop")
+        results[bn] = res = evaluate_path((a, b), ev, n_points=5)
+        for i, net in ((0, a), (-1, b)):
+            own = Evaluator(net, data, bn=bn, mode="loop")([sp.WeightSpace(net).point(net)])
+            torch.testing.assert_close(res.metrics.values[i], own.values[0], rtol=1e-6, atol=1e-7)
+    # with A's statistics at B the loss would differ: the carried buffers matter
+    with_a = Evaluator(a, data, bn="running", mode="loop")([sp.WeightSpace(b).point(b)])["train_loss"][0]
+    assert abs(float(with_a) - float(results["running"].metrics["train_loss"][-1])) > 1e-3
 
 
 def test_ensemble_curve_matches_numpy():
@@ -199,14 +267,14 @@ def test_errors(digits, minima):
     with pytest.raises(UserError, match="shape"):
         train_curve(a, a, other, digits, epochs=1)
     ev = Evaluator(a, {"train": digits.train})
-    with pytest.raises(UserError, match="points must be"):
-        evaluate_path((a, b), ev, points=1)
+    with pytest.raises(UserError, match="at least 2 points"):
+        evaluate_path((a, b), ev, n_points=1)
 
 
 def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
     """With a constant cycle (a1 = a2) FGE is plain SGD from the run's state: equal to a hand-written loop
     of torch.optim.SGD that starts from the trainer's saved momentum buffers, in FGE's data order."""
-    from modescape.train import epoch_order, momentum_of
+    from modescape.train import momentum_of
 
     m = _mlp(digits, 0, width=16)
     train(m, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, wd=5e-4, seed=0), out=tmp_path / "run",
@@ -257,7 +325,9 @@ def test_cli_connect_path_fge(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert set(summary) == {"bezier", "segment"} and summary["segment"]["points"] == 5
-    assert summary["segment"]["test_error"]["barrier_mean"] >= 0
+    written = {p["name"]: p for p in json.loads((cdir / "path.json").read_text())["paths"]}
+    err_t = np.array(written["segment"]["metrics"]["test_error"])  # the barrier recomputed from the values
+    assert summary["segment"]["test_error"]["barrier_mean"] == pytest.approx(err_t.max() - (err_t[0] + err_t[-1]) / 2)
     for name in ("curve.safetensors", "curve.json", "path.json", "path.png", "plane.png"):
         assert (cdir / name).exists(), name
     code, out, err = run_cli(["path", cdir, "--points", "5", "--json"], capsys)

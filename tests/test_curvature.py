@@ -145,8 +145,8 @@ def test_gradient_start_mixes_gradient_and_seeded_noise(plain_case):
 def test_batch_weighting_equals_one_full_batch(bn_case):
     m, data, _ = bn_case
     v = torch.randn(sum(p.numel() for p in m.parameters()), dtype=torch.float64)
-    many = cv.hvp(m, None, data, v, batch_size=7)  # 8 batches: 7 of 7, one of 1
-    one = cv.hvp(m, None, data, v, batch_size=N)
+    many = cv.hvp(m, data, None, v, batch_size=7)  # 8 batches: 7 of 7, one of 1
+    one = cv.hvp(m, data, None, v, batch_size=N)
     assert rel(many, one) < 1e-12
 
 
@@ -262,7 +262,9 @@ def test_density_moments_match_dense_quadrature(bn_case):
 def test_density_plot_writes_a_file(plain_case, tmp_path):
     m, data, _ = plain_case
     d = cv.density(m, data, n_probes=2, steps=10)
-    cv.plot_density(d, tmp_path / "density.png")
+    from modescape.plots import plot_density
+
+    plot_density(d, tmp_path / "density.png")
     assert (tmp_path / "density.png").stat().st_size > 1000
 
 
@@ -338,9 +340,14 @@ def test_dense_operator_lanczos_on_a_plain_matrix():
     spectrum = torch.linspace(-2, 10, 40, dtype=torch.float64)
     Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
     A = Q @ torch.diag(spectrum) @ Q.T
-    theta, S, V, beta, m = cv.lanczos(lambda v: A @ v, 40, k=2, which="largest", tol=1e-10, max_iter=40)
-    assert m <= 40 and abs(float(theta.max()) - 10.0) < 1e-9
+    lz = cv.lanczos(lambda v: A @ v, 40, k=2, which="largest", tol=1e-10, max_iter=40)
+    assert isinstance(lz, cv.LanczosResult)
+    m, V = lz.steps, lz.V
+    assert m <= 40 and abs(float(lz.theta.max()) - 10.0) < 1e-9
     assert float((V @ V.T - torch.eye(m, dtype=torch.float64)).abs().max()) < 1e-10  # full reorthogonalisation
+    assert lz.theta.shape == (m,) and lz.S.shape == (m, m) and V.shape == (m, 40)
+    d = lz.to_dict()
+    assert d["steps"] == m and d["theta"] == lz.theta.tolist() and "V" not in d and isinstance(d["beta"], float)
 
 
 def test_blocked_trace_equals_one_probe_at_a_time(plain_case):

@@ -57,6 +57,24 @@ def test_biasbn_zeroes_bias_and_norm_params_and_keeps_buffers():
         assert torch.equal(v, before[k])
 
 
+def test_biasbn_zeroes_every_tensor_of_dim_at_most_one_as_the_reference():
+    """The reference's rule is by shape (``if d.dim() <= 1: d.fill_(0)``): a PReLU slope vector, which is
+    neither a bias nor a norm parameter, is zeroed too; a 2-d tensor named ``bias`` is not."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.act = nn.PReLU(3)
+            self.bias_table = nn.Parameter(torch.randn(2, 3))  # role "weight", dim 2
+
+        def forward(self, x):
+            return self.act(self.fc(x)) + self.bias_table.sum(0)
+
+    d = random_direction(Odd(), "filter", ignore="biasbn", seed=0)
+    assert torch.count_nonzero(d["act.weight"]) == 0 and torch.count_nonzero(d["fc.bias"]) == 0
+    assert torch.count_nonzero(d["fc.weight"]) == 12 and torch.count_nonzero(d["bias_table"]) == 6
+
+
 def test_ignore_none_normalises_bias_and_norm_without_copying_weights():
     net = small_net()
     w = sp.WeightSpace(net).point(net)

@@ -146,6 +146,39 @@ def test_streams_when_too_large():
     assert sum(xb.shape[0] for xb, _ in src) == 100
 
 
+class _Batches:
+    """A re-iterable of (x, y) batches with no ``.dataset`` and no length (e.g. a user's own reader)."""
+
+    def __init__(self, x, y, bs):
+        self.x, self.y, self.bs = x, y, bs
+
+    def __iter__(self):
+        for i in range(0, self.x.shape[0], self.bs):
+            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+
+
+def test_iterables_without_a_dataset_give_the_same_metrics():
+    """A plain generator (read once, so materialised) and a streamed re-iterable with no ``.dataset``
+    (counted, not n = -1) give the metrics of the same data as tensors; a generator too large to hold is
+    refused, since it cannot be read twice."""
+    from modescape.evaluate import make_source
+
+    m = tiny("mlp")
+    x, y = data(100)
+    want = Evaluator(m, (x, y), batch_size=BATCH)([sp.WeightSpace(m).point(m)])
+    gen = ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, 100, BATCH))
+    got = Evaluator(m, gen)([sp.WeightSpace(m).point(m)])
+    torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=1e-12)
+    streamed = make_source(_Batches(x, y, BATCH), budget_bytes=1000)
+    assert not streamed.materialised and streamed.n == 100
+    got = Evaluator(m, streamed)([sp.WeightSpace(m).point(m)])
+    torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=1e-12)
+    assert float(got["loss"][0]) > 0  # the old n = -1 flipped the sign
+    gen = ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, 100, BATCH))
+    with pytest.raises(UserError, match="one-shot iterator"):
+        make_source(gen, budget_bytes=1000)
+
+
 def test_bad_input_errors():
     m = tiny("mlp")
     x, y = data()

@@ -1,17 +1,21 @@
 """Permutation specs, applying permutations, and re-basin matching (modescape.symmetry)."""
 
+import copy
+import importlib
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from modescape.errors import UserError
 from modescape.symmetry.probe import Probe
-from modescape.symmetry import (Axis, PermutationSpec, activation_matching, apply, infer_spec, interpolation, invert,
-                                random_perms, state_of, ste_matching, weight_matching)
+from modescape.symmetry import (Axis, PermutationSpec, activation_matching, apply, example_input, infer_spec,
+                                interpolation, invert, random_perms, state_of, ste_matching, weight_matching)
 from modescape.zoo import build_model
 
 IMG = (3, 8, 8)
@@ -259,7 +263,7 @@ def test_planted_permutation_is_recovered(key, digits):
         gen = torch.Generator().manual_seed(0)
         x, y = torch.randn(64, *shape, generator=gen), torch.randint(0, 10, (64,), generator=gen)
     curve = interpolation(model, a, aligned, {"train": (x, y), "test": (x, y)}, n_points=25)
-    for name, bar in curve.barriers.items():
+    for name, bar in curve.barriers().items():
         assert abs(bar["barrier_linear"]) <= 1e-6 and abs(bar["barrier_mean"]) <= 1e-6, name
     assert len(curve.t) == 25
 
@@ -331,3 +335,180 @@ def test_ste_matching_keeps_an_exact_match(digits):
                                return_info=True)
     assert all(torch.equal(found[p], invert(planted)[p]) for p in spec.sizes)
     assert len(info["losses"]) == 3
+
+
+def test_activation_matching_cross_moment_recovers_a_planted_permutation(digits):
+    torch.manual_seed(0)
+    model = build_model("mlp", DIG, 10, depth=2, width=16, activation="tanh")
+    spec = infer_spec(model)
+    a = state_of(model)
+    planted = random_perms(spec, 4)
+    found = activation_matching(model, a, apply(spec, a, planted), digits.train, spec=spec, batch_size=300,
+                                objective="cross-moment")
+    assert all(torch.equal(found[p], invert(planted)[p]) for p in spec.sizes)
+    with pytest.raises(UserError, match="'correlation' or 'cross-moment'"):
+        activation_matching(model, a, a, digits.train, spec=spec, objective="cosine")
+
+
+def test_cross_moment_is_the_assignment_on_e_ab_where_correlation_disagrees():
+    # one hidden layer of 6 linear units; A's and B's units differ in offset and scale, so the
+    # uncentred E[ab] and the Pearson correlation prefer different pairings
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    spec = infer_spec(net, input_shape=(4,))
+    (p,) = spec.sizes
+    a = state_of(net)
+    b = dict(a)
+    a["0.bias"] = 3 * torch.randn(6, generator=gen)
+    b["0.weight"] = torch.randn(6, 4, generator=gen) * torch.rand(6, 1, generator=gen) * 3
+    b["0.bias"] = 3 * torch.randn(6, generator=gen)
+    x = torch.randn(300, 4, generator=gen)
+    za = (x.double() @ a["0.weight"].double().T + a["0.bias"].double()).numpy()
+    zb = (x.double() @ b["0.weight"].double().T + b["0.bias"].double()).numpy()
+    e_ab = za.T @ zb / len(x)
+    corr = np.corrcoef(za.T, zb.T)[:6, 6:]
+    want = linear_sum_assignment(e_ab, maximize=True)[1]
+    by_corr = linear_sum_assignment(corr, maximize=True)[1]
+    assert not np.array_equal(want, by_corr)  # the example discriminates the two objectives
+    data = (x, torch.zeros(300, dtype=torch.long))
+    found = activation_matching(net, a, b, data, spec=spec, objective="cross-moment", batch_size=64)
+    assert found[p].tolist() == want.tolist()
+    assert activation_matching(net, a, b, data, spec=spec, batch_size=64)[p].tolist() == by_corr.tolist()
+
+
+def test_ste_returns_the_permutation_of_the_step_with_the_lowest_loss(digits, monkeypatch):
+    model, _, spec = built("mlp")
+    x, y = digits.train
+    trained = copy.deepcopy(model)  # a trained A: a wrong permutation visibly raises the midpoint's loss
+    opt = torch.optim.Adam(trained.parameters(), lr=0.05)
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(trained(x), y).backward()
+        opt.step()
+    a = state_of(trained)
+    planted = random_perms(spec, 9)
+    steps = 5
+    # weight matching is scripted: random permutations, except the exact match at step 1; the last
+    # step's projection is a random one, so returning it (or a final re-projection) fails the test
+    script = [random_perms(spec, 100 + i) for i in range(steps + 1)]
+    script[1] = invert(planted)
+    calls = []
+
+    def scripted(spec_, a_, b_, init=None, seed=0, **kwargs):
+        calls.append(script[len(calls)])
+        return calls[-1]
+
+    monkeypatch.setattr(importlib.import_module("modescape.symmetry.match"), "weight_matching", scripted)
+    found, info = ste_matching(trained, a, apply(spec, a, planted), digits.train, spec=spec, steps=steps, lr=1e-4,
+                               return_info=True)
+    assert len(calls) == steps and len(info["losses"]) == steps
+    best = int(np.argmin(info["losses"]))
+    assert info["best_step"] == best == 1 and info["best_loss"] == min(info["losses"])
+    assert all(torch.equal(found[p], calls[best][p]) for p in spec.sizes)
+    assert any(not torch.equal(found[p], calls[-1][p]) for p in spec.sizes)
+
+
+# -- inference for models outside the zoo, and the rule table ---------------------------------------
+
+def test_model_outside_the_zoo_gets_its_spec_from_data(digits):
+    x, y = digits.train[0].flatten(1), digits.train[1]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 10))
+    assert not hasattr(model, "modescape_spec")
+    with pytest.raises(UserError, match="data="):
+        infer_spec(model)
+    spec = infer_spec(model, data=(x, y))
+    assert spec.canonical() == canon(perm(12, A("0.weight"), A("0.bias"), A("2.weight", 1)),
+                                     perm(10, A("2.weight"), A("2.bias"), A("4.weight", 1)))
+    a = state_of(model)
+    planted = random_perms(spec, 3)
+    b = apply(spec, a, planted)
+    found = weight_matching(spec, a, b, seed=1)
+    assert all(torch.equal(found[p], invert(planted)[p]) for p in spec.sizes)
+    # activation matching infers the spec from its data too (no input shape anywhere)
+    found = activation_matching(model, a, b, (x, y))
+    assert torch.equal(found["0"], invert(planted)["0"])
+
+
+def test_example_input_takes_every_data_form(digits):
+    x, y = digits.train
+    ds = torch.utils.data.TensorDataset(x, y)
+    forms = [(x, y), ds, torch.utils.data.DataLoader(ds, batch_size=7), [(x[:5], y[:5])], {"train": (x, y)},
+             {"test": (x, y)}, digits]
+    for form in forms:
+        assert torch.equal(example_input(form, n=3), x[:3]), type(form).__name__
+    for bad in (3, [], torch.utils.data.TensorDataset(x[:0], y[:0])):
+        with pytest.raises(UserError, match="example_input"):
+            example_input(bad)
+
+
+class Assorted(nn.Module):
+    """One of each rule the zoo models do not use (functions, methods, PReLU, reductions, sizes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.soft = nn.Softmax(dim=-1)  # a parameter-free module no rule knows, on the fixed input
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.act = nn.PReLU(6)
+        self.drop = nn.Dropout(0.1)
+        self.fc0, self.fc1, self.out = nn.Linear(6 * 64, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.cumsum(self.soft(x), dim=0)  # an unknown function on fixed values
+        h = self.drop(self.act(self.conv(x)))
+        h = -torch.sigmoid(h) / 2
+        g = h.mean((2, 3))
+        f = h.contiguous().view(h.size(0) * 1, -1)
+        return self.out(nn.functional.relu(self.fc0(f)) + self.fc1(g))
+
+
+def test_every_rule_in_the_tables_is_exercised(monkeypatch):
+    infer = importlib.import_module("modescape.symmetry.infer")
+    defaults = ("rule_activation", "rule_fixed", "rule_constant")  # what the dispatchers name directly
+    every = {rule.__name__ for table in (infer.MODULE_RULES, infer.FUNCTION_RULES) for rule in table.values()}
+    assert {n for n in dir(infer) if n.startswith("rule_")} == every | set(defaults)  # no rule outside them
+    used = set()
+
+    def recording(rule):
+        def wrapped(ctx, node):
+            used.add(rule.__name__)
+            return rule(ctx, node)
+        return wrapped
+
+    for table in (infer.MODULE_RULES, infer.FUNCTION_RULES):
+        for key, rule in list(table.items()):
+            monkeypatch.setitem(table, key, recording(rule))
+    for name in defaults:
+        monkeypatch.setattr(infer, name, recording(getattr(infer, name)))
+    for name, shape, args in (("mlp", DIG, dict(depth=2, width=8, norm="bn")), ("cnn", IMG, dict(width=4)),
+                              ("resnet", IMG, dict(depth=8)), ("vgg", IMG, dict(depth=11, width=1))):
+        infer.infer_spec(build_model(name, shape, 10, **args))
+    model = Assorted().eval()
+    spec = infer.infer_spec(model, input_shape=DIG)
+    assert used == every | set(defaults)
+    assert spec.canonical() == canon(
+        perm(6, A("conv.weight"), A("conv.bias"), A("act.weight"), A("fc0.weight", 1, 64), A("fc1.weight", 1)),
+        perm(8, A("fc0.weight"), A("fc0.bias"), A("fc1.weight"), A("fc1.bias"), A("out.weight", 1)))
+    twin = Assorted().eval()
+    twin.load_state_dict(apply(spec, model.state_dict(), random_perms(spec, 2)))
+    x = torch.randn(5, *DIG)
+    assert (model(x) - twin(x)).abs().max() <= 1e-5
+
+
+class Unknowns(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.conv, self.soft = how, nn.Conv2d(1, 4, 3, padding=1), nn.Softmax(dim=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.how == "module":
+            return self.soft(h)  # softmax over the channels: not channel-wise
+        return torch.cat([h, h], dim=1)  # concatenation along the channels
+
+
+@pytest.mark.parametrize("how, node, what", [("module", "soft", "module type Softmax is not known"),
+                                             ("function", "cat", "an operation not known to act channel-wise")])
+def test_unknown_ops_on_permuted_channels_raise_naming_the_node(how, node, what):
+    with pytest.raises(UserError, match=f"fx node '{node}'.*{what}.*elementwise="):
+        infer_spec(Unknowns(how), input_shape=DIG)

@@ -217,3 +217,46 @@ def test_cli_errors_are_one_line(checkpoints, capsys):
     assert code == 2 and "--best" in err
     code, _, err = run_cli(["align", a, a, "--out", "/tmp/x-unused", "--method", "magic"], capsys)
     assert code == 2 and "unknown --method" in err
+
+
+# -- models outside the zoo: the spec's input shape comes from the data ---------------------------------
+
+def test_align_and_swap_work_on_a_model_outside_the_zoo():
+    """A plain nn.Sequential has no ``modescape_spec``: align, REPAIR and the swap analysis infer its spec
+    with the input shape of the data they hold (this failed with "infer_spec needs the shape of one
+    input"), and a planted permutation is undone exactly."""
+    from modescape.symmetry import align, random_perms
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU(),
+                              torch.nn.Linear(12, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    a = state_of(net)
+    spec = infer_spec(net, example=x[:2])
+    b = apply(spec, a, random_perms(spec, seed=4))
+    res = align(net, a, b, {"train": (x, y), "test": (x, y)}, method="weights", repair=True, n_points=5)
+    for k, v in res.b_aligned.items():
+        torch.testing.assert_close(v, a[k])
+    assert res.curves["after"].barriers()["train_loss"]["barrier_linear"] <= 1e-6
+    out = swap_analysis(net, a, "2", 0, 1, (x, y), n_points=5, k=2)
+    assert len(out["loss"]) == 5 and out["perm"] in spec.sizes
+
+
+def test_swap_path_carries_the_permuted_running_statistics(digits):
+    """Under bn="running" the swap path's far end is the swapped network with its running statistics
+    permuted too: it computes the same function, so the loss at t = 1 equals the loss at t = 0."""
+    from modescape.evaluate import Evaluator
+
+    net = mlp(0, norm="bn")
+    with torch.no_grad():  # non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    x, y = digits.train[0][:200], digits.train[1][:200]
+    ev = Evaluator(net, (x, y), bn="running")
+    res = swap_analysis(net, state_of(net), "fc0", 0, 3, evaluator=ev, n_points=5, eigen=False)
+    assert res["loss"][-1] == pytest.approx(res["loss"][0], rel=1e-6)
+    path = swap_path(net, state_of(net), "fc0", 0, 3)
+    start, end = path.buffers_at(0.0)["norm0.running_mean"], path.buffers_at(1.0)["norm0.running_mean"]
+    assert torch.equal(end[[0, 3]], start[[3, 0]]) and torch.equal(end[1:3], start[1:3])

@@ -1,6 +1,5 @@
 """The trainer: reaches the accuracy the demo promises, resumes bit for bit, schedules as documented."""
 
-import math
 
 import pytest
 import torch
@@ -76,7 +75,13 @@ def test_schedules():
     cfg = tr.TrainConfig(epochs=10, lr=0.1, schedule="cosine")
     assert tr.learning_rate(cfg, 0, 0, 5) == pytest.approx(0.1)
     assert tr.learning_rate(cfg, 5, 0, 5) == pytest.approx(0.05)
-    assert tr.learning_rate(cfg, 7, 2, 5) == pytest.approx(0.05 * (1 + math.cos(math.pi * 7.4 / 10)))
+    # per-step cosine decay: torch's CosineAnnealingLR stepped once per step over all 50 steps
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
+    for step in range(50):
+        assert tr.learning_rate(cfg, step // 5, step % 5, 5) == pytest.approx(sched.get_last_lr()[0], rel=1e-9, abs=1e-12)
+        opt.step()
+        sched.step()
     step = tr.TrainConfig(epochs=9, lr=0.1, schedule="step", gamma=0.5)
     assert [tr.learning_rate(step, e, 0, 1) for e in (0, 2, 3, 6, 8)] == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.025])
     assert tr.learning_rate(tr.TrainConfig(schedule="constant", lr=0.3), 4, 1, 2) == 0.3

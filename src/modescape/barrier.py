@@ -3,12 +3,17 @@
 Two conventions are in use in the literature, and both are reported, each under its own name:
 
 * ``barrier_linear`` = max_t [L(t) - ((1 - t) L(0) + t L(1))]: the largest rise above the chord
-  between the two ends (Frankle et al. 2020, Entezari et al. 2022);
-* ``barrier_mean``   = max_t L(t) - (L(0) + L(1)) / 2: the peak above the mean of the ends
-  (Garipov et al. 2018; Draxler et al. 2018 use the peak itself).
+  between the two ends (Entezari et al. 2022, "The role of permutation invariance in linear mode
+  connectivity", their Definition 1);
+* ``barrier_mean``   = max_t L(t) - (L(0) + L(1)) / 2: the peak above the mean of the ends (Frankle et al.
+  2020, "Linear mode connectivity and the lottery ticket hypothesis": their *instability* is this on the
+  test error; Ainsworth et al. 2022, "Git Re-Basin": their loss barrier). Garipov et al. 2018 report the
+  peak along the curve itself, and Draxler et al. 2018 the highest point of the path (its saddle energy);
+  both are the ``max`` of a path's summary.
 
 Both are >= 0 when t includes the ends; ``barrier_linear`` is 0 for a path that never rises above its
-chord, ``barrier_mean`` is half the gap between the ends for a monotone path.
+chord, ``barrier_mean`` is half the gap between the ends for a monotone path. They agree when the two ends
+have the same value.
 """
 
 from __future__ import annotations

@@ -10,18 +10,19 @@ which says how to rebuild the model and the data), `correlate` computes
 
 and Kendall's tau (``scipy.stats.kendalltau``, tau-b, with its p-value) between each measure and the gap
 over the runs, as in Jiang et al. (2020). A grid over batch size, learning rate and width gives the
-classic table. Results: a `Correlation` with a per-run table, the taus, and a bar plot of tau per measure.
+classic table. The result is a `Correlation`: a per-run table (``to_csv``), the taus (``to_dict``); its
+figure is `modescape.plots.plot_correlation`.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from io import StringIO
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import io
 from . import sharpness as sh
 from .errors import UserError
 from .evaluate import Evaluator
@@ -37,11 +38,20 @@ class Correlation:
     tau: dict[str, tuple[float, float]]
     measures: list[str]
     gap: str
-    files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"gap": self.gap, "measures": self.measures, "runs": self.rows,
-                "kendall_tau": {k: {"tau": t, "p_value": p} for k, (t, p) in self.tau.items()}, "files": self.files}
+                "kendall_tau": {k: {"tau": t, "p_value": p} for k, (t, p) in self.tau.items()}}
+
+    def to_csv(self) -> str:
+        """One row per run: run, gap, train/test loss and error, every measure."""
+        cols = ["run", "gap", "train_loss", "test_loss", "train_error", "test_error"] + self.measures
+        buf = StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in self.rows:
+            w.writerow([r.get(c, "") for c in cols])
+        return buf.getvalue()
 
 
 def checkpoint_of(run: str | Path) -> Path:
@@ -77,12 +87,10 @@ def _default_loader(path: Path, device) -> tuple[Any, dict, Any]:
 def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None = None,
               options: Mapping[str, Mapping[str, Any]] | None = None, gap: str = "error", bn: str = "running",
               params: str = "all", n_train: int | None = None, batch_size: int | None = None, device=None,
-              seed: int = 0, out: str | Path | None = None,
-              loader: Callable[[Path, Any], tuple[Any, dict, Any]] | None = None,
+              seed: int = 0, loader: Callable[[Path, Any], tuple[Any, dict, Any]] | None = None,
               progress: bool | None = None) -> Correlation:
-    """Measures, gap and Kendall's tau over runs; writes ``correlate.csv``, ``correlate.json`` and
-    ``correlate.png`` into ``out`` when given. ``loader(path, device) -> (model, meta, split)`` reads a run
-    (default: the CLI's sidecar loader)."""
+    """Measures, gap and Kendall's tau over runs. ``loader(path, device) -> (model, meta, split)`` reads a
+    run (default: `modescape.io.load_checkpoint`, the sidecar loader)."""
     if gap not in ("loss", "error"):
         raise UserError(f"unknown gap '{gap}': use loss or error")
     if len(run_dirs) < 2:
@@ -110,59 +118,7 @@ def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None 
                          "config": meta.get("config", {}), "model": meta.get("model", {})})
             adv(1, info=Path(run).name)
     taus = {m: kendall([r[m] for r in rows], [r["gap"] for r in rows]) for m in names}
-    result = Correlation(rows, taus, names, gap)
-    if out is not None:
-        result.files = write(result, out)
-    return result
+    return Correlation(rows, taus, names, gap)
 
 
-def write(result: Correlation, out: str | Path) -> list[str]:
-    """``correlate.csv`` (one row per run), ``correlate.json`` and ``correlate.png`` in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cols = ["run", "gap", "train_loss", "test_loss", "train_error", "test_error"] + result.measures
-    with io.atomic_path(out / "correlate.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            for r in result.rows:
-                w.writerow([r.get(c, "") for c in cols])
-    io.write_json(out / "correlate.json", result.to_dict())
-    return [str(out / "correlate.csv"), str(out / "correlate.json"), str(plot(result, out / "correlate.png"))]
-
-
-def plot(result: Correlation, path: str | Path) -> Path:
-    """Left: Kendall's tau of each measure with the gap (bars). Right: each measure's ranks against the gap."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    ms = result.measures
-    taus = [result.tau[m][0] for m in ms]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
-    colors = ["tab:blue" if (t if math.isfinite(t) else 0) >= 0 else "tab:red" for t in taus]
-    a.barh(range(len(ms)), [t if math.isfinite(t) else 0 for t in taus], color=colors)
-    a.set_yticks(range(len(ms)), ms)
-    a.invert_yaxis()
-    a.axvline(0, color="k", lw=0.8)
-    a.set_xlim(-1, 1)
-    a.set_xlabel(f"Kendall tau with the generalisation gap ({result.gap})")
-    gaps = np.array([r["gap"] for r in result.rows])
-    gr = gaps.argsort().argsort()
-    for m in ms:
-        v = np.array([r[m] for r in result.rows], dtype=float)
-        b.plot(gr, v.argsort().argsort(), "o", alpha=0.6, label=m)
-    b.set_xlabel("rank of the gap")
-    b.set_ylabel("rank of the measure")
-    b.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{len(result.rows)} runs")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-__all__ = ["correlate", "Correlation", "kendall", "write", "plot", "checkpoint_of"]
+__all__ = ["correlate", "Correlation", "kendall", "checkpoint_of"]

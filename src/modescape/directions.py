@@ -11,8 +11,9 @@ Two kinds, both returned as points (``dict[str, Tensor]`` with the model's param
   - ``"model"``: the whole vector becomes ``d * ||w|| / (||d|| + 1e-10)`` (norms over all kept tensors);
   - ``"none"``: the raw Gaussian.
 
-  ``ignore="biasbn"`` (the default) sets the direction to zero on biases and normalisation-layer
-  parameters (roles ``bias`` and ``norm`` of `WeightSpace`); with ``ignore="none"`` they get their own
+  ``ignore="biasbn"`` (the default) sets the direction to zero on every tensor with dim <= 1, as the
+  reference does: biases, normalisation-layer parameters, and any other vector or scalar parameter such as
+  ``PReLU.weight`` (the rule is by shape, not by role); with ``ignore="none"`` they get their own
   Gaussian, normalised with a 1-D tensor as one group (never copied from the weights, unlike the
   reference code's ``d.copy_(w)``). Buffers (BatchNorm running statistics) are not coordinates of
   weight space and are never perturbed: how they are treated at each point is the Evaluator's BN
@@ -43,19 +44,23 @@ IGNORES = ("biasbn", "none")
 EPS = 1e-10
 
 
-def _point_and_roles(model_or_point, space: sp.WeightSpace | None) -> tuple[sp.Point, dict[str, str]]:
-    """The weights as a point, and each tensor's role (from the model, the given space, or by shape)."""
+def _as_point(model_or_point, space: sp.WeightSpace | None) -> sp.Point:
+    """The weights as a point (of a model, or a point checked against ``space`` when given)."""
     if isinstance(model_or_point, nn.Module):
         space = space or sp.WeightSpace(model_or_point)
-        return space.point(model_or_point), dict(space.roles)
+        return space.point(model_or_point)
     if not isinstance(model_or_point, Mapping):
         raise UserError(f"expected an nn.Module or a point (dict of tensors); got {type(model_or_point).__name__}")
     point = dict(model_or_point)
     if space is not None:
         space.check(point)
-        return point, dict(space.roles)
-    # no layout at hand: tensors with dim <= 1 are treated as bias / norm parameters (as the reference does)
-    return point, {k: ("weight" if v.dim() > 1 else "bias") for k, v in point.items()}
+    return point
+
+
+def ignored(name: str, weight: Tensor, ignore: str) -> bool:
+    """Whether ``ignore`` zeroes the direction on this tensor: ``biasbn`` every tensor with dim <= 1 (the
+    reference's rule: biases, norm parameters, PReLU slopes, ...), ``none`` none."""
+    return ignore == "biasbn" and weight.dim() <= 1
 
 
 def _check(normalization: str, ignore: str) -> None:
@@ -65,7 +70,7 @@ def _check(normalization: str, ignore: str) -> None:
         raise UserError(f"unknown ignore '{ignore}': use 'biasbn' (zero biases and norm parameters) or 'none'")
 
 
-def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], roles: Mapping[str, str],
+def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor],
                         normalization: str = "filter", ignore: str = "biasbn") -> sp.Point:
     """Rescale ``direction`` to the size of ``weights`` (see the module docstring); the one home of the
     filter / layer / model normalisation. Works in the inputs' dtype and device; returns a new point.
@@ -74,7 +79,7 @@ def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, T
     out: sp.Point = {}
     for name, d in direction.items():
         w = weights[name]
-        if ignore == "biasbn" and roles[name] in ("bias", "norm"):
+        if ignored(name, w, ignore):
             out[name] = torch.zeros_like(d)
         elif normalization == "filter" and d.dim() > 1:
             dn = d.reshape(d.shape[0], -1).norm(dim=1)
@@ -85,7 +90,7 @@ def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, T
         else:
             out[name] = d.clone()
     if normalization == "model":
-        kept = [n for n in out if not (ignore == "biasbn" and roles[n] in ("bias", "norm"))]
+        kept = [n for n in out if not ignored(n, weights[n], ignore)]
         dn = torch.sqrt(sum((out[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
         wn = torch.sqrt(sum((weights[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
         out = {n: (v * (wn / (dn + EPS)) if n in kept else v) for n, v in out.items()}
@@ -96,16 +101,15 @@ def random_direction(model_or_point, normalization: str = "filter", ignore: str 
                      space: sp.WeightSpace | None = None) -> sp.Point:
     """A seeded Gaussian direction, normalised to the weights of ``model_or_point``.
 
-    ``model_or_point``: an ``nn.Module`` or a point (then pass ``space`` for exact roles; without it,
-    tensors with dim <= 1 count as bias/norm). Returns a point with the weights' names, shapes, dtypes
-    and device; identical bits on every device for a given seed.
+    ``model_or_point``: an ``nn.Module`` or a point (checked against ``space`` when given). Returns a point
+    with the weights' names, shapes, dtypes and device; identical bits on every device for a given seed.
     """
     _check(normalization, ignore)
-    weights, roles = _point_and_roles(model_or_point, space)
+    weights = _as_point(model_or_point, space)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     raw = {n: torch.randn(tuple(w.shape), generator=gen, dtype=torch.float32).double() for n, w in weights.items()}
     w64 = {n: w.detach().to("cpu", torch.float64) for n, w in weights.items()}
-    d = normalize_direction(raw, w64, roles, normalization, ignore)
+    d = normalize_direction(raw, w64, normalization, ignore)
     return {n: d[n].to(device=weights[n].device, dtype=weights[n].dtype) for n in weights}
 
 
@@ -162,16 +166,16 @@ def pca_directions(points: Sequence[Mapping[str, Tensor]], final: Mapping[str, T
 
     As in the reference: the difference vectors are centred and their top-``n`` right singular vectors
     taken (what ``sklearn.decomposition.PCA`` computes), signs fixed so that the largest-magnitude
-    entry is positive. ``ignore="biasbn"`` zeroes the bias/norm entries of the differences first.
+    entry is positive. ``ignore="biasbn"`` zeroes the entries of tensors with dim <= 1 first.
     Computed in float64 on the CPU; directions are returned in the points' dtype and device.
     """
     if len(points) < n + 1:
         raise UserError(f"a PCA plane needs at least {n + 1} checkpoints; got {len(points)}: save more checkpoints")
     _check("none", ignore)
     final = dict(final if final is not None else points[-1])
-    _, roles = _point_and_roles(final, space)
+    _as_point(final, space)
     names = list(final)
-    drop = {k for k in names if ignore == "biasbn" and roles[k] in ("bias", "norm")}
+    drop = {k for k in names if ignored(k, final[k], ignore)}
 
     def flat(p):
         return torch.cat([(torch.zeros_like(p[k]) if k in drop else p[k]).detach().reshape(-1).cpu().double()

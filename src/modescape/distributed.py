@@ -82,6 +82,45 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    if active():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (a no-op in a single process); returns ``t``."""
+    if active():
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_grads(params) -> None:
+    """Sum the gradients of ``params`` over ranks (each rank's loss is already scaled by its share)."""
+    if active():
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+
+def combine_units(out):
+    """Combine in-memory results of all ranks: each rank filled its own rows of ``out`` (a float64 numpy
+    array) and left NaN elsewhere; every rank gets the full array."""
+    import numpy as np
+
+    if not active():
+        return out
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(dev)
+    mask = torch.from_numpy((~np.isnan(out)).astype(np.float64)).to(dev)
+    dist.all_reduce(t)
+    dist.all_reduce(mask)
+    res = t.cpu().numpy()
+    res[mask.cpu().numpy() == 0] = np.nan
+    return res
+
+
 def shutdown() -> None:
     """Leave the process group: every rank waits for the others first, then destroys it.
 

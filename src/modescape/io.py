@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import provenance
 from . import space as sp
 from .errors import UserError
 
@@ -65,17 +65,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json_dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """JSON for what results hold besides plain types: paths, tensors and arrays (as lists), numpy scalars."""
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, Tensor):
+    if hasattr(o, "tolist"):  # tensors, numpy arrays and scalars
         return o.tolist()
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def json_dumps(obj: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """The one JSON encoding of results (`json_default` for tensors, arrays and paths)."""
+    return json.dumps(obj, indent=indent, sort_keys=sort_keys, default=json_default)
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -182,14 +188,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def versions() -> dict[str, str]:
-    from . import __version__
-    import numpy
-
-    return {"modescape": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
-
-
 def tensor_hash(tensors: Mapping[str, Tensor]) -> str:
     """A short content hash of named tensors (provenance: which weights produced a result)."""
     h = hashlib.sha256()
@@ -218,7 +216,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str
     meta = dict(meta or {})
     meta.setdefault("model", getattr(model, "modescape_spec", None))
     meta["format"] = FORMAT
-    meta["versions"] = versions()
+    meta["versions"] = provenance.versions()
     meta["weights_hash"] = tensor_hash(state)
     save_tensors(path, state, {"format": FORMAT})
     write_json(sidecar_path(path), meta)

@@ -28,6 +28,7 @@ import xarray as xr
 
 from . import distributed as dd
 from . import io
+from .provenance import data_hash, environment, model_hash
 from . import space as sp
 from .directions import PCAResult, pca_directions
 from .errors import UserError
@@ -120,32 +121,12 @@ def family_dims(family) -> list[str]:
     return ["t"] if family.dim == 1 else [f"c{i}" for i in range(family.dim)]
 
 
-# -- provenance ----------------------------------------------------------------------------------
-
-def data_hash(evaluator: Evaluator) -> str:
-    """Content hash of every data source the evaluator holds (materialised ones; streamed: by name and size)."""
-    tensors = {}
-    for name, src in evaluator.sources.items():
-        if src.materialised:
-            tensors[f"{name}/x"] = torch.cat([b[0].reshape(b[0].shape[0], -1) for b in src.batches])
-            tensors[f"{name}/y"] = torch.cat([b[1] for b in src.batches])
-        else:
-            tensors[f"{name}/n"] = torch.tensor([src.n])
+def hash_family(family: LinearFamily) -> str:
+    """Content hash of what a family contributes to the numbers: its anchors, and the buffers it carries."""
+    tensors = {"W": family.matrix().detach()}
+    if family.carries_buffers:
+        tensors["B"] = family.buffers_matrix().detach()
     return io.tensor_hash(tensors)
-
-
-def model_hash(evaluator: Evaluator) -> str:
-    return io.tensor_hash({**evaluator.point0, **{f"buffer/{k}": v for k, v in evaluator.buffers.items()}})
-
-
-def versions() -> dict[str, str]:
-    try:
-        import zarr
-
-        zv = zarr.__version__
-    except ImportError:  # in-memory sweeps do not need zarr
-        zv = "not installed"
-    return {**io.versions(), "xarray": xr.__version__, "zarr": zv}
 
 
 # -- sweeping ------------------------------------------------------------------------------------
@@ -184,8 +165,7 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
                 vals = measure(grid.points(sl))
                 out[sl.start * inner:sl.stop * inner] = vals
                 advance(vals.shape[0])
-        if dd.active():
-            out = _allreduce_units(out)
+        out = dd.combine_units(out)
         ds = empty_dataset(grid.coords, names, {**dict(attrs or {}), "complete": True})
         for j, n in enumerate(names):
             ds[n].values[...] = out[:, j].reshape(grid.shape)
@@ -218,20 +198,6 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
     return st.dataset()
 
 
-def _allreduce_units(out: np.ndarray) -> np.ndarray:
-    """Combine the in-memory results of all ranks (each rank filled its own units; others are NaN)."""
-    import torch.distributed as dist
-
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(dev)
-    mask = torch.from_numpy((~np.isnan(out)).astype(np.float64)).to(dev)
-    dist.all_reduce(t)
-    dist.all_reduce(mask)
-    res = t.cpu().numpy()
-    res[mask.cpu().numpy() == 0] = np.nan
-    return res
-
-
 def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
           store: str | os.PathLike | None = None, attrs: Mapping[str, Any] | None = None,
           rows: int | None = None, progress: bool | None = None) -> xr.Dataset:
@@ -250,14 +216,13 @@ def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, 
     g = as_grid(grid, dims)
     g = Grid(dict(zip(dims, g.coords.values())))
     rows = int(rows) if rows else _default_rows(g, family.layout.numel)
-    family_hash = io.tensor_hash({"W": family.matrix().detach()})
+    family_hash = hash_family(family)
     desc = family.describe() if hasattr(family, "describe") else {"family": type(family).__name__}
     settings = {"grid": {d: g.coords[d] for d in dims}, "family": desc, "family_hash": family_hash,
                 "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator),
                 "metrics": list(evaluator.names),
                 "bn": evaluator.bn, "dtype": str(evaluator.dtype), "rows": rows}
-    attrs = {**settings, "versions": versions(), "device": evaluator.device.type, "world_size": dd.context().world,
-             **dict(attrs or {})}
+    attrs = {**settings, **environment(evaluator.device), **dict(attrs or {})}
     attrs.pop("grid")
 
     def pick_mode() -> dict:
@@ -335,12 +300,12 @@ def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[s
     dims = family_dims(family)
     g = as_grid(grid, dims)
     g = Grid(dict(zip(dims, g.coords.values())))
-    settings = {"grid": {d: g.coords[d] for d in dims}, "family_hash": io.tensor_hash({"W": family.matrix().detach()}),
+    settings = {"grid": {d: g.coords[d] for d in dims}, "family_hash": hash_family(family),
                 "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator), "bn": evaluator.bn,
                 "source": source, "tol": tol, "max_iter": max_iter, "seed": seed, "start": start, "params": params, "what": "convexity"}
     all_attrs = {k: v for k, v in settings.items() if k != "grid"}
-    all_attrs.update({"versions": versions(), "family": family.describe() if hasattr(family, "describe") else {},
-                      **dict(attrs or {})})
+    all_attrs.update({**environment(evaluator.device),
+                      "family": family.describe() if hasattr(family, "describe") else {}, **dict(attrs or {})})
 
     def measure(c: np.ndarray) -> np.ndarray:
         out = []

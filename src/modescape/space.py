@@ -153,6 +153,18 @@ class WeightSpace:
         """The model's buffers (running statistics and counters), detached copies."""
         return {n: b.detach().clone() for n, b in model.named_buffers()}
 
+    def split_state(self, x: nn.Module | Mapping[str, Tensor], what: str = "point") -> tuple[Point, Point]:
+        """``(parameters, buffers)`` of a module, or of a mapping holding the parameters (a point) and
+        optionally buffers (a state dict); detached. A mapping without buffers gives ``{}``."""
+        if isinstance(x, nn.Module):
+            return self.point(x), self.buffers(x)
+        if not isinstance(x, Mapping):
+            raise UserError(f"{what} must be an nn.Module or a point (dict of tensors), got {type(x).__name__}")
+        params = {n: x[n] for n in self.names if n in x}
+        self.check(params, what=what)
+        buffers = {n: x[n].detach() for n in self.buffer_names if n in x}
+        return {k: v.detach() for k, v in params.items()}, buffers
+
     def check(self, point: Mapping[str, Tensor], what: str = "point", stacked: bool = False) -> None:
         """Raise `UserError` naming the first key or shape where ``point`` differs from the layout."""
         check_compatible(self.shapes, {k: tuple(v.shape[1:] if stacked else v.shape) for k, v in point.items()},

@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import UserError
+from .io import json_default
 
 FORMAT = "modescape-result/1"
 DONE = "done_units"
@@ -40,25 +41,13 @@ DONE = "done_units"
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """A short hash of canonical JSON of ``settings``."""
-    text = json.dumps(settings, sort_keys=True, default=_jsonable)
+    text = json.dumps(settings, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Attributes made JSON-safe (round trip through JSON)."""
-    return json.loads(json.dumps(dict(attrs), default=_jsonable))
+    return json.loads(json.dumps(dict(attrs), default=json_default))
 
 
 def empty_dataset(coords: Mapping[str, np.ndarray], names: Sequence[str], attrs: Mapping[str, Any] | None = None,
@@ -114,8 +103,8 @@ class ResultStore:
             if store.settings_hash != h:
                 old = store.attrs.get("settings", {})
                 diff = sorted(k for k in set(old) | set(settings)
-                              if json.dumps(old.get(k), sort_keys=True, default=_jsonable)
-                              != json.dumps(settings.get(k), sort_keys=True, default=_jsonable))
+                              if json.dumps(old.get(k), sort_keys=True, default=json_default)
+                              != json.dumps(settings.get(k), sort_keys=True, default=json_default))
                 raise UserError(f"{path} holds a result made with different settings ({', '.join(diff) or 'unknown'} "
                                 f"differ): use another --out, or delete it to start over")
             return store

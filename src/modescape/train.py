@@ -1,5 +1,9 @@
 """The trainer: produce the minima every method starts from, one checkpoint per epoch, resumable.
 
+Also here, shared by curve training and fast geometric ensembling: `sgd_epoch`, one epoch of minibatch
+SGD on a point of weight space made by a function (a curve's sampled point, FGE's current point), through
+the `Evaluator`'s functional forward, with the data order of `epoch_order`.
+
 ``train(model, data, config, out=DIR)`` writes
 
 * ``DIR/checkpoints/epoch-000.safetensors`` (the initialisation) and ``epoch-NNN`` after every epoch,
@@ -14,17 +18,18 @@ learning rate a pure function of (config, epoch, step), and the optimiser state 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from . import io
+from . import distributed, io
 from . import space as sp
 from .errors import UserError
 from .evaluate import Evaluator
@@ -77,6 +82,60 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of an epoch: a pure function of (seed, epoch)."""
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=g)
+
+
+def sgd_epoch(ev: Evaluator, params: Sequence[Tensor], opt: torch.optim.Optimizer,
+              make_point: Callable[[torch.Generator], tuple[sp.Point, Tensor]], x: Tensor, y: Tensor,
+              epoch: int, seed: int, batch_size: int, wd: float, lr_at: Callable[[int, int], float],
+              advance: Callable, lrs: list[float] | None = None,
+              buffers: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """One epoch of minibatch SGD on a point made by ``make_point``; returns mean loss and error.
+
+    ``make_point(generator) -> (point, flat)``: the point to train through (differentiable in
+    ``params``) and its flat vector for the L2 penalty 0.5 wd ||flat||^2. BatchNorm normalises with the
+    batch's statistics; with ``buffers``, it also tracks running statistics into them (in place, each
+    layer's own momentum), as a train-mode ``nn.Module`` does. The data order and every random draw are
+    pure functions of (seed, epoch), so resumed runs repeat exactly. Under torchrun every rank takes its
+    slice of each minibatch; gradients are summed across ranks (tracked statistics stay per rank).
+    """
+    rank, world = distributed.rank_world()
+    n = x.shape[0]
+    order = epoch_order(n, seed, epoch)
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) + 7_919)
+    iters = math.ceil(n / batch_size)
+    # running sums stay on the device: no host synchronisation per step
+    sums = torch.zeros(3, dtype=torch.float64, device=ev.device)  # loss sum, correct, seen
+    track = ev.functional.tracking() if buffers is not None else contextlib.nullcontext()
+    with track:
+        for it in range(iters):
+            idx = order[it * batch_size:(it + 1) * batch_size]
+            local = idx[rank::world]
+            lr = lr_at(it, iters)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if lrs is not None:
+                lrs.append(lr)
+            point, flat = make_point(gen)
+            if ev.bn_modules and idx.numel() < 2 * world:  # BatchNorm cannot normalise a single sample
+                advance(1)  # (decided on the global batch, so that every rank skips it together)
+                continue
+            xb, yb = x[local].to(ev.device, ev.dtype), y[local].to(ev.device)
+            out = ev.forward(point, ev.buffers if buffers is None else buffers, xb, bn_train=True)
+            per = ev.loss_fn(out, yb)
+            loss = per.sum() / idx.numel() + 0.5 * wd * flat.pow(2).sum() / world
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.all_reduce_grads(params)
+            opt.step()
+            with torch.no_grad():
+                sums += torch.stack([per.sum().double(), (out.argmax(-1) == yb).sum().double(),
+                                     torch.tensor(float(yb.numel()), dtype=torch.float64, device=ev.device)])
+            advance(1)
+    distributed.all_reduce(sums)
+    loss_sum, correct, seen = sums.tolist()
+    if not math.isfinite(loss_sum):
+        raise UserError(f"training diverged in epoch {epoch + 1} (loss {loss_sum}): lower the learning rate")
+    return {"loss": loss_sum / max(seen, 1.0), "error": 1.0 - correct / max(seen, 1.0)}
 
 
 @dataclass

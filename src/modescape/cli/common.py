@@ -7,21 +7,19 @@ supplies the model and the data unless ``--model`` / ``--data`` / ``--data-root`
 
 from __future__ import annotations
 
-import json
 import random
-import shlex
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import typer
 import torch
-from torch import nn
 
 from .. import io
 from ..errors import UserError
-from ..io import DEFAULT_DATA, data_from_meta, load_checkpoint, load_data  # noqa: F401  (re-exported for commands)
+from ..provenance import command_line  # noqa: F401  (re-exported for commands)
+from ..io import load_checkpoint, load_data  # noqa: F401  (re-exported for commands)
 
 
 def seed_everything(seed: int) -> None:
@@ -43,12 +41,10 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["modescape", *sys.argv[1:]])
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=io._json_default) + "\n")
+    sys.stdout.write(io.json_dumps(obj, indent=2) + "\n")
 
 
 # folders this process created for --out: removed again, if still empty, when the command fails

@@ -5,7 +5,8 @@
     modescape path DIR                                  # a trained curve (DIR/curve.safetensors)
     modescape fge A.safetensors --cycle 4 --lr 0.05:0.0001 --epochs 20 --out DIR
 
-Thin shells over `modescape.connect`: the checkpoints' sidecars supply the model and the data.
+Thin shells over `modescape.connect`, `modescape.paths` and `modescape.ensembles`: the checkpoints'
+sidecars supply the model and the data.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .. import distributed, io
+from .. import distributed, io, provenance
 from .. import space as sp
-from ..connect import (evaluate_path, evaluate_plane, fge, load_curve, plot_paths, plot_plane, train_curve)
+from ..connect import evaluate_plane, load_curve, train_curve
+from ..ensembles import fge
 from ..errors import UserError
-from ..evaluate import BN_POLICIES, Evaluator
+from ..evaluate import Evaluator, check_policy
+from ..paths import evaluate_path
+from ..plots import plot_paths, plot_plane
 from ..train import momentum_of
 from .app import app, common, console
 
@@ -30,8 +34,6 @@ SUMMARY_ROWS = ("train_loss", "train_error", "test_loss", "test_error")
 
 
 def _evaluator(model, split, bn: str, batch_size: int, device) -> Evaluator:
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
     return Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn=bn,
                      device=device, batch_size=batch_size)
 
@@ -84,6 +86,7 @@ def connect_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Train a curve between two minima, then evaluate it and the straight segment, and plot both."""
+    check_policy(bn, "--bn")
     dev = distributed.rank_device(common.resolve_device(device))
     distributed.init(dev)
     common.seed_everything(seed)
@@ -97,14 +100,14 @@ def connect_cmd(
     if distributed.context().is_main:
         io.write_json(out / "curve.json", {"a": str(a), "b": str(b), "model": meta.get("model"), "data": split.meta,
                                            "config": run.config, "history": run.history,
-                                           "command": common.command_line(), "versions": io.versions()})
+                                           "command": common.command_line(), **provenance.environment(dev)})
     ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
     results = [evaluate_path(run.family, ev, points), evaluate_path((model_a, model_b), ev, points)]
     plane = None
     if run.family.n_bends == 3 and plane_points > 1:
         evp = Evaluator(model_a, {"test": split.test}, metrics=("error",), bn=bn, bn_data=split.train, device=dev,
                         batch_size=eval_batch_size)
-        plane = evaluate_plane(run.family, evp, points=plane_points)
+        plane = evaluate_plane(run.family, evp, n_points=plane_points)
     summary = _write_paths(out, results, plane)
     if as_json:
         common.print_json({"out": str(out), "curve": str(out / "curve.safetensors"), "summary": summary})
@@ -127,6 +130,7 @@ def path_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Evaluate a path: the straight segment between two checkpoints, or a curve trained by `connect`."""
+    check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     if len(paths) == 2:
         model_a, _, split = common.load_checkpoint(paths[0], None, "", data, data_root, data_args, dev)
@@ -142,7 +146,12 @@ def path_cmd(
         info = json.loads(side.read_text())
         model_a, _, split = common.load_checkpoint(info["a"], None, "", data, data_root, data_args, dev)
         family, _ = load_curve(folder / "curve.safetensors")
-        sp.WeightSpace(model_a).check(family.bend(0), what=f"curve in {folder}")
+        space = sp.WeightSpace(model_a)
+        space.check(family.bend(0), what=f"curve in {folder}")
+        if not family.carries_buffers and space.buffer_names:  # a curve saved before curves kept their buffers
+            model_b, _ = io.load_model(info["b"], device=dev, data_shape=split.input_shape,
+                                       num_classes=split.num_classes)
+            family.set_buffers([space.buffers(model_a), space.buffers(model_b)])
         ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
         results = [evaluate_path(family.to(dev), ev, points)]
     else:
@@ -190,8 +199,7 @@ def fge_cmd(
 ) -> None:
     """Fast geometric ensembling: cyclical learning rate, a snapshot at each minimum, averaged softmax."""
     a1, a2 = _parse_lr(lr)
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    check_policy(bn, "--bn")
     dev = distributed.rank_device(common.resolve_device(device))
     distributed.init(dev)
     common.seed_everything(seed)
@@ -199,13 +207,11 @@ def fge_cmd(
     buffers, why = momentum_of(checkpoint, model) if restore_momentum else (None, "--zero-momentum")
     res = fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
               batch_size=batch_size, seed=seed, bn=bn, device=dev, momentum_buffers=buffers)
-    report = {"start": res.start, "members": res.members, "history": res.history,
-              "momentum": why if buffers is not None else f"zero ({why})"}
+    report = {**res.to_dict(), "momentum": why if buffers is not None else f"zero ({why})"}
     if out is not None and distributed.context().is_main:
         out = common.out_dir(out)
-        ev = Evaluator(model, {"train": split.train}, bn=bn, device=dev)
-        for i, snap in enumerate(res.snapshots, 1):
-            net = _module_at(model, snap, ev.point_buffers(snap))
+        for i, (snap, own) in enumerate(zip(res.snapshots, res.buffers), 1):  # each with its own statistics
+            net = _module_at(model, snap, own)
             io.save_checkpoint(out / f"snapshot-{i:02d}.safetensors", net,
                                {**{k: meta[k] for k in ("model", "data") if k in meta},
                                 "fge": {"member": i, **res.members[i - 1]}})

@@ -23,7 +23,8 @@ from .. import io
 from .. import sharpness as sh
 from ..correlate import correlate as run_correlate
 from ..errors import UserError
-from ..evaluate import BN_POLICIES, Evaluator
+from ..evaluate import Evaluator, check_policy
+from ..plots import plot_correlation, plot_density
 from .app import app, common, console
 
 _BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode, stored statistics), recompute or train.")
@@ -31,8 +32,7 @@ _BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode
 
 def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], batch_size: int, device, model,
            model_args, data, data_root, data_args) -> tuple[Evaluator, dict]:
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    check_policy(bn, "--bn")
     if split_name not in ("train", "test"):
         raise UserError(f"unknown --split '{split_name}': use train or test")
     dev = common.resolve_device(device)
@@ -127,7 +127,7 @@ def hessian_cmd(
             if outdir is not None:
                 safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
                 png = outdir / (f"density-{safe}.png" if per else "density.png")
-                cv.plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
+                plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
         H.release()
@@ -232,15 +232,21 @@ def correlate_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Every measure and the generalisation gap over runs; Kendall's tau of each measure with the gap."""
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    check_policy(bn, "--bn")
     names = _parse_measures(measures)
     common.seed_everything(seed)
     dev = common.resolve_device(device)
     res = run_correlate(runs, measures=names, gap=gap, bn=bn, params=params, n_train=n_train, batch_size=batch_size,
-                        device=dev, seed=seed, out=common.out_dir(out) if out is not None else None)
+                        device=dev, seed=seed)
+    report = res.to_dict()
+    if out is not None:
+        out = common.out_dir(out)
+        io.write_text(out / "correlate.csv", res.to_csv())
+        io.write_json(out / "correlate.json", {**report, "command": common.command_line()})
+        plot_correlation(res, out / "correlate.png")
+        report["files"] = [str(out / f) for f in ("correlate.csv", "correlate.json", "correlate.png")]
     if as_json:
-        common.print_json(res.to_dict())
+        common.print_json(report)
         return
     table = Table(title=f"Kendall tau with the {gap} gap over {len(res.rows)} runs")
     table.add_column("measure")

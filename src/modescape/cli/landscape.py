@@ -21,9 +21,10 @@ from .. import io
 from .. import space as sp
 from ..directions import IGNORES, NORMALIZATIONS, random_directions
 from ..errors import UserError
-from ..evaluate import BN_POLICIES, Evaluator
+from ..evaluate import Evaluator, check_policy
 from ..families import Line, Plane, PlaneThrough
 from ..landscape import Grid, auto_range, convexity, parse_range, sweep, trajectory_plane
+from ..paths import evaluate_path
 from ..plots import plot_result
 from ..store import load
 from .app import app, common, console
@@ -33,8 +34,7 @@ _OUT = typer.Option(..., "--out", help="Output folder: result.zarr, figures, lan
 
 
 def _setup(device: Optional[str], bn: str) -> tuple[torch.device, dd.Context]:
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     ctx = dd.init(dev)
     return dd.rank_device(dev), ctx
@@ -45,15 +45,16 @@ def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool)
                      mode=mode, progress=False, autocast=torch.bfloat16 if bf16 else None)
 
 
-def _load_other(path: Path, like: torch.nn.Module, dev, role: str = "") -> sp.Point:
-    """The parameters of another checkpoint of the same architecture."""
+def _load_other(path: Path, like: torch.nn.Module, dev, role: str = "") -> tuple[sp.Point, sp.Point]:
+    """The parameters and buffers of another checkpoint of the same architecture."""
     try:
         net, _ = io.load_model(path, model=copy.deepcopy(like).cpu(), device=dev)
     except UserError as e:
         if role and "model expects" in str(e):
             raise UserError(f"{role} ({path}) must have the same architecture as A: {e}") from None
         raise
-    return sp.WeightSpace(net).point(net)
+    space = sp.WeightSpace(net)
+    return space.point(net), space.buffers(net)
 
 
 def _finish(ds, out: Path, ctx: dd.Context, vtk: bool, as_json: bool, summary: dict) -> None:
@@ -122,23 +123,25 @@ def interpolate_cmd(
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
-    pa = sp.WeightSpace(net).point(net)
-    pb = _load_other(b, net, dev, "B")
+    space = sp.WeightSpace(net)
+    pa, ba = space.point(net), space.buffers(net)
+    pb, bb = _load_other(b, net, dev, "B")
     if all(torch.equal(pa[k], pb[k]) for k in pa):
         raise UserError(f"{a} and {b} hold the same weights: the line between them is a single point")
     ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
-    ds = sweep(Line(pa, pb), ev, grid, store=out / "result.zarr",
-               attrs=_provenance(seed, checkpoints=[str(a), str(b)], data=split.meta,
-                                 models={"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}))
-    tl = ds["train_loss"]
-    ends = ev([pa, pb])  # A and B themselves, whether or not the grid holds t = 0 and t = 1
-    inside = tl.where((ds.t >= 0) & (ds.t <= 1))
-    summary = {"points": int(tl.size), "bn": bn,
-               **{f"{name}_at_{end}": float(ends[name][i]) for name in ends.names for i, end in enumerate("AB")},
-               "max_train_loss_between": float(inside.max()) if int(inside.count()) else None}
-    _finish(ds, out, ctx, False, as_json, summary)
+    line = Line(pa, pb, buffers=[ba, bb] if ba else None)  # each point carries A's and B's buffers, mixed as t
+    res = evaluate_path(line, ev, t=grid.coords["t"], name="line", store=out / "result.zarr",
+                        attrs=_provenance(seed, checkpoints=[str(a), str(b)], data=split.meta,
+                                          models={"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}))
+    sm = res.summary()  # start / end: A and B themselves, whether or not the grid holds t = 0 and t = 1
+    _, inside = res.on_unit("train_loss")
+    summary = {"points": int(res.t.numel()), "bn": bn,
+               **{f"{name}_at_{end}": sm[name][key] for name in ev.names for end, key in (("A", "start"), ("B", "end"))},
+               "max_train_loss_between": float(inside.max()),
+               "barriers": res.barriers()}
+    _finish(res.to_xarray(), out, ctx, False, as_json, summary)
 
 
 @app.command("surface")
@@ -184,8 +187,9 @@ def surface_cmd(
     p0 = sp.WeightSpace(net).point(net)
     extra: dict = {"checkpoints": [str(checkpoint)], "data": split.meta}
     if through:
-        pb, pc = (_load_other(p, net, dev, role) for p, role in zip(through, "BC"))
-        family = PlaneThrough(p0, pb, pc)
+        (pb, bb), (pc, bc) = (_load_other(p, net, dev, role) for p, role in zip(through, "BC"))
+        b0 = sp.WeightSpace(net).buffers(net)
+        family = PlaneThrough(p0, pb, pc, buffers=[b0, bb, bc] if b0 else None)  # barycentric mix of the buffers
         mc = family.model_coords.numpy()
         grid = Grid({"x": xs if xs is not None else auto_range(mc[:, 0], steps),
                      "y": ys if ys is not None else auto_range(mc[:, 1], steps)})
@@ -250,7 +254,7 @@ def trajectory_cmd(
         raise UserError(f"{run_dir / 'checkpoints'} has {len(files)} checkpoints; a PCA plane needs at least 3")
     net, meta, split = common.load_checkpoint(final_path, None, "", data, data_root, data_args, dev)
     final = sp.WeightSpace(net).point(net)
-    points = [_load_other(f, net, dev) for f in files]
+    points = [_load_other(f, net, dev)[0] for f in files]
     plane, pca = trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))
     path = pca.path.numpy()
     grid = Grid({"x": xs if xs is not None else auto_range(path[:, 0], steps, 0.2),

@@ -17,6 +17,8 @@ from .. import io
 from .. import space as sp
 from .. import symmetry as sy
 from ..errors import UserError
+from ..evaluate import check_policy
+from ..plots import plot_alignment, plot_swap
 from ..symmetry.align import METHODS
 from .app import app, common, console
 
@@ -107,6 +109,8 @@ def align_cmd(
     """Align B to A; write aligned B, the barriers before/after and a plot."""
     if method not in METHODS:
         raise UserError(f"unknown --method '{method}': use weights, activations or ste")
+    if bn is not None:
+        check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     common.seed_everything(seed)
     net_a, _, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
@@ -126,12 +130,12 @@ def align_cmd(
     summary = {**result.summary(), "a": str(a), "b": str(b), "b_aligned": str(path),
                "curves": {k: c.to_dict() for k, c in result.curves.items()}, "command": common.command_line()}
     io.write_json(out / "align.json", summary)
-    sy.plot_curves(result.curves, str(out / "interpolation.png"), title=f"{a.name} -> {b.name} ({method})")
+    plot_alignment(result.curves, out / "interpolation.png", title=f"{a.name} -> {b.name} ({method})")
     if as_json:
         common.print_json({k: v for k, v in summary.items() if k != "curves"})
         return
     for name, c in result.curves.items():
-        bl = c.barriers
+        bl = c.barriers()
         console.print(f"{name:>13}: test loss barrier {bl['test_loss']['barrier_linear']:.4f}, "
                       f"test error barrier {bl['test_error']['barrier_linear']:.4f}, "
                       f"train loss barrier {bl['train_loss']['barrier_linear']:.4f}  (bn={c.bn})", highlight=False)
@@ -177,7 +181,7 @@ def swap_cmd(
     if out is not None:
         out = common.out_dir(out)
         io.write_json(out / "swap.json", {**res, "checkpoint": str(checkpoint), "command": common.command_line()})
-        plot_swap(res, str(out / "swap.png"))
+        plot_swap(res, out / "swap.png")
     if as_json:
         common.print_json(res)
         return
@@ -186,21 +190,3 @@ def swap_cmd(
     if "eigenvalues" in res:
         console.print("smallest Hessian eigenvalues at the permutation point: "
                       + ", ".join(f"{v:.3g}" for v in res["eigenvalues"]), highlight=False)
-
-
-def plot_swap(res: dict, path: str) -> None:
-    """Loss along a swap path with the permutation point marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(res["t"], res["loss"], "-o", ms=3)
-    ax.axvline(0.5, color="gray", ls=":", lw=1)
-    ax.set_xlabel(f"t  (swap units {res['i']} and {res['j']} of {res['perm']})")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 import typer
 from rich.table import Table
 
 from .. import io
 from .. import space as sp
-from ..evaluate import BN_POLICIES, Evaluator
-from ..errors import UserError
+from ..evaluate import Evaluator, check_policy
 from ..train import TrainConfig, train as run_training
 from ..zoo import build_model
 from .app import app, common, console
@@ -76,8 +74,7 @@ def eval_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Train and test loss and accuracy of checkpoints."""
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown --bn '{bn}': use one of {', '.join(BN_POLICIES)}")
+    check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     rows = []
     for path in checkpoints:

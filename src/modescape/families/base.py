@@ -9,6 +9,14 @@ coordinates become coefficients: ``coefficients(coords [K, d]) -> [K, n]``. Then
 is one matrix product for K points at once, differentiable in the trainable anchors. Families are
 ``nn.Module``s so their trainable anchors go straight into an optimiser and their state into a
 safetensors file.
+
+**Buffers.** A family between models (a line from A to B, the plane through A, B and C, a curve between
+two minima) also carries each model's buffers (BatchNorm running statistics), and `buffers_at(coords)`
+gives every point its models' buffers combined with the point's own weights over the models
+(``buffer_coefficients``: ``(1 - t, t)`` on a line or curve, barycentric coordinates on the plane through
+three models), so that the point at a model's coordinates evaluates exactly as that model does under
+``bn="running"``. Floating buffers are combined; integer ones (``num_batches_tracked``) are taken from
+the model with the largest weight. A family with one model's buffers keeps them at every point.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import space as sp
-from ..space import Layout
 from ..errors import UserError
+from ..space import Layout
 
 
 class Family(nn.Module):
@@ -31,7 +39,7 @@ class Family(nn.Module):
     def forward(self, coords) -> sp.Point:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} must define forward(coords)")
 
-    def _coords(self, coords) -> tuple[Tensor, bool]:
+    def as_coords(self, coords) -> tuple[Tensor, bool]:
         """Normalise coordinates to [K, dim] float64; ``single`` when one point was asked for.
 
         A scalar is one point of a 1-d family; a 1-d tensor is K points of a 1-d family, or one point
@@ -48,15 +56,89 @@ class Family(nn.Module):
                             f"got coordinates of shape {list(c.shape)}")
         return c, single
 
+    # -- buffers carried for the models the family passes through ----------------------------------
+    def set_buffers(self, buffers: Sequence[Mapping[str, Tensor]] | None) -> None:
+        """Carry these models' buffers (one dict per model the family passes through; see the module doc)."""
+        buffers = [dict(b) for b in (buffers or []) if b is not None]
+        if not buffers or not buffers[0]:
+            self.n_buffer_anchors = 0
+            return
+        names = list(buffers[0])
+        for i, b in enumerate(buffers[1:], 1):
+            sp.check_compatible({k: tuple(v.shape) for k, v in buffers[0].items()},
+                                {k: tuple(v.shape) for k, v in b.items()}, what=f"buffers of model {i}")
+        self.buffer_float = [n for n in names if buffers[0][n].is_floating_point()]
+        self.buffer_other = [n for n in names if not buffers[0][n].is_floating_point()]
+        self.buffer_layout = Layout(tuple(self.buffer_float), tuple(tuple(buffers[0][n].shape) for n in self.buffer_float))
+        self.buffer_dtypes = {n: buffers[0][n].dtype for n in names}
+        self.n_buffer_anchors = len(buffers)
+        for j, b in enumerate(buffers):
+            flat = (torch.cat([b[n].detach().reshape(-1).double() for n in self.buffer_float])
+                    if self.buffer_float else torch.zeros(0, dtype=torch.float64))
+            self.register_buffer(f"buffer_anchor_{j}", flat)
+            for n in self.buffer_other:
+                self.register_buffer(f"buffer_other_{j}_{n.replace('.', '__')}", b[n].detach().clone())
+
+    @property
+    def carries_buffers(self) -> bool:
+        return getattr(self, "n_buffer_anchors", 0) > 0
+
+    def buffer_anchor(self, j: int) -> sp.Point:
+        """Model j's buffers as the family holds them."""
+        flat = getattr(self, f"buffer_anchor_{j}")
+        out = {n: v.to(self.buffer_dtypes[n]) for n, v in self.buffer_layout.unflatten(flat).items()}
+        for n in self.buffer_other:
+            out[n] = getattr(self, f"buffer_other_{j}_{n.replace('.', '__')}")
+        return out
+
+    def buffer_coefficients(self, coords: Tensor) -> Tensor:
+        """coords [K, dim] float64 -> [K, m] weights of the m models' buffers; rows sum to 1.
+
+        One model: its buffers everywhere. Families through several models define their own."""
+        if self.n_buffer_anchors == 1:
+            return torch.ones(coords.shape[0], 1, dtype=torch.float64, device=coords.device)
+        raise TypeError(f"{type(self).__name__} carries {self.n_buffer_anchors} models' buffers but does not say "
+                        f"how to combine them (buffer_coefficients)")
+
+    def buffers_at(self, coords) -> sp.Point | None:
+        """Stacked buffers [K, ...] at ``coords`` (a point's buffers for a single coordinate); None when
+        the family carries none."""
+        if not self.carries_buffers:
+            return None
+        c, single = self.as_coords(coords)
+        first = getattr(self, "buffer_anchor_0")
+        if self.n_buffer_anchors == 1:
+            one = self.buffer_anchor(0)
+            out = {n: v.unsqueeze(0).expand((c.shape[0],) + tuple(v.shape)) for n, v in one.items()}
+        else:
+            a = self.buffer_coefficients(c.to(first.device))  # [K, m] float64
+            w = torch.stack([getattr(self, f"buffer_anchor_{j}").double() for j in range(self.n_buffer_anchors)])
+            flat = a @ w
+            out = {n: v.to(self.buffer_dtypes[n]) for n, v in self.buffer_layout.unflatten(flat).items()}
+            nearest = a.argmax(dim=1)
+            for n in self.buffer_other:
+                stacked = torch.stack([getattr(self, f"buffer_other_{j}_{n.replace('.', '__')}")
+                                       for j in range(self.n_buffer_anchors)])
+                out[n] = stacked[nearest.to(stacked.device)]
+        return {n: v[0] for n, v in out.items()} if single else out
+
+    def buffers_matrix(self) -> Tensor | None:
+        """All carried float buffers stacked [m, B] (for hashing what determines the numbers)."""
+        if not self.carries_buffers:
+            return None
+        return torch.stack([getattr(self, f"buffer_anchor_{j}") for j in range(self.n_buffer_anchors)])
+
 
 class LinearFamily(Family):
     """point(c) = sum_j coefficients(c)[j] * anchor_j.
 
     ``anchors``: a list of points; ``trainable``: which of them are ``nn.Parameter`` (others are frozen
-    buffers). Subclasses define ``coefficients(coords [K, dim] float64) -> [K, n]``.
+    buffers); ``buffers``: the buffers of the models the family passes through (see the module doc).
+    Subclasses define ``coefficients(coords [K, dim] float64) -> [K, n]``.
     """
 
-    def __init__(self, anchors: Sequence[Mapping[str, Tensor]], trainable: Sequence[bool] | None = None):
+    def __init__(self, anchors: Sequence[Mapping[str, Tensor]], trainable: Sequence[bool] | None = None,
+                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
         super().__init__()
         if len(anchors) == 0:
             raise UserError("a family needs at least one anchor point")
@@ -72,6 +154,7 @@ class LinearFamily(Family):
                 self.register_parameter(f"anchor_{j}", nn.Parameter(flat))
             else:
                 self.register_buffer(f"anchor_{j}", flat)
+        self.set_buffers(buffers)
 
     @property
     def trainable(self) -> tuple[bool, ...]:
@@ -94,7 +177,7 @@ class LinearFamily(Family):
 
     def flat(self, coords) -> Tensor:
         """Flat points [K, D] (or [D] for a single coordinate)."""
-        c, single = self._coords(coords)
+        c, single = self.as_coords(coords)
         w = self.matrix()
         a = self.coefficients(c.to(w.device)).to(w.dtype)
         out = a @ w

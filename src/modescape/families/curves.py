@@ -9,7 +9,8 @@ They differ only in how the curve parameter t in [0, 1] becomes n coefficients:
 
 so w(t) = sum_j a_j(t) w_j is one matrix product for K values of t at once, differentiable in the
 inner bends. Both return exactly w_0 at t = 0 and w_{n-1} at t = 1; the chain passes exactly through
-w_j at t = j / (n-1).
+w_j at t = j / (n-1). Given the endpoints' ``buffers``, the point at t carries ``(1 - t) b_0 + t b_1``
+(BatchNorm statistics of the two trained networks; the curve's inner points have none of their own).
 
 >>> curve = Bezier.on_segment(a, b, bends=3)        # inner bend initialised at the midpoint
 >>> curve(0.5)                                      # a point: dict[str, Tensor]
@@ -41,20 +42,26 @@ class Curve(LinearFamily):
     dim = 1
     kind = "curve"
 
-    def __init__(self, bends: Sequence[Point]):
+    def __init__(self, bends: Sequence[Point], buffers: Sequence[Point] | None = None):
         bends = list(bends)
         if len(bends) < 3:
             raise UserError(f"a {type(self).__name__} needs at least 3 bends (two endpoints and one inner "
                             f"bend); got {len(bends)}. For the straight segment use bends=3 with the "
                             f"inner bend on the segment, or families.lines.Line")
-        super().__init__(bends, trainable=[False] + [True] * (len(bends) - 2) + [False])
+        super().__init__(bends, trainable=[False] + [True] * (len(bends) - 2) + [False], buffers=buffers)
+        if self.n_buffer_anchors not in (0, 2):
+            raise UserError(f"a curve carries the buffers of its two endpoints; got {self.n_buffer_anchors}")
 
     @property
     def n_bends(self) -> int:
         return self.n_anchors
 
+    def buffer_coefficients(self, coords: Tensor) -> Tensor:
+        t = coords[:, :1]
+        return torch.cat([1.0 - t, t], dim=1)
+
     @classmethod
-    def on_segment(cls, a: Point, b: Point, bends: int = 3) -> "Curve":
+    def on_segment(cls, a: Point, b: Point, bends: int = 3, buffers: Sequence[Point] | None = None) -> "Curve":
         """The curve from ``a`` to ``b`` with inner bends on the segment: w_j = a + j/(n-1) (b - a)."""
         if bends < 3:
             raise UserError(f"bends must be >= 3, got {bends}")
@@ -63,12 +70,12 @@ class Curve(LinearFamily):
             s = j / (bends - 1)
             pts.append({k: a[k] + s * (b[k] - a[k]) for k in a})
         pts.append(dict(b))
-        return cls(pts)
+        return cls(pts, buffers)
 
     @classmethod
-    def through(cls, a: Point, b: Point, inner: Sequence[Point]) -> "Curve":
+    def through(cls, a: Point, b: Point, inner: Sequence[Point], buffers: Sequence[Point] | None = None) -> "Curve":
         """The curve from ``a`` to ``b`` with inner bends initialised at the given points."""
-        return cls([a, *inner, b])
+        return cls([a, *inner, b], buffers)
 
     def bend(self, j: int) -> dict[str, Tensor]:
         """Bend j as a point (detached)."""
@@ -87,8 +94,8 @@ class Bezier(Curve):
 
     kind = "bezier"
 
-    def __init__(self, bends: Sequence[Point]):
-        super().__init__(bends)
+    def __init__(self, bends: Sequence[Point], buffers: Sequence[Point] | None = None):
+        super().__init__(bends, buffers)
         n = self.n_anchors
         self._binom = torch.tensor([math.comb(n - 1, j) for j in range(n)], dtype=torch.float64)
         self._powers = torch.arange(n, dtype=torch.float64)

@@ -17,7 +17,7 @@ build one with `modescape.symmetry.swap_path`, which knows every axis the units 
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import Tensor
 
@@ -27,11 +27,13 @@ from .lines import Line
 class SwapPath(Line):
     """``point(t) = (1 - t) theta + t swapped``; t = 1/2 is the permutation point.
 
-    ``perm``: the permutation (layer) whose units ``i`` and ``j`` are exchanged.
+    ``perm``: the permutation (layer) whose units ``i`` and ``j`` are exchanged; ``buffers``: theta's and
+    the swapped point's (its running statistics permuted the same way).
     """
 
-    def __init__(self, theta: Mapping[str, Tensor], swapped: Mapping[str, Tensor], perm: str, i: int, j: int):
-        super().__init__(theta, swapped)
+    def __init__(self, theta: Mapping[str, Tensor], swapped: Mapping[str, Tensor], perm: str, i: int, j: int,
+                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
+        super().__init__(theta, swapped, buffers=buffers)
         self.perm, self.i, self.j = perm, int(i), int(j)
 
     def describe(self) -> dict:

@@ -8,16 +8,23 @@ Three methods (Ainsworth, Hayase and Srinivasa 2022, "Git Re-Basin"), all return
   linear assignment problem (``scipy.optimize.linear_sum_assignment``) on the cost matrix
   C[i, j] = sum over the tensors it touches of <unit i of A, unit j of B>. Permutations are visited in
   a fresh random order every pass; the descent stops when a full pass improves nothing.
-* `activation_matching`: for every permutation, the correlation matrix between A's and B's unit
+* `activation_matching`: for every permutation, a similarity matrix between A's and B's unit
   activations over data (post-activation values; for a residual stream, summed over every block
-  output on it), then one linear assignment each.
+  output on it), then one linear assignment each. The similarity is the Pearson correlation
+  (default) or the uncentred cross moment E[a b], which git-re-basin's reference code matches on
+  (maximising <Z_A, P Z_B> is the paper's least-squares objective ||Z_A - P Z_B||^2).
 * `ste_matching`: the straight-through estimator: train a proxy point W~ (initialised at A) so that
   the midpoint (A + P(W~)[B]) / 2 has low loss, where P(W~) is the weight matching of B onto W~ and the
-  gradient passes straight through the projection; the permutation of the final W~ is returned.
+  gradient passes straight through the projection; as in the reference's ``ste2``, the permutation of
+  the step with the lowest minibatch loss is returned.
+
+Without a ``spec``, the methods that see data infer it with ``infer_spec(model, data=data)``, so a
+model outside the zoo needs no input shape.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,7 +37,8 @@ from ..errors import UserError
 from ..evaluate import Evaluator, make_source
 from ..progress import bar
 from .probe import Probe, channel_rows
-from .spec import Perms, PermutationSpec, apply, identity_perms, infer_spec, permute_tensor
+from .infer import infer_spec
+from .spec import Perms, PermutationSpec, apply, identity_perms, permute_tensor
 
 
 def _unit_rows(t: Tensor, axis: int, n: int) -> Tensor:
@@ -137,18 +145,29 @@ class _Moments:
         sb = (self.sbb / self.n - mb * mb).clamp_min(0).sqrt()
         return cov / (sa[:, None] * sb[None, :] + eps)
 
+    def cross_moment(self) -> Tensor:
+        """E[a b] per pair of units (uncentred), over samples and positions."""
+        return self.sab / self.n
+
+
+OBJECTIVES = ("correlation", "cross-moment")
+
 
 def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
                         spec: PermutationSpec | None = None, batch_size: int = 500, max_batches: int | None = None,
-                        progress: bool | None = None) -> Perms:
-    """Permutations for ``b`` maximising the correlation of its units' activations with A's over ``data``.
+                        progress: bool | None = None, objective: str = "correlation") -> Perms:
+    """Permutations for ``b`` maximising the similarity of its units' activations with A's over ``data``.
 
     ``a``, ``b``: states (parameters, optionally with buffers; missing buffers are the model's).
     ``data``: ``(X, y)`` tensors, a Dataset or a DataLoader (targets are ignored); BatchNorm uses each
-    model's running statistics. For a permutation carried by several values (a residual stream) the
-    correlation matrices of all of them are summed before the assignment.
+    model's running statistics. ``objective``: ``"correlation"`` (Pearson, per pair of units) or
+    ``"cross-moment"`` (E[a b], uncentred, as git-re-basin's reference code). For a permutation carried
+    by several values (a residual stream) the matrices of all of them are summed before the assignment.
     """
-    spec = spec or infer_spec(model)
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown activation-matching objective {objective!r}; choose 'correlation' or "
+                        f"'cross-moment'")
+    spec = spec or infer_spec(model, data=data)
     chosen = _match_nodes(spec)
     flat = sorted({n for ns in chosen.values() for n in ns})
     probe = Probe(model, flat)
@@ -165,8 +184,11 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
             advance()
     perms = {}
     for p, nodes in chosen.items():
-        corr = sum(moments[n].correlation() for n in nodes)
-        _, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+        if objective == "correlation":
+            score = sum(moments[n].correlation() for n in nodes)
+        else:
+            score = sum(moments[n].cross_moment() for n in nodes)
+        _, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
         perms[p] = torch.as_tensor(cols, dtype=torch.long)
     return perms
 
@@ -179,11 +201,14 @@ def ste_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tens
     A proxy point W~ starts at A. Each step: P = weight_matching(W~, B) (warm-started), the midpoint
     m = (A + W~ + stopgrad(P[B] - W~)) / 2 is evaluated on a minibatch of ``data`` = (X, y) with
     BatchNorm on batch statistics, and W~ takes an Adam step on the loss at m. Returns the
-    permutations of B matched to the final W~ (and, with ``return_info``, the loss per step).
+    permutations P of the step with the lowest such loss (as the reference's ``ste2``; the first such
+    step on ties) and, with ``return_info``, ``{"losses": per step, "best_step", "best_loss"}``.
     """
-    spec = spec or infer_spec(model)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise UserError("ste_matching needs data as (X, y) tensors")
+    if steps < 1:
+        raise UserError(f"ste_matching needs at least 1 step; got steps={steps}")
+    spec = spec or infer_spec(model, data=data)
     x_all, y_all = data
     params = [n for n, _ in model.named_parameters()]
     a = {n: a[n].detach() for n in params}
@@ -193,7 +218,8 @@ def ste_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tens
     opt = torch.optim.Adam(list(proxy.values()), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     perms = identity_perms(spec)
-    losses = []
+    losses: list[float] = []
+    best_perms, best_step, best_loss = perms, -1, math.nan
     with bar("STE matching", steps, enabled=progress) as advance:
         for step in range(steps):
             current = {n: t.detach() for n, t in proxy.items()}
@@ -208,9 +234,12 @@ def ste_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tens
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            if best_step < 0 or losses[-1] < best_loss or math.isnan(best_loss):  # a NaN loss never wins
+                best_perms, best_step, best_loss = perms, step, losses[-1]
             advance(info=f"loss {losses[-1]:.4f}")
-    final = weight_matching(spec, {n: t.detach() for n, t in proxy.items()}, b, init=perms, seed=seed)
-    return (final, {"losses": losses}) if return_info else final
+    if not return_info:
+        return best_perms
+    return best_perms, {"losses": losses, "best_step": best_step, "best_loss": best_loss}
 
 
-__all__ = ["activation_matching", "ste_matching", "weight_matching"]
+__all__ = ["OBJECTIVES", "activation_matching", "ste_matching", "weight_matching"]

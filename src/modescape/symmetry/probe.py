@@ -13,9 +13,9 @@ from typing import Mapping, Sequence
 
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..errors import UserError
+from ..evaluate import FunctionalModule
 
 
 class Probe:
@@ -36,19 +36,14 @@ class Probe:
         out.args = (tuple(by_name[n] for n in nodes),)
         gm.graph.eliminate_dead_code()
         gm.recompile()
-        self.module = gm
+        self.fn = FunctionalModule(gm)
         self.nodes = list(nodes)
         self.defaults = {**dict(work.named_parameters()), **dict(work.named_buffers())}
-        self.bn = [m for m in gm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in self.bn:
-            m.track_running_stats = False
 
     def __call__(self, state: Mapping[str, Tensor], x: Tensor, bn_train: bool = False) -> list[Tensor]:
-        for m in self.bn:
-            m.training = bn_train
         full = {**self.defaults, **state}
         full = {k: v for k, v in full.items() if k in self.defaults}
-        return list(functional_call(self.module, full, (x,)))
+        return list(self.fn(full, {}, x, bn_train=bn_train))
 
 
 def channel_rows(x: Tensor) -> Tensor:

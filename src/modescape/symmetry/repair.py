@@ -16,6 +16,9 @@ BatchNorm. Layers followed by BatchNorm get the plain BN reset instead (fresh ru
 the interpolated point: the Evaluator's ``bn="recompute"`` policy, which REPAIR reduces to there);
 while measuring, BatchNorm layers use batch statistics. A layer without a bias gets only its scale
 corrected.
+
+`RepairedLine` is the REPAIRed line as a (non-linear) 1-d family, so that `modescape.paths.evaluate_path`
+measures it like any other path.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from torch import Tensor, nn
 from .. import space as sp
 from ..errors import UserError
 from ..evaluate import make_source
+from ..families.base import Family
 from .probe import Probe, channel_rows
-from .spec import PermutationSpec, infer_spec
+from .infer import infer_spec
+from .spec import PermutationSpec
 
 
 def repair_layers(model: nn.Module, spec: PermutationSpec) -> list[tuple[str, str]]:
@@ -78,7 +83,7 @@ class Repairer:
     def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
                  spec: PermutationSpec | None = None, batch_size: int = 500, max_batches: int | None = 10,
                  eps: float = 1e-8):
-        spec = spec or infer_spec(model)
+        spec = spec or infer_spec(model, data=data)
         self.layers = repair_layers(model, spec)
         self.param_names = [n for n, _ in model.named_parameters()]
         self.a = {n: a[n] for n in self.param_names}
@@ -126,6 +131,34 @@ class Repairer:
         return mean, (s2 / n - mean * mean).clamp_min(0).sqrt()
 
 
+class RepairedLine(Family):
+    """The REPAIRed line from a `Repairer`: ``t -> repairer(t)`` (``t`` in [0, 1]), a non-linear 1-d family.
+
+    ``buffers``: the endpoints' (combined with ``(1 - t, t)`` under ``bn="running"``; REPAIR itself is
+    meant for ``bn="recompute"`` on BatchNorm models).
+    """
+
+    dim = 1
+
+    def __init__(self, repairer: Repairer, buffers: Sequence[Mapping[str, Tensor]] | None = None):
+        super().__init__()
+        self.repairer = repairer
+        self.set_buffers(buffers)
+
+    def forward(self, coords) -> sp.Point:
+        c, single = self.as_coords(coords)
+        ts = c[:, 0].tolist()
+        for t in ts:
+            if not 0.0 <= t <= 1.0:
+                raise UserError(f"a REPAIRed line is defined for t in [0, 1]; got t = {t}")
+        points = sp.stack([self.repairer(t) for t in ts])
+        return {k: v[0] for k, v in points.items()} if single else points
+
+    def buffer_coefficients(self, coords: Tensor) -> Tensor:
+        t = coords[:, :1]
+        return torch.cat([1.0 - t, t], dim=1)
+
+
 def repair(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float, data: Any,
            spec: PermutationSpec | None = None, **kwargs) -> sp.Point:
     """The REPAIRed interpolation (1 - t) a + t b (parameters; see the module docstring).
@@ -138,4 +171,4 @@ def repair(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], t
     return Repairer(model, a, b, data, spec=spec, **kwargs)(float(t))
 
 
-__all__ = ["Repairer", "repair", "repair_layers"]
+__all__ = ["RepairedLine", "Repairer", "repair", "repair_layers"]

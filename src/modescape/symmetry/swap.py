@@ -2,7 +2,7 @@
 
 * `swap_path(model, point, layer, i, j)` -> `SwapPath`: the line from ``point`` to ``point`` with
   units i and j of ``layer`` exchanged (every axis the spec lists for that layer's permutation).
-* `swap_analysis(...)`: the loss along it at ``n_points`` t, its barrier (`modescape.barrier`),
+* `swap_analysis(...)`: the loss along it at ``n_points`` t (`modescape.paths.evaluate_path`), its barrier,
   and the smallest Hessian eigenvalues at the permutation point t = 1/2 (Lanczos,
   `modescape.curvature.eigenvalues`): at a permutation point the tied units leave flat directions
   (zero eigenvalues, e.g. moving outgoing weight from one unit to the other); a negative eigenvalue
@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import curvature
-from ..barrier import barrier
 from ..errors import UserError
-from ..evaluate import Evaluator
+from ..evaluate import Evaluator, default_bn
 from ..families.swap import SwapPath
-from .align import has_bn
-from .spec import PermutationSpec, apply, infer_spec
+from ..paths import evaluate_path
+from .infer import infer_spec
+from .spec import PermutationSpec, apply
 
 
 def transposition(n: int, i: int, j: int) -> Tensor:
@@ -40,14 +40,20 @@ def transposition(n: int, i: int, j: int) -> Tensor:
 
 
 def swap_path(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: int, j: int,
-              spec: PermutationSpec | None = None) -> SwapPath:
-    """The `SwapPath` exchanging units ``i`` and ``j`` of ``layer`` (a module or permutation name)."""
-    spec = spec or infer_spec(model)
+              spec: PermutationSpec | None = None, data: Any = None) -> SwapPath:
+    """The `SwapPath` exchanging units ``i`` and ``j`` of ``layer`` (a module or permutation name).
+
+    ``point``: parameters, optionally with buffers (then the path carries them, permuted at its far end).
+    ``data``: for inferring the spec of a model outside the zoo (its input shape).
+    """
+    spec = spec or infer_spec(model, data=data)
     perm = spec.layer_perm(layer)
     names = [n for n, _ in model.named_parameters()]
+    swap = {perm: transposition(spec.sizes[perm], i, j)}
     theta = {n: point[n].detach() for n in names}
-    swapped = apply(spec, theta, {perm: transposition(spec.sizes[perm], i, j)})
-    return SwapPath(theta, swapped, perm, i, j)
+    buffers = {n: b.detach() for n, b in point.items() if n not in theta}
+    pair = [buffers, apply(spec, buffers, swap)] if buffers else None
+    return SwapPath(theta, apply(spec, theta, swap), perm, i, j, buffers=pair)
 
 
 def _evaluator(model: nn.Module, data: Any, evaluator: Evaluator | None) -> Evaluator:
@@ -55,8 +61,7 @@ def _evaluator(model: nn.Module, data: Any, evaluator: Evaluator | None) -> Eval
         return evaluator
     if data is None:
         raise UserError("swap analysis needs data: pass (X, y) or an Evaluator")
-    return Evaluator(model, data, metrics=("loss", "accuracy"), bn="recompute" if has_bn(model) else "running",
-                     progress=False)
+    return Evaluator(model, data, metrics=("loss", "accuracy"), bn=default_bn(model), progress=False)
 
 
 def _tied_axes(spec: PermutationSpec, perm: str) -> list:
@@ -101,15 +106,14 @@ def swap_analysis(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: 
     "relaxed": {...} (with relax_steps)}``; the loss is the evaluator's first source (pass ``data`` as
     (X, y)).
     """
-    spec = spec or infer_spec(model)
+    spec = spec or infer_spec(model, data=data)
     ev = _evaluator(model, data, evaluator)
     path = swap_path(model, point, layer, i, j, spec)
-    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
-    m = ev(path(t), description="swap path")
-    first = m.names[0].rsplit("_", 1)[0] + "_" if "_" in m.names[0] else ""
-    loss, acc = m[first + "loss"], m[first + "accuracy"]
-    out: dict[str, Any] = {"perm": path.perm, "i": path.i, "j": path.j, "t": t.tolist(), "loss": loss.tolist(),
-                           "accuracy": acc.tolist(), "barrier": barrier(loss, t), "bn": ev.bn,
+    res = evaluate_path(path, ev, n_points, name="swap")
+    first = res.metrics.names[0].rsplit("_", 1)[0] + "_" if "_" in res.metrics.names[0] else ""
+    loss, acc = res.metrics[first + "loss"], res.metrics[first + "accuracy"]
+    out: dict[str, Any] = {"perm": path.perm, "i": path.i, "j": path.j, "t": res.t.tolist(), "loss": loss.tolist(),
+                           "accuracy": acc.tolist(), "barrier": res.barriers()[first + "loss"], "bn": ev.bn,
                            "midpoint_loss": float(ev.loss(path(0.5)))}
     if eigen:
         res = curvature.eigenvalues(ev, point=path(0.5), k=k, which="smallest", seed=seed)
@@ -145,7 +149,7 @@ def best_pair(model: nn.Module, point: Mapping[str, Tensor], layer: str, data: A
 
     Returns ``{"i", "j", "barrier", "scored": [{"i", "j", "distance", "barrier"}], "exhaustive"}``.
     """
-    spec = spec or infer_spec(model)
+    spec = spec or infer_spec(model, data=data)
     perm = spec.layer_perm(layer)
     ev = _evaluator(model, data, evaluator)
     n = spec.sizes[perm]
@@ -155,13 +159,12 @@ def best_pair(model: nn.Module, point: Mapping[str, Tensor], layer: str, data: A
     iu = torch.triu_indices(n, n, offset=1)
     dist = d[iu[0], iu[1]]
     order = torch.argsort(dist)[:candidates]
-    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
     scored = []
     for idx in order.tolist():
         i, j = int(iu[0, idx]), int(iu[1, idx])
-        path = swap_path(model, point, perm, i, j, spec)
-        loss = ev(path(t), description="swap path")[ev.names[0]]
-        scored.append({"i": i, "j": j, "distance": float(dist[idx]), "barrier": barrier(loss, t)["barrier_linear"]})
+        res = evaluate_path(swap_path(model, point, perm, i, j, spec), ev, n_points, name="swap", progress=False)
+        bar_ = res.barriers()[ev.names[0]]["barrier_linear"]
+        scored.append({"i": i, "j": j, "distance": float(dist[idx]), "barrier": bar_})
     best = min(scored, key=lambda r: r["barrier"])
     return {"perm": perm, "i": best["i"], "j": best["j"], "barrier": best["barrier"], "scored": scored,
             "exhaustive": len(order) == len(dist)}

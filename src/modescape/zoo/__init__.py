@@ -4,7 +4,7 @@
 deterministic, in-memory data and plain `nn.Module`s that work with torch.fx and torch.func.
 """
 
-from modescape.zoo.data import DataSplit, as_split, dataset_names, load_dataset
+from modescape.zoo.data import DataSplit, as_split, dataset_names, load_dataset, train_test
 from modescape.zoo.models import BasicBlock, build_model, model_names
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "dataset_names",
     "load_dataset",
     "model_names",
+    "train_test",
 ]

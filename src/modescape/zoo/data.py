@@ -33,6 +33,7 @@ __all__ = [
     "load_dataset",
     "read_idx_images",
     "read_idx_labels",
+    "train_test",
 ]
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -503,6 +504,20 @@ def as_split(obj: Any, name: str = "custom") -> DataSplit:
         "n_test": len(test[1]),
     }
     return DataSplit(name, train, test, tuple(train[0].shape[1:]), num_classes, meta)
+
+
+def train_test(data: Any) -> tuple[Pair, Pair | None]:
+    """``(train, test or None)`` as (X, y) tensors, dtypes kept, from a `DataSplit` (or anything with
+    ``.train`` and ``.test``), a dict with a ``"train"`` (and optionally ``"test"``) entry, or (X, y)."""
+    if hasattr(data, "train") and hasattr(data, "test"):
+        return tuple(data.train), tuple(data.test)
+    if isinstance(data, dict):
+        if "train" not in data:
+            raise UserError(f"data dict needs a 'train' entry; has {list(data)}")
+        return tuple(data["train"]), (tuple(data["test"]) if "test" in data else None)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return (data[0], data[1]), None
+    raise UserError("data must be a zoo DataSplit, a dict {'train': (X, y), 'test': (X, y)} or (X, y) tensors")
 
 
 def _as_pair(part: Any, what: str) -> Pair:

@@ -1,4 +1,4 @@
-"""Shared plotting for landscape results (``xarray.Dataset`` from `modescape.landscape`).
+"""Figures of landscape results (``xarray.Dataset`` from `modescape.landscape`).
 
 * 1-D (dim ``t``): loss on the left axis and accuracy on the right, train solid and test dashed.
 * 2-D (dims ``x``, ``y``): contour lines, filled contours, heatmap and 3-D surface (matplotlib PNG);
@@ -22,16 +22,9 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import UserError
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..errors import UserError
+from .base import pyplot as _plt
+from .base import save_figure, save_html, save_text
 
 
 def _levels(z: np.ndarray, n: int = 30) -> np.ndarray:
@@ -109,10 +102,7 @@ def plot_line(ds: xr.Dataset, path: str | Path, title: str | None = None) -> Pat
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="center right")
     ax.set_title(title or "loss and accuracy along the line")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_surface(ds: xr.Dataset, out_dir: str | Path, var: str = "train_loss", prefix: str | None = None,
@@ -154,10 +144,7 @@ def plot_surface(ds: xr.Dataset, out_dir: str | Path, var: str = "train_loss", p
         ax.set_ylabel(yl)
         ax.set_title(f"{var} ({kind})")
         fig.tight_layout()
-        p = out_dir / f"{prefix}_{kind}.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+        written.append(save_figure(fig, out_dir / f"{prefix}_{kind}.png", dpi=100))
     return written
 
 
@@ -173,10 +160,7 @@ def plot_convexity(ds: xr.Dataset, path: str | Path) -> Path:
     ax.set_ylabel(yd)
     ax.set_title("convexity map")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title: str | None = None) -> Path:
@@ -214,9 +198,7 @@ def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title:
                                      marker={"color": "white", "size": 10, "line": {"color": "black", "width": 1}}),
                           row=1, col=2)
     fig.update_layout(title=title or f"modescape: {var}", height=560, width=1150)
-    path = Path(path)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return save_html(fig, path)
 
 
 def export_vtk(ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: bool = False,
@@ -241,9 +223,7 @@ def export_vtk(ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: b
     for j in range(ny):
         for i in range(nx):
             lines.append(f"{z[i, j]:.9g}")
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return save_text("\n".join(lines) + "\n", path)
 
 
 def plot_result(ds: xr.Dataset, out_dir: str | Path, vtk: bool = False, var: str | None = None) -> list[Path]:

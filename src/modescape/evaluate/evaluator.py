@@ -1,0 +1,384 @@
+"""The evaluator: a batch of K points in, a [K, M] table of metrics over whole datasets out.
+
+Every method in modescape measures points through this one object, so the hard parts live here once,
+each in its own file of this package:
+
+* **data** (`sources`): ``(X, y)``, a Dataset, a DataLoader or any iterable of batches, materialised on
+  the device when it fits, streamed otherwise. Several named sources (``{"train": ..., "test": ...}``)
+  are evaluated together; their metrics are named ``train_loss``, ``test_accuracy``, ...
+* **running a point** (`functional`): a private copy of the model through ``functional_call``, K points
+  one after another (``mode="loop"``) or vectorised with ``torch.func.vmap`` (``mode="vmap"``);
+  ``mode="auto"`` times both the first time and keeps the faster (``self.mode_chosen``).
+* **the batch-norm policy** (`batchnorm`): ``running``, ``recompute`` or ``train``, recorded with every
+  result (see that module for the definitions).
+* **families** (`family_path`): ``evaluate_family(family, coords)`` evaluates a family's points chunk by
+  chunk, sharing the first layer between the points of a linear family where that measures faster, and
+  with each point's own buffers when the family carries them (points between models).
+
+It never mutates the user's model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import space as sp
+from ..errors import UserError
+from ..progress import bar
+from .batchnorm import Statistics, check_policy
+from .family_path import MODES as FAMILY_MODES
+from .family_path import FamilyPath
+from .functional import FunctionalModule, map_points
+from .sources import Source, make_source
+
+METRICS = ("loss", "accuracy", "error")
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample cross-entropy (the default loss).
+
+    For [N, C] logits and class-index targets it is ``logsumexp(outputs) - outputs[target]``: the same
+    value as ``F.cross_entropy`` (to float rounding) and 3-5x faster on the CPU for few classes, where
+    ``log_softmax`` dominated landscape sweeps of small models. Other shapes use ``F.cross_entropy``.
+    """
+    if outputs.dim() == 2 and not targets.is_floating_point():
+        return torch.logsumexp(outputs, 1) - outputs.gather(1, targets[:, None])[:, 0]
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+@dataclass
+class Metrics:
+    """A [K, M] table of metric values (float64, CPU) with the metric names, and the BN policy used."""
+
+    values: Tensor
+    names: tuple[str, ...]
+    bn: str
+    mode: str = ""
+
+    def __getitem__(self, name: str) -> Tensor:
+        try:
+            return self.values[:, self.names.index(name)]
+        except ValueError:
+            raise KeyError(f"no metric '{name}'; have {list(self.names)}") from None
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def row(self, i: int = 0) -> dict[str, float]:
+        """Metric name -> value for point ``i``."""
+        return {n: float(self.values[i, j]) for j, n in enumerate(self.names)}
+
+    def to_dict(self, i: int | None = 0) -> dict[str, Any]:
+        """Point ``i``'s metrics by name (the default: the first point); ``i=None``: every point, as
+        ``{"bn", "mode", "metrics": {name: [K values]}}``."""
+        if i is not None:
+            return self.row(i)
+        return {"bn": self.bn, "mode": self.mode, "metrics": {n: self[n].tolist() for n in self.names}}
+
+
+class Evaluator:
+    """Evaluate K points of one model's weight space on whole datasets.
+
+    Parameters
+    ----------
+    model : the ``nn.Module`` whose weight space the points live in (never modified).
+    data : ``(X, y)``, a Dataset, a DataLoader, an iterable of batches, or a dict ``{name: any of those}``.
+    metrics : any of ``"loss"``, ``"accuracy"``, ``"error"``.
+    bn : ``"running"`` | ``"recompute"`` | ``"train"`` (see `modescape.evaluate.batchnorm`).
+    bn_data : the data whose batches give recomputed statistics: a key of ``data`` or a data object.
+        Default: ``"train"`` when ``data`` has it, else the first source.
+    device, dtype : where and in which float type to evaluate (default: the model's).
+    loss : per-sample loss ``loss(outputs [B, C], targets [B]) -> [B]``; default cross-entropy.
+    batch_size : batch size for tensor data (DataLoaders keep theirs).
+    mode : ``"auto"`` | ``"loop"`` | ``"vmap"``.
+    chunk : points per vectorised call (memory bound); default 32.
+    autocast : e.g. ``torch.bfloat16``: forwards run under ``torch.autocast`` (outputs are cast back to
+        ``dtype`` before the loss).
+    channels_last : 4-D inputs and the private module in channels_last memory format (conv nets, GPU).
+    compile : ``True`` or a ``torch.compile`` mode string: the per-point forward of the loop path is
+        compiled (the family path then uses that loop).
+
+    ``evaluator(points)`` takes a list of points or a stacked point and returns `Metrics` ([K, M]).
+    ``evaluator.evaluate_family(family, coords)`` does the same for ``family(coords)``.
+    """
+
+    FAMILY_MODES = FAMILY_MODES
+
+    def __init__(self, model: nn.Module, data: Any, metrics: Sequence[str] = ("loss", "accuracy"),
+                 bn: str = "running", bn_data: Any = None, device=None, dtype=None, loss: LossFn | None = None,
+                 batch_size: int | None = None, mode: str = "auto", chunk: int = 32, progress: bool | None = None,
+                 autocast: torch.dtype | None = None, channels_last: bool = False, compile: bool = False):
+        self.bn = check_policy(bn)
+        if mode not in ("auto", "loop", "vmap"):
+            raise UserError(f"unknown mode '{mode}': use auto, loop or vmap")
+        for m in metrics:
+            if m not in METRICS:
+                raise UserError(f"unknown metric '{m}': use any of {', '.join(METRICS)}")
+        self.functional = FunctionalModule(model, device, dtype, autocast, channels_last)
+        self.device, self.dtype = self.functional.device, self.functional.dtype
+        self.module = self.functional.module
+        self.bn_modules = self.functional.bn_modules
+        self.space = sp.WeightSpace(model)
+        self.metrics = tuple(metrics)
+        self.loss_fn: LossFn = loss or cross_entropy
+        self.mode = mode
+        self.chunk = max(1, int(chunk))
+        self.mode_chosen: str | None = None if mode == "auto" else mode
+        self.progress = progress
+        self.autocast = autocast
+        self.channels_last = bool(channels_last)
+        self.compile = compile if isinstance(compile, str) else bool(compile)  # a string is torch.compile's mode
+        self._compiled_forward = None
+        self.buffers: sp.Point = sp.to(sp.clone(dict(model.named_buffers())), self.device, self.dtype)
+        self.point0: sp.Point = sp.to(self.space.point(model), self.device, self.dtype)
+
+        sources = data if isinstance(data, Mapping) else {"": data}
+        self.sources: dict[str, Source] = {
+            k: make_source(v, k or "data", batch_size, self.device, self.dtype) for k, v in sources.items()}
+        if bn_data is None:
+            self.bn_source = self.sources["train" if "train" in self.sources else next(iter(self.sources))]
+        elif isinstance(bn_data, str):
+            if bn_data not in self.sources:
+                raise UserError(f"bn_data '{bn_data}' is not one of the data sources {list(self.sources)}")
+            self.bn_source = self.sources[bn_data]
+        else:
+            self.bn_source = make_source(bn_data, "bn_data", batch_size, self.device, self.dtype)
+        if self.channels_last:
+            for src in list(self.sources.values()) + [self.bn_source]:
+                if src.batches is not None:
+                    src.batches = [(_channels_last(x), y) for x, y in src.batches]
+        self._check_runs()
+        self.names: tuple[str, ...] = tuple(
+            (f"{k}_{m}" if k else m) for k in self.sources for m in self.metrics)
+        self.statistics = Statistics(self.functional, self.bn_source, self.buffers)
+        self.family_path = FamilyPath(self)
+
+    def _check_runs(self) -> None:
+        """One forward pass on two samples of each materialised source, so that a model and data that do
+        not fit together fail here with one clear line instead of deep inside a method."""
+        for src in self.sources.values():
+            if not src.materialised or not src.batches:
+                continue
+            x = src.batches[0][0][:2]
+            try:
+                with torch.no_grad():
+                    self.forward(self.point0, self.buffers, x, bn_train=False)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"the model cannot run on data '{src.name}' (inputs of shape {list(x.shape[1:])}): "
+                                f"{first}; check that the model and the data belong together "
+                                f"(--model / --data)") from None
+
+    # -- functional pieces shared with the methods (curvature, training of families) -------------
+    def forward(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
+                bn_train: bool | None = None) -> Tensor:
+        """Outputs of the model at ``params`` with ``buffers`` on inputs ``x``; pure and differentiable.
+
+        BatchNorm layers use batch statistics when ``bn_train`` (default: the policy is ``train``),
+        else the given running statistics.
+        """
+        return self.functional(params, buffers, x, self.bn == "train" if bn_train is None else bn_train)
+
+    def point_buffers(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None) -> sp.Point:
+        """The buffers the policy evaluates ``point`` with: recomputed statistics under ``recompute``,
+        else ``buffers`` (the point's own, when known) or the model's."""
+        if self.bn == "recompute" and self.bn_modules:
+            stacked = {k: v.unsqueeze(0) for k, v in point.items()}
+            return {k: v[0] for k, v in self.recompute_buffers(stacked, vectorised=False).items()}
+        return self.buffers if buffers is None else sp.to(dict(buffers), self.device, self.dtype)
+
+    def recompute_buffers(self, points: Mapping[str, Tensor], vectorised: bool = True) -> sp.Point:
+        """Fresh BatchNorm statistics for a stacked point [K, ...]: stacked buffers [K, ...]
+        (see `modescape.evaluate.batchnorm.Statistics`)."""
+        return self.statistics(points, vectorised)
+
+    def batch_losses(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None,
+                     source: str | None = None) -> Iterator[tuple[float, Tensor]]:
+        """Yield ``(n_b / N, mean loss of batch b)`` over a source, differentiable in ``point``.
+
+        Summing the products gives the mean loss over the whole dataset, correctly weighted for
+        unequal batch sizes.
+        """
+        if buffers is None:
+            buffers = self.point_buffers(point)
+        for w, x, y in self.weighted_batches(source):
+            yield w, self.batch_loss(point, buffers, x, y)
+
+    def weighted_batches(self, source: str | None = None) -> Iterator[tuple[float, Tensor, Tensor]]:
+        """Yield ``(n_b / N, x_b, y_b)`` over a source (default the first): the one home of the batch
+        weighting, for methods that need a pure per-batch function (e.g. ``jvp`` of ``grad``)."""
+        src = self.sources[source] if source is not None else next(iter(self.sources.values()))
+        for x, y in src:
+            yield x.shape[0] / src.n, x, y
+
+    def batch_loss(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Mean loss of one batch at ``point`` with ``buffers``; pure and differentiable."""
+        return self.loss_fn(self.forward(point, buffers, x), y).mean()
+
+    def loss(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None,
+             source: str | None = None) -> Tensor:
+        """Mean loss over a whole source, differentiable in ``point``."""
+        if buffers is None:
+            buffers = self.point_buffers(point)
+        return sum(w * l for w, l in self.batch_losses(point, buffers, source))
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def stack_points(self, points) -> sp.Point:
+        """A list of points or a (stacked) point -> one stacked point on the evaluator's device and dtype."""
+        if isinstance(points, Mapping):
+            self.space.check(points, what="point", stacked=self.space.is_stacked(points))
+            stacked = points if self.space.is_stacked(points) else {k: v.unsqueeze(0) for k, v in points.items()}
+        else:
+            points = list(points)
+            for i, p in enumerate(points):
+                self.space.check(p, what=f"point {i}")
+            stacked = sp.stack(points)
+        return {n: stacked[n].to(device=self.device, dtype=self.dtype) for n in self.space.names}
+
+    def measure(self, params: sp.Point, buffers: sp.Point | None, vectorised: bool, outputs=None) -> Tensor:
+        """[K, M] metric values at the stacked point ``params`` (one chunk).
+
+        ``buffers``: stacked per-point buffers, or None for the model's (the policy may replace them);
+        ``outputs(params, buffers, x, source_name, batch_index) -> [K, B, C]`` replaces the plain forward
+        when given (the family path's shared first layer).
+        """
+        k = next(iter(params.values())).shape[0]
+        if self.bn == "recompute" and self.bn_modules:
+            buffers = self.recompute_buffers(params, vectorised)
+        fwd = self.forward
+        if self.compile and not vectorised:
+            fwd = self._compiled()
+        shared = buffers is None
+        bufs = self.buffers if shared else buffers
+        cols = []
+        with torch.no_grad():
+            for src in self.sources.values():
+                loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
+                correct = torch.zeros(k, dtype=torch.float64, device=self.device)
+                for bi, (x, y) in enumerate(src):
+                    if outputs is not None:
+                        out = outputs(params, buffers, x, src.name, bi)
+                    else:
+                        out = map_points(fwd, params, bufs, x, vectorised, shared)  # [K, B, C]
+                    b = out.shape[1]
+                    per = self.loss_fn(out.reshape(k * b, *out.shape[2:]), y.repeat(k)).reshape(k, b)
+                    loss_sum += per.double().sum(1)
+                    if "accuracy" in self.metrics or "error" in self.metrics:
+                        correct += (out.argmax(-1) == y).double().sum(1)
+                for m in self.metrics:
+                    if m == "loss":
+                        cols.append(loss_sum / src.n)
+                    elif m == "accuracy":
+                        cols.append(correct / src.n)
+                    else:
+                        cols.append(1.0 - correct / src.n)
+        return torch.stack(cols, dim=1).cpu()
+
+    def choose_mode(self, params: sp.Point, buffers: sp.Point | None = None) -> str:
+        """Time loop and vmap on a few points and part of one batch; keep and return the faster."""
+        if self.mode_chosen is not None:
+            return self.mode_chosen
+        # a small probe (up to 8 points, up to 512 inputs) keeps the one-off cost low
+        k = min(self.chunk, 8, next(iter(params.values())).shape[0])
+        sub = {n: t[:k] for n, t in params.items()}
+        subb = self.buffers if buffers is None else {n: t[:k] for n, t in buffers.items()}
+        x = next(iter(next(iter(self.sources.values()))))[0][:512]
+        times = {}
+        with torch.no_grad():
+            for mode in ("loop", "vmap"):
+                best = float("inf")
+                for _ in range(2):  # the first run warms up
+                    self.sync()
+                    t0 = time.perf_counter()
+                    map_points(self.forward, sub, subb, x, mode == "vmap", buffers is None)
+                    self.sync()
+                    best = min(best, time.perf_counter() - t0)
+                times[mode] = best
+        self.mode_timings = times
+        self.mode_chosen = "vmap" if times["vmap"] < times["loop"] else "loop"
+        return self.mode_chosen
+
+    def sync(self) -> None:
+        """Wait for the device (for timings)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, points: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor],
+                 buffers: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor] | None = None,
+                 progress: bool | None = None, description: str = "evaluating") -> Metrics:
+        """Evaluate points: a list of K points or a stacked point. Returns `Metrics` ([K, M]).
+
+        ``buffers``: per-point buffers (a list, or stacked) for the ``running`` policy; default the
+        model's own.
+        """
+        params = self.stack_points(points)
+        k = next(iter(params.values())).shape[0]
+        bufs = None
+        if buffers is not None and self.buffers:
+            bufs = buffers if isinstance(buffers, Mapping) else sp.stack(list(buffers))
+            bufs = sp.to(bufs, self.device, self.dtype)
+            if next(iter(bufs.values())).dim() == next(iter(self.buffers.values())).dim():
+                bufs = {n: v.unsqueeze(0).expand((k,) + tuple(v.shape)) for n, v in bufs.items()}
+        mode = self.mode_chosen
+        if mode is None:
+            mode = self.choose_mode(params, bufs) if k > 1 else "loop"
+        rows = []
+        show = self.progress if progress is None else progress
+        enabled = show if show is not None else (None if k > 4 else False)
+        with bar(description, k, enabled=enabled) as advance:
+            for i in range(0, k, self.chunk):
+                p = {n: t[i:i + self.chunk] for n, t in params.items()}
+                b = None if bufs is None else {n: t[i:i + self.chunk] for n, t in bufs.items()}
+                rows.append(self.measure(p, b, mode == "vmap" and p[self.space.names[0]].shape[0] > 1))
+                advance(rows[-1].shape[0])
+        return Metrics(torch.cat(rows), self.names, self.bn, mode)
+
+    def _compiled(self):
+        if self._compiled_forward is None:
+            mode = self.compile if isinstance(self.compile, str) else None
+            fn = torch.compile(lambda p, b, x: self.forward(p, b, x), dynamic=False, mode=mode)
+            # a copy of the outputs: CUDA-graph modes reuse their output memory on the next call
+            self._compiled_forward = (lambda p, b, x: fn(p, b, x).clone()) if mode else fn
+        return self._compiled_forward
+
+    # -- families (see family_path.py) --------------------------------------------------------
+    @property
+    def family_mode(self) -> str | None:
+        """The family path's mode (one of ``FamilyPath.MODES``) once chosen; set it to fix the path."""
+        return self.family_path.mode
+
+    @family_mode.setter
+    def family_mode(self, mode: str | None) -> None:
+        self.family_path.mode = mode
+
+    @property
+    def family_mode_timings(self) -> dict[str, float]:
+        return self.family_path.timings
+
+    def choose_family_mode(self, family, coords: Tensor) -> str:
+        return self.family_path.choose(family, coords)
+
+    def first_layer_split(self):
+        return self.family_path.first_layer_split()
+
+    def evaluate_family(self, family, coords, progress: bool | None = None, description: str = "evaluating") -> Metrics:
+        """Metrics ([K, M]) at ``family(coords)`` (coords [K, dim]): like ``self(family(coords))`` but
+        chunk by chunk, through the shared first layer of a linear family when that measures faster, and
+        with the family's own buffers at each point under ``bn="running"`` when it carries them.
+        ``self.family_mode`` records the path used."""
+        return self.family_path.evaluate(family, coords, progress, description)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+__all__ = ["Evaluator", "METRICS", "Metrics", "cross_entropy"]

@@ -1,0 +1,120 @@
+"""The functional module: a private copy of the user's model, run at explicit points.
+
+Everything that runs a model at a point goes through this object, so how a forward pass treats
+BatchNorm is decided in one place. It deep-copies the model once (the user's module is never touched),
+puts the copy in eval mode and sets ``track_running_stats=False`` on its BatchNorm layers, so a forward
+pass never updates a buffer behind the caller's back; parameters and buffers always come in through
+``torch.func.functional_call``. A call says whether BatchNorm normalises with the batch's statistics
+(``bn_train=True``) or with the buffers given. Two explicit exceptions update the buffers passed in, in
+place, and only inside the `tracking` context: the running averages of a train-mode loop (each layer's
+own momentum) and the cumulative averages of ``update_bn`` (``momentum=None``).
+
+`map_points` runs a function of one point over K stacked points, one after another or under
+``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_modules(module: nn.Module) -> dict[str, BatchNorm]:
+    """The BatchNorm layers of ``module`` by name, in module order."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, BatchNorm)}
+
+
+class FunctionalModule:
+    """``fm(params, buffers, x, bn_train=False) -> outputs``: pure and differentiable in ``params``.
+
+    ``device``/``dtype``: where the private copy lives (default: where the model is); ``autocast``: a
+    reduced float type for the forward (outputs come back in ``dtype``); ``channels_last``: the copy in
+    channels_last memory format (conv nets on GPUs).
+    """
+
+    def __init__(self, model: nn.Module, device=None, dtype=None, autocast: torch.dtype | None = None,
+                 channels_last: bool = False):
+        first = next(iter(model.parameters()), None)
+        self.device = torch.device(device) if device is not None else (
+            first.device if first is not None else torch.device("cpu"))
+        self.dtype = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
+        self.module = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        self.bn_modules = batchnorm_modules(self.module)
+        for m in self.bn_modules.values():
+            m.track_running_stats = False
+        self.autocast = autocast
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    def set_bn_train(self, bn_train: bool) -> None:
+        """BatchNorm layers normalise with batch statistics (True) or with the buffers given (False)."""
+        for m in self.bn_modules.values():
+            m.training = bn_train
+
+    def autocast_context(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def run(self, module: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
+            bn_train: bool = False) -> Tensor:
+        """``module`` (the copy or one of its parts) at ``params``/``buffers`` on ``x``."""
+        self.set_bn_train(bn_train)
+        if self.autocast is not None:
+            with self.autocast_context():
+                out = functional_call(module, ({**params}, {**buffers}), (x,), strict=False)
+            return out.to(self.dtype)
+        return functional_call(module, ({**params}, {**buffers}), (x,), strict=False)
+
+    def __call__(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
+                 bn_train: bool = False) -> Tensor:
+        return self.run(self.module, params, buffers, x, bn_train)
+
+    @contextlib.contextmanager
+    def tracking(self, momentum: str | None = "own") -> Iterator[None]:
+        """Inside: train-mode BatchNorm layers update the running statistics passed to the call, in place.
+
+        ``momentum="own"``: each layer's own momentum, as a train-mode ``nn.Module`` does (FGE's snapshots
+        under ``bn="running"``); ``None``: cumulative averages over the batches seen, as
+        ``torch.optim.swa_utils.update_bn`` does (fresh statistics at a point).
+        """
+        saved = {name: (m.track_running_stats, m.momentum) for name, m in self.bn_modules.items()}
+        try:
+            for m in self.bn_modules.values():
+                m.track_running_stats = True
+                if momentum != "own":
+                    m.momentum = momentum
+            yield
+        finally:
+            for name, m in self.bn_modules.items():
+                m.track_running_stats, m.momentum = saved[name]
+
+
+def map_points(fn: Callable, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
+               vectorised: bool, shared: bool) -> Tensor | tuple[Tensor, ...]:
+    """``fn(params_k, buffers_k, x)`` for each of K stacked points; outputs stacked on dim 0.
+
+    ``shared``: the same (unstacked) buffers for every point. ``vectorised``: one ``vmap`` call
+    (random layers draw differently per point), else a loop.
+    """
+    if vectorised:
+        return vmap(fn, in_dims=(0, None if shared else 0, None), randomness="different")(params, buffers, x)
+    k = next(iter(params.values())).shape[0]
+    outs = []
+    for i in range(k):
+        p = {n: t[i] for n, t in params.items()}
+        b = buffers if shared else {n: t[i] for n, t in buffers.items()}
+        outs.append(fn(p, b, x))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(z) for z in zip(*outs))
+    return torch.stack(outs)
+
+
+__all__ = ["BatchNorm", "FunctionalModule", "batchnorm_modules", "map_points"]

@@ -1,0 +1,19 @@
+"""Every figure modescape draws, and nothing else draws: methods return results, these functions turn
+results into files (one atomic save, `base`).
+
+* `landscape`: 1-D lines, 2-D contours, heatmaps and 3-D surfaces, convexity maps, the interactive HTML,
+  VTK export (`plot_result` draws every figure that fits a result);
+* `paths`: metrics along paths, the plane through a curve, swap paths, alignments;
+* `curvature`: Hessian spectral densities;
+* `correlate`: sharpness measures against the generalisation gap.
+"""
+
+from .base import pyplot, save_figure, save_html, save_text
+from .correlate import plot_correlation
+from .curvature import plot_density
+from .landscape import export_vtk, plot_convexity, plot_line, plot_result, plot_surface, write_html
+from .paths import plot_alignment, plot_paths, plot_plane, plot_swap
+
+__all__ = ["export_vtk", "plot_alignment", "plot_convexity", "plot_correlation", "plot_density", "plot_line", "plot_paths",
+           "plot_plane", "plot_result", "plot_surface", "plot_swap", "pyplot", "save_figure", "save_html",
+           "save_text", "write_html"]

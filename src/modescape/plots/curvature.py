@@ -1,0 +1,31 @@
+"""Figures of curvature results: the Hessian's spectral density (`modescape.curvature.Density`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import pyplot, save_figure
+
+
+def plot_density(dens, path: str | Path | None = None, ax=None, log: bool = True, title: str | None = None):
+    """Draw a `Density` (log scale by default: Hessian spectra are heavy-tailed) on ``ax`` or a new figure;
+    a new figure is saved to ``path`` (atomically) when given. Returns the axes."""
+    plt = pyplot()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    y = dens.values.clamp_min(1e-12) if log else dens.values
+    ax.plot(dens.grid.numpy(), y.numpy(), lw=1.2)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(1e-8, float(y.max()) * 1e-10))
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (SLQ, sigma=%.2g)" % dens.sigma)
+    ax.set_title(title or f"Hessian spectral density ({dens.nodes.shape[0]} probes, {dens.nodes.shape[1]} steps)")
+    if own and path is not None:
+        ax.figure.tight_layout()
+        save_figure(ax.figure, path, dpi=120)
+    return ax
+
+
+__all__ = ["plot_density"]
