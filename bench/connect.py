@@ -32,9 +32,10 @@ import torch.nn.functional as F
 os.environ.setdefault("MODESCAPE_PROGRESS", "0")
 
 from modescape import space as sp  # noqa: E402
-from modescape.connect import evaluate_path, train_curve  # noqa: E402
+from modescape.connect import train_curve  # noqa: E402
 from modescape.evaluate import Evaluator  # noqa: E402
 from modescape.families.curves import Bezier  # noqa: E402
+from modescape.paths import evaluate_path  # noqa: E402
 from modescape.zoo import build_model, load_dataset  # noqa: E402
 from torch.optim.swa_utils import update_bn  # noqa: E402
 
@@ -119,7 +120,7 @@ def ours_path(model, curve, split, points: int, batch_size: int, device, mode: s
     ev.family_mode = mode  # a fixed path: no one-off probe timing inside the measurement
     sync(device)
     t0 = time.perf_counter()
-    evaluate_path(curve, ev, points=points)
+    evaluate_path(curve, ev, n_points=points)
     sync(device)
     return time.perf_counter() - t0
 

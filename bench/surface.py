@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
     if a.warmup:  # compilation and the evaluation-mode probe, timed apart from the sweep
         sync(device)
         t0 = time.perf_counter()
-        ev.choose_family_mode(plane, torch.as_tensor(grid.points()[:ev.family_chunk]))
+        ev.choose_family_mode(plane, torch.as_tensor(grid.points()[:ev.family_path.chunk]))
         ev.evaluate_family(plane, torch.as_tensor(grid.points()[:2]), progress=False)
         sync(device)
         t_warm = time.perf_counter() - t0

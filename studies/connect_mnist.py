@@ -27,9 +27,11 @@ import torch
 
 from modescape import io, provenance
 from modescape import space as sp
-from modescape.connect import (ensemble_curve, evaluate_path, evaluate_plane, fge, plot_paths, plot_plane,
-                               predict_proba, train_curve)
+from modescape.connect import evaluate_plane, train_curve
+from modescape.ensembles import ensemble_curve, fge, predict_proba
 from modescape.evaluate import Evaluator
+from modescape.paths import evaluate_path
+from modescape.plots import plot_paths, plot_plane, pyplot, save_figure
 from modescape.train import TrainConfig, train
 from modescape.zoo import build_model, load_dataset
 
@@ -89,7 +91,7 @@ def main() -> None:
     results: dict = {"args": vars(args), "data": split.meta, "versions": provenance.versions()}
 
     # 1. the straight segment and trained curves
-    line = evaluate_path((pa, pb), ev, points=args.points, name="segment")
+    line = evaluate_path((pa, pb), ev, n_points=args.points, name="segment")
     log(f"segment: test error max {line.summary()['test_error']['max']:.4f}")
     paths, curves = {"segment": line}, {}
     for kind in ("bezier", "polychain"):
@@ -98,7 +100,7 @@ def main() -> None:
                           wd=args.wd, batch_size=args.batch_size, seed=0, checkpoint=out / f"{kind}.safetensors")
         secs = time.perf_counter() - t0
         curves[kind] = run.family
-        paths[kind] = evaluate_path(run.family, ev, points=args.points, name=kind)
+        paths[kind] = evaluate_path(run.family, ev, n_points=args.points, name=kind)
         log(f"{kind}: trained {secs:.0f} s; test error max {paths[kind].summary()['test_error']['max']:.4f}")
         results[f"{kind}_history"] = run.history
     results["paths"] = {k: v.to_dict() for k, v in paths.items()}
@@ -116,7 +118,7 @@ def main() -> None:
     # the plane through the Bezier curve's bends (Garipov et al. Fig. 1)
     evp = Evaluator(a, {"test": split.test}, metrics=("error",), bn="recompute", bn_data=split.train)
     t0 = time.perf_counter()
-    plane = evaluate_plane(curves["bezier"], evp, points=args.plane_points)
+    plane = evaluate_plane(curves["bezier"], evp, n_points=args.plane_points)
     log(f"plane {args.plane_points}x{args.plane_points}: {time.perf_counter() - t0:.0f} s")
     plot_plane(plane, figs / "connect_mnist_plane.png", title="MNIST MLP: test error, plane of the Bezier bends")
     results["plane"] = {"x": plane.x.tolist(), "y": plane.y.tolist(), "test_error": plane.values["test_error"].tolist(),
@@ -153,11 +155,7 @@ def main() -> None:
 
 
 def _plot_fge(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = r["members"]
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.3))
     for ax, key, label in ((axes[0], "accuracy", "test error (%)"), (axes[1], "nll", "test NLL")):
@@ -173,9 +171,7 @@ def _plot_fge(r: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(frameon=False, fontsize=7)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 
 from modescape import symmetry as sy
 from modescape.evaluate import Evaluator
+from modescape.plots import plot_alignment, pyplot, save_figure
 from modescape.symmetry.align import interpolation
 from modescape.train import TrainConfig, train
 from modescape.zoo import build_model, load_dataset
@@ -53,7 +54,8 @@ def trained(split, width: int, seed: int, args, out: Path):
 
 
 def test_loss_barrier(curve) -> float:
-    return curve.barriers["test_loss"]["barrier_linear"]
+    """The test-loss barrier (linear convention) of a `modescape.paths.PathResult`."""
+    return curve.barriers()["test_loss"]["barrier_linear"]
 
 
 def main() -> None:
@@ -110,7 +112,7 @@ def part_interp(results, full, args, out, figs) -> None:
     a, b = sy.state_of(a_net), sy.state_of(b_net)
     ev = Evaluator(a_net, data, metrics=("loss", "accuracy"), progress=False)
     curves, timings, perms = {}, {}, {}
-    curves["naive"] = interpolation(a_net, a, b, data, args.points, evaluator=ev)
+    curves["naive"] = interpolation(a_net, a, b, data, args.points, evaluator=ev, name="naive")
     params = [n for n, _ in a_net.named_parameters()]
     for method in ("weights", "activations", "ste"):
         t0 = time.perf_counter()
@@ -119,12 +121,12 @@ def part_interp(results, full, args, out, figs) -> None:
                                  spec=spec, **kwargs)
         timings[method] = time.perf_counter() - t0
         aligned = sy.apply(spec, b, perms[method])
-        curves[method] = interpolation(a_net, a, aligned, data, args.points, evaluator=ev)
+        curves[method] = interpolation(a_net, a, aligned, data, args.points, evaluator=ev, name=method)
         log(f"{method} matching ({timings[method]:.1f} s): test loss barrier "
             f"{test_loss_barrier(curves['naive']):.4f} -> {test_loss_barrier(curves[method]):.4f}")
     aligned = sy.apply(spec, b, perms["weights"])
     curves["weights+REPAIR"] = interpolation(a_net, a, aligned, data, args.points, evaluator=ev,
-                                             repair_data=match_data)
+                                             repair_data=match_data, name="weights+REPAIR")
     log(f"weights+REPAIR: test loss barrier {test_loss_barrier(curves['weights+REPAIR']):.4f}")
     agree = {p: float((perms["weights"][p] == perms["activations"][p]).double().mean()) for p in spec.sizes}
     distance = {"naive": float(sum(((a[n] - b[n]) ** 2).sum() for n in params).sqrt())}
@@ -133,7 +135,7 @@ def part_interp(results, full, args, out, figs) -> None:
         distance[k] = float(sum(((a[n] - moved[n]) ** 2).sum() for n in params).sqrt())
     results["mlp3x512"] = {"curves": {k: c.to_dict() for k, c in curves.items()}, "match_seconds": timings,
                            "weights_vs_activations_agreement": agree, "distance_to_a": distance}
-    sy.plot_curves({k: curves[k] for k in ("naive", "weights", "activations", "ste", "weights+REPAIR")},
+    plot_alignment({k: curves[k] for k in ("naive", "weights", "activations", "ste", "weights+REPAIR")},
                    str(figs / "symmetry_mnist_interp.png"),
                    title="MNIST MLP 3x512: A -> B before and after alignment", log_loss=True)
 
@@ -196,9 +198,7 @@ def part_swap(results, full, args, out, figs) -> None:
 
 
 def plot_sweep(sweep, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     widths = [r["width"] for r in sweep]
@@ -211,14 +211,11 @@ def plot_sweep(sweep, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_swaps(swaps, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for label, s in swaps.items():
@@ -233,8 +230,7 @@ def plot_swaps(swaps, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_then_eval_json(run_dir, capsys):
     code, out, err = run_cli(["eval", run_dir / "final.safetensors", "--json", "--bn", "recompute"], capsys)
     assert code == 0, err
@@ -65,6 +66,7 @@ def test_user_errors(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist")
 
 
+@pytest.mark.slow
 def test_interpolate_ends_range_errors_and_mismatched_inputs(run_dir, tmp_path, capsys):
     """interpolate reports A and B when the grid misses t = 0 and 1; a range error shows the A:B:N format
     (not an emoji); a folder as --out, two architectures, an unknown variable: one clear line each."""
@@ -90,12 +92,14 @@ def test_interpolate_ends_range_errors_and_mismatched_inputs(run_dir, tmp_path, 
     one_line_error(capsys, ["eval", run_dir], "is a folder")
 
 
+@pytest.mark.slow
 def test_console_script_has_no_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "modescape")
     r = subprocess.run([exe, "eval", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_values_the_parsers_accept_but_methods_cannot_use(run_dir, tmp_path, capsys):
     """Values the option parsers accept but the methods cannot use give one line, exit status 2 and no
     leftover folders; --params restricts --per groups; an overflowing loss is named."""

@@ -58,6 +58,7 @@ def test_cyclic_lr_matches_the_references_table():
     assert cyclic_lr(2, 0, 4, 2, 0.05, 0.001) == pytest.approx(0.05)  # the next cycle starts over
 
 
+@pytest.mark.slow
 def test_curve_training_beats_the_segment(digits, minima):
     a, b = minima
     ev = Evaluator(a, {"train": digits.train}, metrics=("loss", "error"), bn="recompute")
@@ -125,6 +126,7 @@ def test_bn_recompute_along_path_equals_update_bn(digits):
         assert res.metrics["test_error"][i].item() == pytest.approx((out.argmax(1) != y).double().mean().item(), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_curve_training_with_batchnorm_and_resume(digits, tmp_path):
     a, b = _mlp(digits, 0, width=16, norm="bn"), _mlp(digits, 1, width=16, norm="bn")
     kw = dict(kind="polychain", bends=4, epochs=2, lr=0.02, batch_size=128, seed=3)
@@ -198,6 +200,7 @@ def _hand_fge(model, x, y, lr, wd, bs, seed, epochs):
     return net.eval()
 
 
+@pytest.mark.slow
 def test_fge_snapshots_carry_their_own_batchnorm_statistics(digits):
     """Each snapshot is scored and saved with statistics of its own weights: under ``running`` the ones
     BatchNorm tracked during the FGE run (equal to a hand-written train-mode torch.optim.SGD loop), under
@@ -271,6 +274,7 @@ def test_errors(digits, minima):
         evaluate_path((a, b), ev, n_points=1)
 
 
+@pytest.mark.slow
 def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
     """With a constant cycle (a1 = a2) FGE is plain SGD from the run's state: equal to a hand-written loop
     of torch.optim.SGD that starts from the trainer's saved momentum buffers, in FGE's data order."""
@@ -309,6 +313,7 @@ def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
     assert momentum_of(tmp_path / "run" / "checkpoints" / "epoch-002.safetensors", m)[0] is not None
 
 
+@pytest.mark.slow
 def test_cli_connect_path_fge(tmp_path, capsys):
     import json
 
@@ -374,6 +379,7 @@ distributed.finish()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("torchrun")  # one torchrun job at a time: each starts 3 processes on 2 cores
 def test_torchrun_two_ranks_match_one_process(tmp_path):
     import os

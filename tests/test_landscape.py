@@ -112,6 +112,7 @@ def test_bn_policy_recorded_and_recompute_works(digits):
     np.testing.assert_allclose(ds.train_loss.values[[0, 2]], ref[:, 0].numpy(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_interpolation_init_to_trained_is_monotone(digits):
     """Goodfellow et al. 2015: on the straight line from the initialisation to the trained digits MLP
     (default model and training config), the train loss decreases monotonically."""
@@ -182,6 +183,7 @@ SCRIPT = SWEEP_SCRIPT_HEAD + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("torchrun")  # one torchrun job at a time: each starts 3 processes on 2 cores
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     script = tmp_path / "sweep.py"
@@ -205,6 +207,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     np.testing.assert_array_equal(mem_two, a.train_loss.values)
 
 
+@pytest.mark.slow
 def test_plots_and_cli(tmp_path, digits):
     from typer.testing import CliRunner
 
@@ -270,3 +273,87 @@ def test_convexity_map_on_a_parameter_filter(digits):
         got = ds.sel(x=xv, y=0.0)
         np.testing.assert_allclose(float(got.lambda_max), float(want.max()), rtol=1e-6)
         np.testing.assert_allclose(float(got.lambda_min), float(want.min()), rtol=1e-6, atol=1e-8 * float(want.max()))
+
+
+# -- lines and planes between BatchNorm models carry each model's statistics ---------------------------
+
+@pytest.fixture(scope="module")
+def bn_runs(tmp_path_factory):
+    """Three digits MLPs with BatchNorm, trained one epoch each from different seeds (checkpoints)."""
+    from modescape.train import TrainConfig, train
+    from modescape.zoo import load_dataset
+
+    split = load_dataset("digits")
+    root = tmp_path_factory.mktemp("bn_runs")
+    out = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        net = build_model("mlp", split.input_shape, 10, depth=1, width=16, norm="bn")
+        train(net, split, TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=seed), out=root / f"r{seed}",
+              meta={"data": split.meta}, progress=False)
+        out.append(root / f"r{seed}" / "final.safetensors")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bn", ["running", "recompute", "train"])
+def test_interpolate_between_bn_models_ends_exactly_at_each(bn_runs, bn, tmp_path, capsys):
+    """`interpolate A B` gives at t = 0 and t = 1 exactly what `eval A` and `eval B` give, under every
+    policy (under running, B used to be evaluated with A's statistics)."""
+    import json
+
+    from conftest import run_cli
+
+    a, b = bn_runs[:2]
+    code, out, err = run_cli(["eval", a, b, "--bn", bn, "--json"], capsys)
+    assert code == 0, err
+    own = {r["checkpoint"]: r for r in json.loads(out)}
+    code, out, err = run_cli(["interpolate", a, b, "--range", "0:1:5", "--bn", bn, "--out", tmp_path / "line",
+                              "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    ds = load(tmp_path / "line" / "result.zarr")
+    for end, path, t in (("A", a, 0.0), ("B", b, 1.0)):
+        for metric in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            assert summary[f"{metric}_at_{end}"] == pytest.approx(own[str(path)][metric], rel=1e-6, abs=1e-9)
+            assert float(ds[metric].sel(t=t)) == pytest.approx(own[str(path)][metric], rel=1e-6, abs=1e-9)
+    assert summary["bn"] == bn and ds.attrs["bn"] == bn
+
+
+@pytest.mark.slow
+def test_plane_through_three_bn_models_is_each_model_at_its_coordinates(bn_runs):
+    """The plane through A, B and C carries their statistics mixed with the point's barycentric coordinates:
+    at each model's coordinates the point evaluates as that model does, under every policy."""
+    from modescape import io
+    from modescape.zoo import load_dataset
+
+    split = load_dataset("digits")
+    nets = [io.load_model(p)[0] for p in bn_runs]
+    space = sp.WeightSpace(nets[0])
+    fam = PlaneThrough(*(space.point(n) for n in nets), buffers=[space.buffers(n) for n in nets])
+    data = {"train": split.train, "test": split.test}
+    for bn in ("running", "recompute", "train"):
+        ev = Evaluator(nets[0], data, bn=bn, mode="loop", progress=False)
+        got = ev.evaluate_family(fam, fam.model_coords)
+        for i, net in enumerate(nets):
+            want = Evaluator(net, data, bn=bn, mode="loop", progress=False)([space.point(net)])
+            torch.testing.assert_close(got.values[i], want.values[0], rtol=1e-4, atol=1e-6)
+    # the buffer weights are exactly one model's at its coordinates (0 * x + 1 * y = y: no rounding)
+    weights = fam.barycentric(fam.model_coords)
+    torch.testing.assert_close(weights, torch.eye(3, dtype=torch.float64))
+
+
+def test_results_carry_the_checkpoints_weights_hash(bn_runs, tmp_path):
+    """Provenance: a result's model_hash is the checkpoint sidecar's weights_hash (one hash for both), and
+    the store records versions, thread count, device and the git commit when run from a checkout."""
+    from modescape import io
+
+    net, meta = io.load_model(bn_runs[0])
+    ev = Evaluator(net, {"train": (torch.randn(20, 1, 8, 8), torch.zeros(20, dtype=torch.long))}, progress=False)
+    d = random_directions(net, 2, seed=0)
+    ds = sweep(Plane(sp.WeightSpace(net).point(net), *d), ev, {"x": "0:1:2", "y": "0:1:2"},
+               store=tmp_path / "r.zarr", progress=False)
+    assert ds.attrs["model_hash"] == meta["weights_hash"]
+    assert ds.attrs["threads"] == torch.get_num_threads() and ds.attrs["device"] == "cpu"
+    assert {"modescape", "torch", "numpy", "xarray"} <= set(ds.attrs["versions"])
+    assert "git_commit" in ds.attrs

@@ -235,6 +235,7 @@ def test_correlate_default_measures_all_run(runs):
     assert all(math.isfinite(r[m]) for r in res.rows for m in MEASURES)
 
 
+@pytest.mark.slow
 def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     import json
 
@@ -268,3 +269,25 @@ def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     assert set(rows[0]) >= {"keskar", "avg_linf", "loss"}
     code, out, err = run_cli(["hessian", ckpt, "--which", "biggest"], capsys)
     assert code == 2 and "largest" in err
+
+
+@pytest.mark.slow
+def test_cli_correlate_writes_table_json_and_figure(runs, tmp_path, capsys):
+    """The command writes what the method returns (the method itself writes nothing): the CSV's gaps and
+    measure values are the JSON's, and the figure exists."""
+    import csv
+    import json
+
+    from conftest import run_cli
+
+    code, out, err = run_cli(["correlate", *runs, "--measures", "lambda_max", "--n-train", "60",
+                              "--out", tmp_path / "c", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    with open(tmp_path / "c" / "correlate.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["lambda_max"]) for r in table] == [r["lambda_max"] for r in report["runs"]]
+    assert json.loads((tmp_path / "c" / "correlate.json").read_text())["kendall_tau"] == report["kendall_tau"]
+    assert (tmp_path / "c" / "correlate.png").stat().st_size > 0
+    code, out, err = run_cli(["correlate", *runs[:2], "--measures", "lambda_max", "--n-train", "60", "--json"], capsys)
+    assert code == 0 and "files" not in json.loads(out), err  # no --out: nothing written

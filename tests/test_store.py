@@ -90,6 +90,7 @@ SCRIPT = SWEEP_SCRIPT_HEAD + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT.format(src=SRC))

@@ -177,6 +177,7 @@ def checkpoints(tmp_path_factory):
     return out, paths
 
 
+@pytest.mark.slow
 def test_cli_spec_permute_align_swap(checkpoints, capsys):
     out, (a, b) = checkpoints
     code, text, err = run_cli(["spec", a, "--json"], capsys)

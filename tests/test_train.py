@@ -9,6 +9,7 @@ from modescape.errors import UserError
 from modescape.zoo import build_model
 
 
+@pytest.mark.slow
 def test_digits_mlp_reaches_95_percent(digits, tmp_path):
     torch.manual_seed(0)
     model = build_model("mlp", digits.input_shape, digits.num_classes)
