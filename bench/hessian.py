@@ -436,8 +436,12 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     n_res = args.n_resnet or (512 if device.type == "cuda" else 16)
-    import hessian_eigenthings
-    import pyhessian  # noqa: F401
+    try:
+        import hessian_eigenthings
+        import pyhessian  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"bench/hessian.py compares with pyhessian and hessian-eigenthings ({e}): "
+                         f"pip install -r bench/requirements.txt") from None
     info = {"torch": torch.__version__, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "pyhessian": "0.1", "hessian_eigenthings": hessian_eigenthings.__version__}

@@ -135,7 +135,7 @@ def main() -> None:
     y = split.test[1]
     single_long = ensemble_curve([predict_proba(evt, space.point(long))], y)[0]
     indep = ensemble_curve([predict_proba(evt, pa), predict_proba(evt, pb)], y)
-    n_indep = max(1, budget // args.epochs)
+    n_indep = min(len(indep), max(1, budget // args.epochs))  # A and B: at most 2 independent models
     results["fge"] = {
         "budget_epochs": budget,
         "start_A": res.start,

@@ -137,7 +137,7 @@ def part_interp(results, full, args, out, figs) -> None:
                            "weights_vs_activations_agreement": agree, "distance_to_a": distance}
     plot_alignment({k: curves[k] for k in ("naive", "weights", "activations", "ste", "weights+REPAIR")},
                    str(figs / "symmetry_mnist_interp.png"),
-                   title="MNIST MLP 3x512: A -> B before and after alignment", log_loss=True)
+                   title=f"MNIST MLP 3x{args.width}: A -> B before and after alignment", log_loss=True)
 
 
 
