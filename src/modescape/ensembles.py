@@ -8,8 +8,10 @@ asked for: ``running`` keeps the running statistics BatchNorm tracks during the 
 layer's momentum, as the reference's train-mode loop does); ``recompute`` computes fresh statistics at the
 snapshot (``update_bn``); ``train`` scores with batch statistics and keeps the tracked ones for saving.
 
-`ensemble_curve` is the one ensemble evaluation: accuracy and NLL of the first m members' averaged
-probabilities, m = 1..M.
+`ensemble_metrics` is the one ensemble evaluation, for any set of members (FGE snapshots, SWAG samples,
+simplex samples, a deep ensemble): accuracy, NLL, Brier score and expected calibration error (15 bins) of
+the members' averaged probabilities, and their mean pairwise disagreement; `ensemble_curve` gives it for
+the first m members, m = 1..M.
 """
 
 from __future__ import annotations
@@ -57,19 +59,49 @@ def predict_proba(evaluator: Evaluator, point: Mapping[str, Tensor], source: str
                           for x, _ in evaluator.sources[source]]).cpu()
 
 
-def ensemble_curve(probs: Sequence[Tensor], targets: Tensor) -> list[dict[str, float]]:
-    """Accuracy and NLL of the ensemble of the first m members, m = 1..len(probs).
+ECE_BINS = 15
 
-    ``probs``: member probabilities [N, C] each; the ensemble predicts their average.
+
+def calibration_error(probs: Tensor, targets: Tensor, bins: int = ECE_BINS) -> float:
+    """Expected calibration error (Guo et al. 2017): the confidence ``max_c p_c`` split into ``bins`` equal
+    bins of (0, 1]; sum over bins of (bin size / N) * |accuracy in the bin - mean confidence in the bin|."""
+    conf, pred = probs.double().max(-1)
+    correct = (pred == targets).double()
+    edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
+    which = torch.bucketize(conf, edges[1:-1], right=False)  # bin b holds (edges[b], edges[b + 1]]
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(bins):
+        mask = which == b
+        if bool(mask.any()):
+            ece += mask.double().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
+    return float(ece)
+
+
+def ensemble_metrics(probs: Sequence[Tensor], targets: Tensor) -> dict[str, float]:
+    """The ensemble of ``probs`` (member probabilities [N, C] each; the ensemble predicts their mean):
+
+    ``accuracy``; ``nll`` = -mean log p(y); ``brier`` = mean over samples of sum_c (p_c - 1[c = y])^2;
+    ``ece`` (`calibration_error`, 15 bins); ``disagreement`` = mean over member pairs of the fraction of
+    samples whose predicted classes differ (0 for one member); ``members``.
     """
-    out, total = [], None
+    if len(probs) == 0:
+        raise UserError("an ensemble needs at least one member")
     targets = targets.cpu()
-    for m, p in enumerate(probs, 1):
-        total = p.double() if total is None else total + p.double()
-        avg = total / m
-        out.append({"members": m, "accuracy": float((avg.argmax(-1) == targets).double().mean()),
-                    "nll": float(-avg.gather(1, targets[:, None]).clamp_min(1e-40).log().mean())})
-    return out
+    ps = [p.double().cpu() for p in probs]
+    avg = torch.stack(ps).mean(0)
+    onehot = torch.nn.functional.one_hot(targets, avg.shape[-1]).double()
+    preds = [p.argmax(-1) for p in ps]
+    pairs = [(i, j) for i in range(len(ps)) for j in range(i + 1, len(ps))]
+    disagree = sum(float((preds[i] != preds[j]).double().mean()) for i, j in pairs) / len(pairs) if pairs else 0.0
+    return {"members": len(ps), "accuracy": float((avg.argmax(-1) == targets).double().mean()),
+            "nll": float(-avg.gather(1, targets[:, None]).clamp_min(1e-40).log().mean()),
+            "brier": float(((avg - onehot) ** 2).sum(-1).mean()), "ece": calibration_error(avg, targets),
+            "disagreement": disagree}
+
+
+def ensemble_curve(probs: Sequence[Tensor], targets: Tensor) -> list[dict[str, float]]:
+    """`ensemble_metrics` of the first m members, m = 1..len(probs)."""
+    return [ensemble_metrics(probs[:m], targets) for m in range(1, len(probs) + 1)]
 
 
 @dataclass
@@ -132,7 +164,7 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
     def single(p: sp.Point, bufs: sp.Point) -> tuple[dict[str, float], Tensor, sp.Point]:
         own = bufs if bn != "recompute" else ev.point_buffers(p)
         pr = predict_proba(ev, p, "test", own)
-        return ensemble_curve([pr], test[1])[0], pr, own
+        return ensemble_metrics([pr], test[1]), pr, own
 
     start_metrics, _, _ = single({k: v.detach() for k, v in point.items()}, tracked)
     snapshots, buffers, probs, members, lrs, history = [], [], [], [], [], []
@@ -149,10 +181,11 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
                 snapshots.append(snap)
                 buffers.append(sp.clone(own))
                 probs.append(pr)
-                ens = ensemble_curve(probs, test[1])[-1]
-                members.append({"epoch": epoch + 1, "members": len(probs), "single_accuracy": m["accuracy"],
-                                "single_nll": m["nll"], "accuracy": ens["accuracy"], "nll": ens["nll"]})
+                ens = ensemble_metrics(probs, test[1])
+                members.append({"epoch": epoch + 1, "single_accuracy": m["accuracy"], "single_nll": m["nll"],
+                                **ens})
     return FGEResult(snapshots, members, start_metrics, lrs, history, probs, buffers, bn)
 
 
-__all__ = ["FGEResult", "cyclic_lr", "ensemble_curve", "fge", "predict_proba"]
+__all__ = ["ECE_BINS", "FGEResult", "calibration_error", "cyclic_lr", "ensemble_curve", "ensemble_metrics", "fge",
+           "predict_proba"]
