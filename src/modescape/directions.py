@@ -37,10 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from . import space as sp
+from .checks import IGNORES, NORMALIZATIONS  # noqa: F401  (the option names live with the light checks)
 from .errors import UserError
 
-NORMALIZATIONS = ("filter", "layer", "model", "none")
-IGNORES = ("biasbn", "none")
 EPS = 1e-10
 
 

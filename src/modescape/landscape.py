@@ -18,7 +18,6 @@ and the convexity map (`convexity`, largest and smallest Hessian eigenvalue at e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,88 +30,12 @@ from . import io
 from .provenance import data_hash, environment, model_hash
 from . import space as sp
 from .directions import PCAResult, pca_directions
-from .errors import UserError
 from .evaluate import Evaluator
 from .families.base import LinearFamily
 from .families.lines import Plane
 from .progress import bar
+from .grid import MAX_POINTS, Grid, as_grid, auto_range, parse_range  # noqa: F401  (the grid API, here too)
 from .store import ResultStore, empty_dataset
-
-
-# -- grids ---------------------------------------------------------------------------------------
-
-def parse_range(text: str | Sequence[float], steps: int | None = None, what: str = "range") -> np.ndarray:
-    """``"A:B:N"`` -> N points from A to B inclusive (float64); ``"A:B"`` uses ``steps``; a list is taken as is."""
-    if not isinstance(text, str):
-        arr = np.asarray(text, dtype=np.float64).reshape(-1)
-        if arr.size == 0:
-            raise UserError(f"{what} is empty")
-        return arr
-    parts = text.split(":")
-    try:
-        if len(parts) == 3:
-            a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
-        elif len(parts) == 2 and steps is not None:
-            a, b, n = float(parts[0]), float(parts[1]), int(steps)
-        else:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"{what} '{text}' must look like A:B:N (N points from A to B inclusive), "
-                        f"e.g. -1:1:51") from None
-    if n < 1:
-        raise UserError(f"{what} '{text}' asks for {n} points; N must be at least 1")
-    if not (np.isfinite(a) and np.isfinite(b)):
-        raise UserError(f"{what} '{text}' has a non-finite end")
-    if n == 1 and a != b:
-        raise UserError(f"{what} '{text}' asks for 1 point between two different ends: use A:A:1 or N >= 2")
-    return np.linspace(a, b, n)
-
-
-@dataclass
-class Grid:
-    """Coordinates per dimension, in order; points are row-major (the last dimension varies fastest)."""
-
-    coords: dict[str, np.ndarray]
-
-    @classmethod
-    def parse(cls, **ranges: str | Sequence[float]) -> "Grid":
-        """``Grid.parse(x="-1:1:51", y="0:1:11")``; dimensions in keyword order."""
-        return cls({d: parse_range(r, what=f"--{d}") for d, r in ranges.items()})
-
-    @property
-    def dims(self) -> list[str]:
-        return list(self.coords)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(len(v) for v in self.coords.values())
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def points(self, first: slice | None = None) -> np.ndarray:
-        """[K, d] float64 coordinates in row-major order (optionally of a slice of the first dimension)."""
-        axes = [np.asarray(v, dtype=np.float64) for v in self.coords.values()]
-        if first is not None:
-            axes[0] = axes[0][first]
-        mesh = np.meshgrid(*axes, indexing="ij")
-        return np.stack([m.reshape(-1) for m in mesh], axis=1)
-
-
-def as_grid(grid: Grid | Mapping[str, Any] | str | Sequence[float], dims: Sequence[str]) -> Grid:
-    """A `Grid` from a Grid, a dict {dim: range}, or (1-d only) one range; dims checked against the family."""
-    if isinstance(grid, Grid):
-        g = grid
-    elif isinstance(grid, Mapping):
-        g = Grid({d: parse_range(r, what=f"--{d}") for d, r in grid.items()})
-    else:
-        if len(dims) != 1:
-            raise UserError(f"a {len(dims)}-d family needs a grid per dimension {list(dims)}: pass a dict or a Grid")
-        g = Grid({dims[0]: parse_range(grid, what=f"--{dims[0]}")})
-    if len(g.dims) != len(dims):
-        raise UserError(f"the family has {len(dims)} coordinate(s) {list(dims)}; the grid has {g.dims}")
-    return g
 
 
 def family_dims(family) -> list[str]:
@@ -267,13 +190,6 @@ def trajectory_plane(points: Sequence[Mapping[str, torch.Tensor]], final: Mappin
     """
     pca = pca_directions(points, final, n=2, ignore=ignore, space=space)
     return Plane(pca.origin, pca.directions[0], pca.directions[1]), pca
-
-
-def auto_range(values: np.ndarray, n: int, margin: float = 0.25) -> np.ndarray:
-    """n points covering ``values`` with a relative margin on each side (for planes through models or paths)."""
-    lo, hi = float(np.min(values)), float(np.max(values))
-    span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    return np.linspace(lo - margin * span, hi + margin * span, n)
 
 
 # -- convexity map -------------------------------------------------------------------------------

@@ -19,15 +19,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `command_line` serves the light command line
+    import torch
 
-if TYPE_CHECKING:
     from .evaluate import Evaluator
 
 
 def versions() -> dict[str, str]:
     """Versions of modescape, torch, numpy and Python (and xarray / zarr when installed)."""
     import numpy
+    import torch
 
     from . import __version__
 
@@ -62,6 +63,8 @@ def command_line() -> str:
 
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     """Versions, git commit, thread count, device (with the GPU's name) and torchrun world size."""
+    import torch
+
     dev = torch.device(device) if device is not None else torch.device("cpu")
     env: dict[str, Any] = {"versions": versions(), "git_commit": git_commit(), "threads": torch.get_num_threads(),
                            "device": dev.type, "world_size": int(os.environ.get("WORLD_SIZE", 1))}
@@ -80,6 +83,8 @@ def model_hash(evaluator: "Evaluator") -> str:
 
 def data_hash(evaluator: "Evaluator") -> str:
     """Content hash of every data source the evaluator holds (materialised ones; streamed: by name and size)."""
+    import torch
+
     from .io import tensor_hash
 
     tensors = {}

@@ -3,6 +3,10 @@
 Every module in this package defines its commands on the one typer ``app`` (see `app.py`); importing
 the package imports them all. `main` runs the app and turns a `UserError` into one line on stderr and
 exit status 2, without a traceback.
+
+Command modules import nothing heavy at module level (torch, numpy, the methods): they bind modules with
+`lazy.lazy` or import inside the command, after checking the arguments (`modescape.checks`,
+`modescape.grid`), so ``modescape --help`` and a user error answer in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,16 +17,23 @@ import sys
 
 from rich.text import Text
 
-from .. import distributed
 from ..errors import UserError
 from . import common
 from .app import app, err_console
 
 # the order of the help listing: the foundation first, then the methods in the order of the docs
 _ORDER = ["train", "landscape", "connect", "symmetry", "curvature"]
-_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"app", "common"}
+_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"app", "common", "lazy"}
 for _mod in [m for m in _ORDER if m in _found] + sorted(_found - set(_ORDER)):
     importlib.import_module(f"{__name__}.{_mod}")
+
+
+def _finish_ranks(code: int) -> None:
+    """Leave a torchrun process group, if one was started (only then is torch.distributed loaded)."""
+    if "torch.distributed" in sys.modules:
+        from .. import distributed
+
+        distributed.finish(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as e:
         if e.code not in (0, None):
             common.remove_created_if_empty()
-        distributed.finish(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        _finish_ranks(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
         raise
     except UserError as e:
         common.remove_created_if_empty()

@@ -3,6 +3,8 @@
 Conventions every command follows: ``--out DIR`` for what it writes, ``--seed``, ``--device``,
 ``--json`` (machine-readable summary on stdout; progress goes to stderr), and a checkpoint's sidecar
 supplies the model and the data unless ``--model`` / ``--data`` / ``--data-root`` override them.
+
+This module is light at import (no torch): the command line must start at once (see `lazy`).
 """
 
 from __future__ import annotations
@@ -12,23 +14,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
-import torch
 
-from .. import io
 from ..errors import UserError
 from ..provenance import command_line  # noqa: F401  (re-exported for commands)
-from ..io import load_checkpoint, load_data  # noqa: F401  (re-exported for commands)
+from .lazy import lazy
+
+torch = lazy("torch")
+io = lazy("modescape.io")
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | None) -> torch.device:
+def load_checkpoint(*args, **kwargs):
+    """`modescape.io.load_checkpoint`: model, sidecar and data of a checkpoint."""
+    return io.load_checkpoint(*args, **kwargs)
+
+
+def load_data(*args, **kwargs):
+    """`modescape.io.load_data`: a zoo dataset or a user's data factory."""
+    return io.load_data(*args, **kwargs)
+
+
+def resolve_device(device: str | None) -> "torch.device":
     """``None``/"auto" -> cuda when available else cpu; otherwise checked."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

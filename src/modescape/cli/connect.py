@@ -19,22 +19,27 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .. import distributed, io, provenance
-from .. import space as sp
-from ..connect import evaluate_plane, load_curve, train_curve
-from ..ensembles import fge
+from ..checks import check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
-from ..evaluate import Evaluator, check_policy
-from ..paths import evaluate_path
-from ..plots import plot_paths, plot_plane
-from ..train import momentum_of
 from .app import app, common, console
+from .lazy import lazy
+
+distributed = lazy("modescape.distributed")
+io = lazy("modescape.io")
+provenance = lazy("modescape.provenance")
+sp = lazy("modescape.space")
+connect = lazy("modescape.connect")
+ensembles = lazy("modescape.ensembles")
+paths_ = lazy("modescape.paths")
+plots = lazy("modescape.plots")
+train = lazy("modescape.train")
+evaluate = lazy("modescape.evaluate")
 
 SUMMARY_ROWS = ("train_loss", "train_error", "test_loss", "test_error")
 
 
-def _evaluator(model, split, bn: str, batch_size: int, device) -> Evaluator:
-    return Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn=bn,
+def _evaluator(model, split, bn: str, batch_size: int, device):
+    return evaluate.Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn=bn,
                      device=device, batch_size=batch_size)
 
 
@@ -56,9 +61,9 @@ def _write_paths(out: Path, results, plane=None) -> dict:
     summary = {r.name: r.summary() for r in results}
     if distributed.context().is_main:
         io.write_json(out / "path.json", {"paths": [r.to_dict() for r in results]})
-        plot_paths(results, out / "path.png", metrics=("train_loss", "test_loss", "test_error"))
+        plots.plot_paths(results, out / "path.png", metrics=("train_loss", "test_loss", "test_error"))
         if plane is not None:
-            plot_plane(plane, out / "plane.png")
+            plots.plot_plane(plane, out / "plane.png")
     return summary
 
 
@@ -86,28 +91,42 @@ def connect_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Train a curve between two minima, then evaluate it and the straight segment, and plot both."""
+    # every argument and input is checked before anything is loaded or trained
     check_policy(bn, "--bn")
+    check_choice(curve.lower(), ("bezier", "polychain"), "curve")
+    check_positive(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size)
+    if points < 2:
+        raise UserError(f"--points must be at least 2 (the two ends); got {points}")
+    if bends < 3:
+        raise UserError(f"--bends must be at least 3 (two endpoints and one inner bend); got {bends}")
+    if not lr > 0:
+        raise UserError(f"--lr must be positive; got {lr}")
+    a, b = input_file(a, "checkpoint A", "final.safetensors"), input_file(b, "checkpoint B", "final.safetensors")
+    if a.resolve() == b.resolve():
+        raise UserError(f"A and B are the same file ({a}): a curve joins two different minima")
     dev = distributed.rank_device(common.resolve_device(device))
     distributed.init(dev)
     common.seed_everything(seed)
     model_a, meta, split = common.load_checkpoint(a, None, "", data, data_root, data_args, dev)
     model_b, _ = io.load_model(b, model=None, device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
     io.load_state_into(copy.deepcopy(model_a), model_b.state_dict(), source=f"B ({b}) against A ({a}):")
+    if all(pa.equal(pb) for pa, pb in zip(model_a.parameters(), model_b.parameters())):
+        raise UserError(f"{a} and {b} hold the same weights: a curve joins two different minima")
     out = common.out_dir(out)  # only once both endpoints load: a failed start leaves no empty folder
-    run = train_curve(model_a, model_a, model_b, split, kind=curve, bends=bends, epochs=epochs, lr=lr, wd=wd,
-                      momentum=momentum, batch_size=batch_size, seed=seed, checkpoint=out / "curve.safetensors",
-                      device=dev)
+    run = connect.train_curve(model_a, model_a, model_b, split, kind=curve, bends=bends, epochs=epochs, lr=lr, wd=wd,
+                              momentum=momentum, batch_size=batch_size, seed=seed,
+                              checkpoint=out / "curve.safetensors", device=dev)
     if distributed.context().is_main:
         io.write_json(out / "curve.json", {"a": str(a), "b": str(b), "model": meta.get("model"), "data": split.meta,
                                            "config": run.config, "history": run.history,
                                            "command": common.command_line(), **provenance.environment(dev)})
     ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
-    results = [evaluate_path(run.family, ev, points), evaluate_path((model_a, model_b), ev, points)]
+    results = [paths_.evaluate_path(run.family, ev, points), paths_.evaluate_path((model_a, model_b), ev, points)]
     plane = None
     if run.family.n_bends == 3 and plane_points > 1:
-        evp = Evaluator(model_a, {"test": split.test}, metrics=("error",), bn=bn, bn_data=split.train, device=dev,
-                        batch_size=eval_batch_size)
-        plane = evaluate_plane(run.family, evp, n_points=plane_points)
+        evp = evaluate.Evaluator(model_a, {"test": split.test}, metrics=("error",), bn=bn, bn_data=split.train,
+                                 device=dev, batch_size=eval_batch_size)
+        plane = connect.evaluate_plane(run.family, evp, n_points=plane_points)
     summary = _write_paths(out, results, plane)
     if as_json:
         common.print_json({"out": str(out), "curve": str(out / "curve.safetensors"), "summary": summary})
@@ -131,12 +150,18 @@ def path_cmd(
 ) -> None:
     """Evaluate a path: the straight segment between two checkpoints, or a curve trained by `connect`."""
     check_policy(bn, "--bn")
+    check_positive(eval_batch_size=eval_batch_size)
+    if points < 2:
+        raise UserError(f"--points must be at least 2 (the two ends); got {points}")
+    if len(paths) == 2:
+        for p in paths:
+            input_file(p, "checkpoint", "final.safetensors")
     dev = common.resolve_device(device)
     if len(paths) == 2:
         model_a, _, split = common.load_checkpoint(paths[0], None, "", data, data_root, data_args, dev)
         model_b, _ = io.load_model(paths[1], device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
         ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
-        results = [evaluate_path((model_a, model_b), ev, points)]
+        results = [paths_.evaluate_path((model_a, model_b), ev, points)]
     elif len(paths) == 1:
         folder = paths[0]
         side = folder / "curve.json"
@@ -145,7 +170,7 @@ def path_cmd(
                             f"pass a curve folder, or two checkpoints A B for the segment")
         info = json.loads(side.read_text())
         model_a, _, split = common.load_checkpoint(info["a"], None, "", data, data_root, data_args, dev)
-        family, _ = load_curve(folder / "curve.safetensors")
+        family, _ = connect.load_curve(folder / "curve.safetensors")
         space = sp.WeightSpace(model_a)
         space.check(family.bend(0), what=f"curve in {folder}")
         if not family.carries_buffers and space.buffer_names:  # a curve saved before curves kept their buffers
@@ -153,7 +178,7 @@ def path_cmd(
                                        num_classes=split.num_classes)
             family.set_buffers([space.buffers(model_a), space.buffers(model_b)])
         ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
-        results = [evaluate_path(family.to(dev), ev, points)]
+        results = [paths_.evaluate_path(family.to(dev), ev, points)]
     else:
         raise UserError(f"path takes two checkpoints (A B) or one curve folder; got {len(paths)} arguments")
     summary = {r.name: r.summary() for r in results}
@@ -200,12 +225,16 @@ def fge_cmd(
     """Fast geometric ensembling: cyclical learning rate, a snapshot at each minimum, averaged softmax."""
     a1, a2 = _parse_lr(lr)
     check_policy(bn, "--bn")
+    check_positive(epochs=epochs, batch_size=batch_size)
+    if cycle < 2 or cycle % 2:
+        raise UserError(f"--cycle must be an even number of epochs >= 2; got {cycle}")
+    input_file(checkpoint, "checkpoint", "final.safetensors")
     dev = distributed.rank_device(common.resolve_device(device))
     distributed.init(dev)
     common.seed_everything(seed)
     model, meta, split = common.load_checkpoint(checkpoint, None, "", data, data_root, data_args, dev)
-    buffers, why = momentum_of(checkpoint, model) if restore_momentum else (None, "--zero-momentum")
-    res = fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
+    buffers, why = train.momentum_of(checkpoint, model) if restore_momentum else (None, "--zero-momentum")
+    res = ensembles.fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
               batch_size=batch_size, seed=seed, bn=bn, device=dev, momentum_buffers=buffers)
     report = {**res.to_dict(), "momentum": why if buffers is not None else f"zero ({why})"}
     if out is not None and distributed.context().is_main:
@@ -233,8 +262,6 @@ def fge_cmd(
 
 def _module_at(model, point, buffers):
     """A copy of ``model`` holding ``point`` and ``buffers`` (for saving a snapshot as a checkpoint)."""
-    import copy
-
     import torch
 
     net = copy.deepcopy(model)

@@ -18,23 +18,26 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .. import curvature as cv
-from .. import io
-from .. import sharpness as sh
-from ..correlate import correlate as run_correlate
+from ..checks import check_choice, check_policy, input_file
 from ..errors import UserError
-from ..evaluate import Evaluator, check_policy
-from ..plots import plot_correlation, plot_density
 from .app import app, common, console
+from .lazy import lazy
+
+cv = lazy("modescape.curvature")
+io = lazy("modescape.io")
+sh = lazy("modescape.sharpness")
+plots = lazy("modescape.plots")
 
 _BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode, stored statistics), recompute or train.")
 
 
 def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], batch_size: int, device, model,
-           model_args, data, data_root, data_args) -> tuple[Evaluator, dict]:
+           model_args, data, data_root, data_args) -> tuple:
+    from ..evaluate import Evaluator
+
     check_policy(bn, "--bn")
-    if split_name not in ("train", "test"):
-        raise UserError(f"unknown --split '{split_name}': use train or test")
+    check_choice(split_name, ("train", "test"), "--split")
+    input_file(checkpoint, "checkpoint", "final.safetensors")
     dev = common.resolve_device(device)
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
     x, y = getattr(split, split_name)
@@ -127,7 +130,7 @@ def hessian_cmd(
             if outdir is not None:
                 safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
                 png = outdir / (f"density-{safe}.png" if per else "density.png")
-                plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
+                plots.plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
         H.release()
@@ -174,7 +177,9 @@ def _parse_measures(text: Optional[str]) -> Optional[list[str]]:
 @app.command("sharpness")
 def sharpness_cmd(
     checkpoints: List[Path] = typer.Argument(..., help="Checkpoints (.safetensors with sidecars)."),
-    measures: Optional[str] = typer.Option(None, "--measures", help=f"Comma list of: {', '.join(sh.MEASURES)} (default all)."),
+    measures: Optional[str] = typer.Option(None, "--measures", help="Comma list of measures (default all: lambda_max, "
+                                           "trace, keskar, worst_*, adaptive_worst_*, avg_*, adaptive_avg_*, "
+                                           "pacbayes_mag, filter_1d; docs/curvature.md defines each)."),
     params: str = typer.Option("all", "--params", help="Perturbed parameters: all, weights, or a layer-name prefix."),
     bn: str = _BN,
     split_name: str = typer.Option("train", "--split", help="train or test."),
@@ -236,6 +241,8 @@ def correlate_cmd(
     names = _parse_measures(measures)
     common.seed_everything(seed)
     dev = common.resolve_device(device)
+    from ..correlate import correlate as run_correlate
+
     res = run_correlate(runs, measures=names, gap=gap, bn=bn, params=params, n_train=n_train, batch_size=batch_size,
                         device=dev, seed=seed)
     report = res.to_dict()
@@ -243,7 +250,7 @@ def correlate_cmd(
         out = common.out_dir(out)
         io.write_text(out / "correlate.csv", res.to_csv())
         io.write_json(out / "correlate.json", {**report, "command": common.command_line()})
-        plot_correlation(res, out / "correlate.png")
+        plots.plot_correlation(res, out / "correlate.png")
         report["files"] = [str(out / f) for f in ("correlate.csv", "correlate.json", "correlate.png")]
     if as_json:
         common.print_json(report)

@@ -12,40 +12,42 @@ import copy
 from pathlib import Path
 from typing import Optional, Tuple
 
-import numpy as np
-import torch
 import typer
 
-from .. import distributed as dd
-from .. import io
-from .. import space as sp
-from ..directions import IGNORES, NORMALIZATIONS, random_directions
+from ..checks import IGNORES, NORMALIZATIONS, check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
-from ..evaluate import Evaluator, check_policy
-from ..families import Line, Plane, PlaneThrough
-from ..landscape import Grid, auto_range, convexity, parse_range, sweep, trajectory_plane
-from ..paths import evaluate_path
-from ..plots import plot_result
-from ..store import load
+from ..grid import MAX_POINTS, Grid, auto_range, parse_range
 from .app import app, common, console
+from .lazy import lazy
+
+np = lazy("numpy")
+torch = lazy("torch")
+dd = lazy("modescape.distributed")
+io = lazy("modescape.io")
+sp = lazy("modescape.space")
+landscape = lazy("modescape.landscape")
+families = lazy("modescape.families")
+plots = lazy("modescape.plots")
 
 _BN = typer.Option("running", "--bn", help="BatchNorm policy: running, recompute or train.")
 _OUT = typer.Option(..., "--out", help="Output folder: result.zarr, figures, landscape.html (rerun to resume).")
 
 
-def _setup(device: Optional[str], bn: str) -> tuple[torch.device, dd.Context]:
+def _setup(device: Optional[str], bn: str) -> tuple["torch.device", "dd.Context"]:
     check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     ctx = dd.init(dev)
     return dd.rank_device(dev), ctx
 
 
-def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool) -> Evaluator:
+def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool):
+    from ..evaluate import Evaluator
+
     return Evaluator(net, {"train": split.train, "test": split.test}, bn=bn, device=dev, batch_size=batch_size,
                      mode=mode, progress=False, autocast=torch.bfloat16 if bf16 else None)
 
 
-def _load_other(path: Path, like: torch.nn.Module, dev, role: str = "") -> tuple[sp.Point, sp.Point]:
+def _load_other(path: Path, like, dev, role: str = "") -> tuple[dict, dict]:
     """The parameters and buffers of another checkpoint of the same architecture."""
     try:
         net, _ = io.load_model(path, model=copy.deepcopy(like).cpu(), device=dev)
@@ -57,10 +59,10 @@ def _load_other(path: Path, like: torch.nn.Module, dev, role: str = "") -> tuple
     return space.point(net), space.buffers(net)
 
 
-def _finish(ds, out: Path, ctx: dd.Context, vtk: bool, as_json: bool, summary: dict) -> None:
+def _finish(ds, out: Path, ctx, vtk: bool, as_json: bool, summary: dict) -> None:
     if not ctx.is_main:
         return
-    figures = plot_result(ds, out, vtk=vtk)
+    figures = plots.plot_result(ds, out, vtk=vtk)
     summary = {**summary, "out": str(out), "result": str(out / "result.zarr"), "figures": [str(f) for f in figures]}
     io.write_json(out / "summary.json", summary)
     if as_json:
@@ -70,9 +72,6 @@ def _finish(ds, out: Path, ctx: dd.Context, vtk: bool, as_json: bool, summary: d
             if k not in ("figures",):
                 console.print(f"{k}: {v}")
         console.print(f"figures and landscape.html in {out}")
-
-
-MAX_POINTS = 4_000_000  # a 2001 x 2001 grid; more is almost surely a typo (and a very long run)
 
 
 def _check_grid(grid: Grid, options: dict[str, str]) -> Grid:
@@ -85,12 +84,6 @@ def _check_grid(grid: Grid, options: dict[str, str]) -> Grid:
     if grid.size > MAX_POINTS:
         raise UserError(f"the grid has {grid.size:,} points (at most {MAX_POINTS:,}): use fewer points per axis")
     return grid
-
-
-def _check_positive(**values: int) -> None:
-    for name, v in values.items():
-        if v < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {v}")
 
 
 def _provenance(seed: int, **extra) -> dict:
@@ -116,10 +109,11 @@ def interpolate_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Loss and accuracy along the straight line (1 - t) A + t B (Goodfellow et al. 2015)."""
-    _check_positive(batch_size=batch_size)
+    check_positive(batch_size=batch_size)
     if range_.count(":") == 1 and steps < 2:
         raise UserError(f"--steps must be at least 2; got {steps}")
     grid = _check_grid(Grid({"t": parse_range(range_, steps, what="--range")}), {"t": "--range"})
+    input_file(a, "checkpoint A", "final.safetensors"), input_file(b, "checkpoint B", "final.safetensors")
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
@@ -131,7 +125,9 @@ def interpolate_cmd(
     ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
-    line = Line(pa, pb, buffers=[ba, bb] if ba else None)  # each point carries A's and B's buffers, mixed as t
+    line = families.Line(pa, pb, buffers=[ba, bb] if ba else None)  # each point carries A's and B's buffers
+    from ..paths import evaluate_path
+
     res = evaluate_path(line, ev, t=grid.coords["t"], name="line", store=out / "result.zarr",
                         attrs=_provenance(seed, checkpoints=[str(a), str(b)], data=split.meta,
                                           models={"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}))
@@ -173,14 +169,15 @@ def surface_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """A 2-D slice: filter-normalised random plane (Li et al. 2018) or the plane through three models."""
-    if norm not in NORMALIZATIONS:
-        raise UserError(f"unknown --norm '{norm}': use one of {', '.join(NORMALIZATIONS)}")
-    if ignore not in IGNORES:
-        raise UserError(f"unknown --ignore '{ignore}': use biasbn or none")
-    _check_positive(batch_size=batch_size, steps=steps)
+    check_choice(norm, NORMALIZATIONS, "--norm")
+    check_choice(ignore, IGNORES, "--ignore")
+    check_positive(batch_size=batch_size, steps=steps)
     if convexity_points < 0 or convexity_points == 1:
         raise UserError(f"--convexity must be 0 (none) or at least 2 points per axis; got {convexity_points}")
     xs, ys = (parse_range(r, what=w) if r else None for r, w in ((x, "--x"), (y, "--y")))  # checked before loading
+    input_file(checkpoint, "checkpoint", "final.safetensors")
+    for p in through or ():
+        input_file(p, "--through checkpoint", "final.safetensors")
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
@@ -189,15 +186,17 @@ def surface_cmd(
     if through:
         (pb, bb), (pc, bc) = (_load_other(p, net, dev, role) for p, role in zip(through, "BC"))
         b0 = sp.WeightSpace(net).buffers(net)
-        family = PlaneThrough(p0, pb, pc, buffers=[b0, bb, bc] if b0 else None)  # barycentric mix of the buffers
+        family = families.PlaneThrough(p0, pb, pc, buffers=[b0, bb, bc] if b0 else None)  # barycentric mix of the buffers
         mc = family.model_coords.numpy()
         grid = Grid({"x": xs if xs is not None else auto_range(mc[:, 0], steps),
                      "y": ys if ys is not None else auto_range(mc[:, 1], steps)})
         extra.update(checkpoints=[str(checkpoint), *map(str, through)],
                      models={"labels": ["A", "B", "C"], "coords": mc.tolist()})
     else:
+        from ..directions import random_directions
+
         dx, dy = random_directions(net, 2, normalization=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
-        family = Plane(p0, dx, dy)
+        family = families.Plane(p0, dx, dy)
         grid = Grid({"x": xs if xs is not None else parse_range("-1:1:51"),
                      "y": ys if ys is not None else parse_range("-1:1:51")})
         extra.update(directions={"normalization": norm, "ignore": ignore, "seed": seed, "orthogonal": orthogonal},
@@ -206,7 +205,7 @@ def surface_cmd(
     ev = _evaluator(net, split, bn, dev, batch_size, mode, bf16)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
-    ds = sweep(family, ev, grid, store=out / "result.zarr", attrs=_provenance(seed, **extra))
+    ds = landscape.sweep(family, ev, grid, store=out / "result.zarr", attrs=_provenance(seed, **extra))
     summary = {"points": int(ds["train_loss"].size), "grid": [len(ds.x), len(ds.y)], "bn": bn,
                "min_train_loss": float(ds["train_loss"].min()), "eval_mode": ds.attrs.get("eval_mode")}
     if through:  # where A, B and C lie on the plane (the --x / --y coordinates)
@@ -214,10 +213,12 @@ def surface_cmd(
     if convexity_points:
         cgrid = Grid({"x": np.linspace(grid.coords["x"][0], grid.coords["x"][-1], convexity_points),
                       "y": np.linspace(grid.coords["y"][0], grid.coords["y"][-1], convexity_points)})
+        from ..evaluate import Evaluator
+
         cev = Evaluator(net, {"train": split.train}, bn=bn, device=dev, batch_size=batch_size, progress=False)
-        cds = convexity(family, cev, cgrid, store=out / "convexity.zarr", attrs=_provenance(seed, **extra))
+        cds = landscape.convexity(family, cev, cgrid, store=out / "convexity.zarr", attrs=_provenance(seed, **extra))
         if ctx.is_main:
-            plot_result(cds, out / "convexity")
+            plots.plot_result(cds, out / "convexity")
         summary["max_convexity_ratio"] = float(cds["convexity_ratio"].max())
     _finish(ds, out, ctx, vtk, as_json, summary)
 
@@ -241,7 +242,7 @@ def trajectory_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """The loss on the PCA plane of a training trajectory, with the path drawn (Li et al. 2018, sec. 7)."""
-    _check_positive(batch_size=batch_size, steps=steps)
+    check_positive(batch_size=batch_size, steps=steps)
     xs, ys = (parse_range(r, what=w) if r else None for r, w in ((x, "--x"), (y, "--y")))  # checked before loading
     dev, ctx = _setup(device, bn)
     files = sorted((run_dir / "checkpoints").glob("epoch-*.safetensors"))
@@ -255,7 +256,7 @@ def trajectory_cmd(
     net, meta, split = common.load_checkpoint(final_path, None, "", data, data_root, data_args, dev)
     final = sp.WeightSpace(net).point(net)
     points = [_load_other(f, net, dev)[0] for f in files]
-    plane, pca = trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))
+    plane, pca = landscape.trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))
     path = pca.path.numpy()
     grid = Grid({"x": xs if xs is not None else auto_range(path[:, 0], steps, 0.2),
                  "y": ys if ys is not None else auto_range(path[:, 1], steps, 0.2)})
@@ -263,7 +264,7 @@ def trajectory_cmd(
     ev = _evaluator(net, split, bn, dev, batch_size, mode, False)
     out = common.out_dir(out) if ctx.is_main else Path(out)
     dd.barrier()
-    ds = sweep(plane, ev, grid, store=out / "result.zarr",
+    ds = landscape.sweep(plane, ev, grid, store=out / "result.zarr",
                attrs=_provenance(seed, run_dir=str(run_dir), checkpoints=[str(f) for f in files], data=split.meta,
                                  path=path.tolist(), explained_variance=pca.explained.tolist(),
                                  path_residual=pca.residual.tolist(), ignore=ignore))
@@ -281,13 +282,15 @@ def plot_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Redraw the figures and the interactive HTML of a stored result."""
+    from ..store import load
+
     ds = load(result)
     res = result if result.name.endswith(".zarr") else result / "result.zarr"
     target = common.out_dir(out) if out is not None else res.parent
     if not ds.attrs.get("complete", False):
         console.print("[yellow]note:[/] the result is not complete; missing points are blank "
                       "(rerun the sweep to finish)")
-    figures = plot_result(ds, target, vtk=vtk, var=var)
+    figures = plots.plot_result(ds, target, vtk=vtk, var=var)
     if as_json:
         common.print_json({"figures": [str(f) for f in figures]})
     else:

@@ -10,21 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
-from .. import io
-from .. import space as sp
-from .. import symmetry as sy
+from ..checks import check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
-from ..evaluate import check_policy
-from ..plots import plot_alignment, plot_swap
-from ..symmetry.align import METHODS
 from .app import app, common, console
+from .lazy import lazy
+
+torch = lazy("torch")
+io = lazy("modescape.io")
+sp = lazy("modescape.space")
+sy = lazy("modescape.symmetry")
+plots = lazy("modescape.plots")
+
+METHODS = ("weights", "activations", "ste")  # modescape.symmetry.align.METHODS (checked there too)
 
 
-
-def _spec(net, split, spec_file: Optional[Path]) -> sy.PermutationSpec:
+def _spec(net, split, spec_file: Optional[Path]):
     if spec_file is not None:
         return sy.PermutationSpec.load(spec_file)
     return sy.infer_spec(net, input_shape=split.input_shape)
@@ -41,6 +43,7 @@ def spec_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Print the permutation spec inferred from the model's torch.fx graph."""
+    input_file(checkpoint, "checkpoint", "final.safetensors")
     net, _, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args)
     spec = sy.infer_spec(net, input_shape=split.input_shape)
     if as_json:
@@ -64,8 +67,14 @@ def permute_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Write a randomly permuted copy of a checkpoint that computes the same function."""
+    checkpoint = input_file(checkpoint, "checkpoint", "final.safetensors")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file path, e.g. {out / 'permuted.safetensors'}")
+    target = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
+    reads = {checkpoint, checkpoint.with_suffix(".json")} | ({spec_file} if spec_file else set())
+    if any(target.resolve() == r.resolve() or target.with_suffix(".json").resolve() == r.resolve() for r in reads):
+        raise UserError(f"--out {out} would overwrite an input ({checkpoint} or its sidecar): write the permuted "
+                        f"copy to another file")
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args)
     spec = _spec(net, split, spec_file)
     perms = sy.random_perms(spec, seed)
@@ -107,10 +116,13 @@ def align_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """Align B to A; write aligned B, the barriers before/after and a plot."""
-    if method not in METHODS:
-        raise UserError(f"unknown --method '{method}': use weights, activations or ste")
+    check_choice(method, METHODS, "--method")
     if bn is not None:
         check_policy(bn, "--bn")
+    if points < 2:
+        raise UserError(f"--points must be at least 2 (the two ends); got {points}")
+    check_positive(steps=steps)
+    a, b = input_file(a, "checkpoint A", "final.safetensors"), input_file(b, "checkpoint B", "final.safetensors")
     dev = common.resolve_device(device)
     common.seed_everything(seed)
     net_a, _, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
@@ -130,7 +142,7 @@ def align_cmd(
     summary = {**result.summary(), "a": str(a), "b": str(b), "b_aligned": str(path),
                "curves": {k: c.to_dict() for k, c in result.curves.items()}, "command": common.command_line()}
     io.write_json(out / "align.json", summary)
-    plot_alignment(result.curves, out / "interpolation.png", title=f"{a.name} -> {b.name} ({method})")
+    plots.plot_alignment(result.curves, out / "interpolation.png", title=f"{a.name} -> {b.name} ({method})")
     if as_json:
         common.print_json({k: v for k, v in summary.items() if k != "curves"})
         return
@@ -166,6 +178,10 @@ def swap_cmd(
     """Loss along the path swapping units i and j of a layer; barrier and Hessian at its midpoint."""
     if best == (i is not None or j is not None) or (not best and (i is None or j is None)):
         raise UserError("give either --i I --j J, or --best")
+    if points < 2:
+        raise UserError(f"--points must be at least 2 (the two ends); got {points}")
+    check_positive(candidates=candidates, n_eval=n_eval, k=k)
+    input_file(checkpoint, "checkpoint", "final.safetensors")
     dev = common.resolve_device(device)
     net, _, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
     spec = sy.infer_spec(net, input_shape=split.input_shape)
@@ -181,7 +197,7 @@ def swap_cmd(
     if out is not None:
         out = common.out_dir(out)
         io.write_json(out / "swap.json", {**res, "checkpoint": str(checkpoint), "command": common.command_line()})
-        plot_swap(res, out / "swap.png")
+        plots.plot_swap(res, out / "swap.png")
     if as_json:
         common.print_json(res)
         return

@@ -33,14 +33,7 @@ from ..errors import UserError
 from .functional import BatchNorm, FunctionalModule, map_points
 from .sources import Source
 
-BN_POLICIES = ("running", "recompute", "train")
-
-
-def check_policy(bn: str, option: str = "BN policy") -> str:
-    """``bn`` when it names a policy, else a `UserError` listing them (``option``: how the caller names it)."""
-    if bn not in BN_POLICIES:
-        raise UserError(f"unknown {option} '{bn}': use one of {', '.join(BN_POLICIES)}")
-    return bn
+from ..checks import BN_POLICIES, check_policy  # noqa: F401  (the policies' names live with the light checks)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
