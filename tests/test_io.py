@@ -46,8 +46,12 @@ def test_pt_state_dict_loads_and_pickled_code_is_refused(tmp_path):
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"w": Evil()}, f)
-    with pytest.raises(UserError, match="refused by the safe loader"):
+    with pytest.raises(UserError, match="never runs code from a checkpoint.*safetensors") as err:
         io.load_tensors(tmp_path / "evil.pt")
+    assert not marker.exists() and "weights_only" not in str(err.value)  # no advice to turn the guard off
+    torch.save({"w": torch.zeros(2), "x": Evil()}, tmp_path / "evil_zip.pt")  # torch's own format
+    with pytest.raises(UserError, match=r"\(posix\.system\) besides tensors"):
+        io.load_tensors(tmp_path / "evil_zip.pt")
     assert not marker.exists()
 
 

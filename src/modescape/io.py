@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
@@ -80,8 +81,45 @@ def json_default(o: Any) -> Any:
 
 
 def json_dumps(obj: Any, indent: int | None = None, sort_keys: bool = False) -> str:
-    """The one JSON encoding of results (`json_default` for tensors, arrays and paths)."""
-    return json.dumps(obj, indent=indent, sort_keys=sort_keys, default=json_default)
+    """The one JSON encoding of results (`json_default` for tensors, arrays and paths): strict JSON, so any
+    reader parses it. A NaN or infinite number becomes ``null``, and the object holding it gains a
+    ``"nonfinite"`` entry naming the key and the value (``{"loss": "nan"}``; ``"nan in list"`` for lists)."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=sort_keys, default=json_default, allow_nan=False)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None, flagged as `json_dumps` describes."""
+    import math
+
+    def name(x: float) -> str:
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+    def walk(o: Any) -> tuple[Any, str | None]:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None, name(o)
+        if hasattr(o, "tolist") and not isinstance(o, (str, bytes)):
+            o = o.tolist()
+        if isinstance(o, float) and not math.isfinite(o):
+            return None, name(o)
+        if isinstance(o, dict):
+            out, flags = {}, {}
+            for k, v in o.items():
+                out[k], bad = walk(v)
+                if bad:
+                    flags[str(k)] = bad
+            if flags:
+                out["nonfinite"] = {**dict(out.get("nonfinite") or {}), **flags}
+            return out, None
+        if isinstance(o, (list, tuple)):
+            items = [walk(v) for v in o]
+            bads = sorted({b.split(" ")[0] for _, b in items if b})
+            return [v for v, _ in items], (f"{'/'.join(bads)} in list" if bads else None)
+        if isinstance(o, Path):
+            return str(o), None
+        return o, None
+
+    value, bad = walk(obj)
+    return value if bad is None else {"value": value, "nonfinite": bad}
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -107,16 +145,35 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
             raise UserError(f"{path} is not a readable safetensors file ({e}): re-save it or pick another file") from None
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError for code, RuntimeError for corrupt archives
-            raise UserError(f"{path} was refused by the safe loader (torch.load weights_only=True): "
-                            f"{str(e).splitlines()[0][:200]}; convert it to safetensors from code you trust") from None
+            raise UserError(_refusal(path, e)) from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
             raise UserError(f"{path} does not hold a state dict of tensors")
         return {k.removeprefix("module."): v for k, v in obj.items()}
     raise UserError(f"{path}: unknown checkpoint type '{suffix}'; use .safetensors (or .pt/.pth state dicts)")
+
+
+def _refusal(path: Path, e: Exception) -> str:
+    """Our words for a .pt file the safe loader refused: which global it wanted, and what to do instead."""
+    import re
+
+    text = str(e)
+    advice = ("modescape never runs code from a checkpoint, so it was not loaded. Save the weights as safetensors "
+              "(safetensors.torch.save_file(model.state_dict(), ...)) from code you trust and pass that file")
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"{path} holds pickled Python objects ({found.group(1)}) besides tensors; {advice}"
+    if "Weights only load failed" in text:
+        detail = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("Unsupported")), "")
+        return f"{path} holds pickled data that is not plain tensors" + (f" ({detail})" if detail else "") + \
+            f"; {advice}"
+    first = text.strip().splitlines()[0][:160] if text.strip() else type(e).__name__
+    return f"{path} is not a readable PyTorch state dict ({first}): re-save it as safetensors"
 
 
 # -- import specs ----------------------------------------------------------------------------------
@@ -140,6 +197,22 @@ def resolve_spec(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise UserError(f"'{spec}' is not callable")
     return obj
+
+
+def call_factory(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> Any:
+    """``factory(**kwargs)`` for a user's model or data factory: whatever it raises becomes one line naming
+    the factory and the exception (the traceback is kept as the cause: ``--debug`` or MODESCAPE_DEBUG=1
+    shows it)."""
+    try:
+        return factory(**kwargs)
+    except UserError:
+        raise
+    except TypeError as e:
+        raise UserError(f"{what} rejected its arguments {dict(kwargs)}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{what} raised {type(e).__name__}" + (f": {first}" if first else "") +
+                        " (run with --debug for the traceback)") from e
 
 
 def parse_args(text: str | None) -> dict[str, str]:
@@ -167,10 +240,7 @@ def build_from_spec(model_spec: Mapping[str, Any], input_shape=None, num_classes
     classes = model_spec.get("num_classes", num_classes)
     if name and ":" in name:
         factory = resolve_spec(name)
-        try:
-            model = factory(**args)
-        except TypeError as e:
-            raise UserError(f"model factory '{name}' rejected its arguments {args}: {e}") from None
+        model = call_factory(factory, args, f"model factory '{name}'")
         if not isinstance(model, nn.Module):
             raise UserError(f"model factory '{name}' returned {type(model).__name__}, not an nn.Module")
         model.modescape_spec = {"name": name, "args": args, "input_shape": shape, "num_classes": classes}
@@ -293,10 +363,8 @@ def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any]
         kwargs = dict(args)
         if root is not None:
             kwargs["root"] = root
-        try:
-            split = as_split(factory(**kwargs), name)
-        except TypeError as e:
-            raise UserError(f"data factory '{name}' rejected its arguments {kwargs}: {e}") from None
+        obj = call_factory(factory, kwargs, f"data factory '{name}'")
+        split = as_split(obj, name)
         split.meta.update({"name": name, "args": args, "root": root})
         return split
     return load_dataset(name, root=root, **args)

@@ -224,14 +224,30 @@ def check_compatible(expected: Mapping[str, Sequence[int]], got: Mapping[str, Se
 
 
 # -- vector operations on points (plain or stacked; keys follow the first argument) -------------
+# Two points must hold the same tensors with the same shapes: torch would broadcast a [K, ...] stacked
+# point against a plain one, or a [1, n] against an [n], and give a silently wrong result.
+
+def same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], op: str = "point operation") -> None:
+    """Raise `UserError` unless ``a`` and ``b`` hold the same names with the same shapes."""
+    if a.keys() != b.keys():
+        extra = sorted(set(a) ^ set(b))
+        raise UserError(f"{op}: the two points hold different tensors (e.g. '{extra[0]}'): they belong to "
+                        f"different models")
+    for k, v in a.items():
+        if v.shape != b[k].shape:
+            raise UserError(f"{op}: tensor '{k}' has shape {list(v.shape)} in one point and {list(b[k].shape)} in "
+                            f"the other: they belong to different models (or one is stacked)")
+
 
 def add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Point:
     """a + b."""
+    same_layout(a, b, "add")
     return {k: a[k] + b[k] for k in a}
 
 
 def sub(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Point:
     """a - b."""
+    same_layout(a, b, "sub")
     return {k: a[k] - b[k] for k in a}
 
 
@@ -242,11 +258,13 @@ def scale(a: Mapping[str, Tensor], s: float | Tensor) -> Point:
 
 def axpy(alpha: float | Tensor, x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Point:
     """alpha * x + y."""
+    same_layout(x, y, "axpy")
     return {k: y[k] + alpha * x[k] for k in y}
 
 
 def lerp(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float | Tensor) -> Point:
     """(1 - t) a + t b; t may be a scalar or a [K] tensor (giving a stacked point)."""
+    same_layout(a, b, "lerp")
     if isinstance(t, Tensor) and t.dim() == 1:
         return {k: a[k].unsqueeze(0) + _bcast(t, a[k]) * (b[k] - a[k]).unsqueeze(0) for k in a}
     return {k: a[k] + t * (b[k] - a[k]) for k in a}
@@ -254,11 +272,13 @@ def lerp(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float | Tensor) ->
 
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """<a, b> summed over all tensors: a scalar."""
+    same_layout(a, b, "dot")
     return sum((a[k] * b[k]).sum() for k in a)
 
 
 def batched_dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """Row-wise <a_i, b_i> of two stacked points: [K]."""
+    same_layout(a, b, "batched_dot")
     return sum((a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a)
 
 

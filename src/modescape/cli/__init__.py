@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..errors import UserError
 from . import common
-from .app import app, err_console
+from .app import app, debugging, err_console
 
 # the order of the help listing: the foundation first, then the methods in the order of the docs
 _ORDER = ["train", "landscape", "connect", "symmetry", "curvature"]
@@ -36,9 +36,24 @@ def _finish_ranks(code: int) -> None:
         distributed.finish(code)
 
 
+# options that take several values: the parser would swallow a following option as a value
+MULTI_VALUE_OPTIONS = {"--through": (2, "two checkpoints, B and C")}
+
+
+def _check_multi_value_options(argv: list[str]) -> None:
+    for i, arg in enumerate(argv):
+        if arg in MULTI_VALUE_OPTIONS:
+            n, what = MULTI_VALUE_OPTIONS[arg]
+            values = argv[i + 1:i + 1 + n]
+            if len(values) < n or any(v.startswith("-") for v in values):
+                got = " ".join(values) or "nothing"
+                raise UserError(f"{arg} takes {what}; got {got}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
+        _check_multi_value_options(list(sys.argv[1:] if argv is None else argv))
         app(args=argv, prog_name="modescape", standalone_mode=True)
     except SystemExit as e:
         if e.code not in (0, None):
@@ -47,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except UserError as e:
         common.remove_created_if_empty()
+        if debugging():
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
         # a Text is printed as is: no markup, no emoji in paths or in "A:B:N"
         err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
         sys.exit(2)

@@ -21,6 +21,26 @@ app = typer.Typer(
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
+
+
+def debugging() -> bool:
+    """Whether user errors also print the traceback of their cause (``--debug`` or MODESCAPE_DEBUG=1)."""
+    import os
+
+    return os.environ.get("MODESCAPE_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="On a user error, also print the traceback of what "
+                                                                "caused it (e.g. inside your own model or data "
+                                                                "factory); the same as MODESCAPE_DEBUG=1.")) -> None:
+    """Geometry of neural-network loss landscapes: train, evaluate, slice, connect, align, measure."""
+    if debug:
+        import os
+
+        os.environ["MODESCAPE_DEBUG"] = "1"
+
+
 from . import common  # noqa: E402  (re-exported for command modules: `from .app import app, common`)
 
-__all__ = ["app", "common", "console", "err_console"]
+__all__ = ["app", "common", "console", "debugging", "err_console"]

@@ -42,16 +42,27 @@ def load_data(*args, **kwargs):
     return io.load_data(*args, **kwargs)
 
 
+def check_device(device: str | None) -> None:
+    """The --device text names a device modescape runs on: cpu, cuda, cuda:N (or auto); checked without torch."""
+    if device in (None, "", "auto", "cpu", "cuda"):
+        return
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return
+    raise UserError(f"unsupported --device '{device}': use cpu, cuda or cuda:N (modescape runs on CPUs and CUDA GPUs)")
+
+
 def resolve_device(device: str | None) -> "torch.device":
-    """``None``/"auto" -> cuda when available else cpu; otherwise checked."""
+    """``None``/"auto" -> cuda when available else cpu; otherwise checked (cpu, cuda, cuda:N)."""
+    check_device(device)
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+        raise UserError(f"--device {device} was asked for but no CUDA GPU is available: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                        f"numbered from 0")
     return dev
 
 
@@ -101,5 +112,11 @@ MODEL_ARGS = typer.Option("", "--model-args", help="Model arguments, e.g. depth=
 DATA = typer.Option(None, "--data", help="Override the sidecar's dataset: a zoo name or package.module:factory.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder with the data files (mnist, cifar10).")
 DATA_ARGS = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000 (mnist, cifar10).")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).")
+def _device_checked(value: str | None) -> str | None:
+    check_device(value)  # at parse time: an unsupported device is one line before any work
+    return value
+
+
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).",
+                      callback=_device_checked)
 JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")

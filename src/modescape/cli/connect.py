@@ -249,7 +249,7 @@ def fge_cmd(
     if as_json:
         common.print_json(report)
         return
-    table = Table(title=f"FGE from {checkpoint.name}: cycle {cycle}, lr {a1}:{a2}")
+    table = Table(title=f"FGE from {checkpoint}: cycle {cycle}, lr {a1}:{a2}, bn={bn}")
     for col in ("members", "epoch", "snapshot acc", "snapshot nll", "ensemble acc", "ensemble nll"):
         table.add_column(col, justify="right")
     table.add_row("start", "0", f"{res.start['accuracy']:.4f}", f"{res.start['nll']:.4f}", "", "")

@@ -255,7 +255,7 @@ def correlate_cmd(
     if as_json:
         common.print_json(report)
         return
-    table = Table(title=f"Kendall tau with the {gap} gap over {len(res.rows)} runs")
+    table = Table(title=f"Kendall tau with the {gap} gap over {len(res.rows)} runs (bn={bn})")
     table.add_column("measure")
     table.add_column("tau", justify="right")
     table.add_column("p", justify="right")

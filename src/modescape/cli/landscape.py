@@ -29,15 +29,25 @@ landscape = lazy("modescape.landscape")
 families = lazy("modescape.families")
 plots = lazy("modescape.plots")
 
-_BN = typer.Option("running", "--bn", help="BatchNorm policy: running, recompute or train.")
+_BN = typer.Option(None, "--bn", help="BatchNorm policy: running, recompute or train (default: recompute for a "
+                                      "BatchNorm model at points between checkpoints, where no stored statistics "
+                                      "belong to the point; running for a plane around one model).")
 _OUT = typer.Option(..., "--out", help="Output folder: result.zarr, figures, landscape.html (rerun to resume).")
 
 
-def _setup(device: Optional[str], bn: str) -> tuple["torch.device", "dd.Context"]:
-    check_policy(bn, "--bn")
+def _setup(device: Optional[str], bn: Optional[str]) -> tuple["torch.device", "dd.Context"]:
+    if bn is not None:
+        check_policy(bn, "--bn")
     dev = common.resolve_device(device)
     ctx = dd.init(dev)
     return dd.rank_device(dev), ctx
+
+
+def _between_models_bn(net) -> str:
+    """The default policy at points between checkpoints: fresh statistics for a BatchNorm model."""
+    from ..evaluate import default_bn
+
+    return default_bn(net)
 
 
 def _evaluator(net, split, bn: str, dev, batch_size: int, mode: str, bf16: bool):
@@ -97,7 +107,7 @@ def interpolate_cmd(
     out: Path = _OUT,
     steps: int = typer.Option(51, "--steps", help="Number of points along the line."),
     range_: str = typer.Option("-0.5:1.5", "--range", help="A:B (with --steps) or A:B:N: the values of t."),
-    bn: str = _BN,
+    bn: Optional[str] = _BN,
     model: Optional[str] = common.MODEL, model_args: str = common.MODEL_ARGS,
     data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
@@ -117,6 +127,7 @@ def interpolate_cmd(
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(a, model, model_args, data, data_root, data_args, dev)
+    bn = bn or _between_models_bn(net)
     space = sp.WeightSpace(net)
     pa, ba = space.point(net), space.buffers(net)
     pb, bb = _load_other(b, net, dev, "B")
@@ -143,7 +154,8 @@ def interpolate_cmd(
 @app.command("surface")
 def surface_cmd(
     checkpoint: Path = typer.Argument(..., help="The model at the centre (or model A with --through)."),
-    out: Path = _OUT,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: result.zarr, figures, landscape.html "
+                                                          "(rerun to resume). Required."),
     x: Optional[str] = typer.Option(None, "--x", help="A:B:N along the first direction (default -1:1:51). With "
                                     "--through: distances in weight space along the plane's orthonormal basis (A at 0, "
                                     "B and C at the coordinates printed; default: around the three models)."),
@@ -157,7 +169,7 @@ def surface_cmd(
     steps: int = typer.Option(41, "--steps", help="Points per axis for --through when --x/--y are not given."),
     convexity_points: int = typer.Option(0, "--convexity", help="Also a convexity map on an N x N grid (0: no)."),
     vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
-    bn: str = _BN,
+    bn: Optional[str] = _BN,
     model: Optional[str] = common.MODEL, model_args: str = common.MODEL_ARGS,
     data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
@@ -169,6 +181,8 @@ def surface_cmd(
     as_json: bool = common.JSON,
 ) -> None:
     """A 2-D slice: filter-normalised random plane (Li et al. 2018) or the plane through three models."""
+    if out is None:
+        raise UserError("surface needs --out DIR: the folder for result.zarr, the figures and landscape.html")
     check_choice(norm, NORMALIZATIONS, "--norm")
     check_choice(ignore, IGNORES, "--ignore")
     check_positive(batch_size=batch_size, steps=steps)
@@ -181,6 +195,7 @@ def surface_cmd(
     dev, ctx = _setup(device, bn)
     common.seed_everything(seed)
     net, meta, split = common.load_checkpoint(checkpoint, model, model_args, data, data_root, data_args, dev)
+    bn = bn or (_between_models_bn(net) if through else "running")
     p0 = sp.WeightSpace(net).point(net)
     extra: dict = {"checkpoints": [str(checkpoint)], "data": split.meta}
     if through:
@@ -232,7 +247,7 @@ def trajectory_cmd(
     steps: int = typer.Option(41, "--steps", help="Points per axis when --x/--y are not given."),
     ignore: str = typer.Option("none", "--ignore", help="biasbn: leave biases and norm layers out of the PCA."),
     vtk: bool = typer.Option(False, "--vtk", help="Also write a .vtk surface for ParaView."),
-    bn: str = _BN,
+    bn: Optional[str] = _BN,
     data: Optional[str] = common.DATA, data_root: Optional[str] = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
     batch_size: int = typer.Option(1024, "--batch-size"),
@@ -254,6 +269,7 @@ def trajectory_cmd(
     if len(files) < 3:
         raise UserError(f"{run_dir / 'checkpoints'} has {len(files)} checkpoints; a PCA plane needs at least 3")
     net, meta, split = common.load_checkpoint(final_path, None, "", data, data_root, data_args, dev)
+    bn = bn or _between_models_bn(net)
     final = sp.WeightSpace(net).point(net)
     points = [_load_other(f, net, dev)[0] for f in files]
     plane, pca = landscape.trajectory_plane(points, final, ignore=ignore, space=sp.WeightSpace(net))

@@ -202,7 +202,8 @@ def swap_cmd(
         common.print_json(res)
         return
     console.print(f"swap units {i} and {j} of {res['perm']}: loss barrier {res['barrier']['barrier_linear']:.4g} "
-                  f"(peak {max(res['loss']):.4g}, ends {res['loss'][0]:.4g} / {res['loss'][-1]:.4g})", highlight=False)
+                  f"(peak {max(res['loss']):.4g}, ends {res['loss'][0]:.4g} / {res['loss'][-1]:.4g}; bn={res['bn']})",
+                  highlight=False)
     if "eigenvalues" in res:
         console.print("smallest Hessian eigenvalues at the permutation point: "
                       + ", ".join(f"{v:.3g}" for v in res["eigenvalues"]), highlight=False)
