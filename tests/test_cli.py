@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,35 @@ def test_values_the_parsers_accept_but_methods_cannot_use(run_dir, tmp_path, cap
     (tmp_path / "big.json").write_text((run_dir / "final.json").read_text())
     one_line_error(capsys, ["hessian", tmp_path / "big.safetensors", "--n-train", "50", "--top-k", "1"], "not finite")
     one_line_error(capsys, ["hessian", final, "--n-train", "20", "--out", "/proc/modescape-no"], "cannot create --out")
+
+
+@pytest.mark.slow
+def test_runs_are_portable_across_working_directories(tmp_path, capsys, monkeypatch):
+    """A run trained with a relative --data-root is evaluated from another working directory (the sidecar
+    stores the root absolute and relative to itself), and still after run and data move together;
+    --data-root still overrides."""
+    import shutil
+
+    from test_zoo import make_mnist
+
+    work = tmp_path / "work"
+    make_mnist(work / "data" / "mnist", n_train=40, n_test=20)
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(["train", "--data", "mnist", "--data-root", "data/mnist", "--epochs", "1",
+                            "--model-args", "depth=1,width=8", "--out", "runs/m", "--json"], capsys)
+    assert code == 0, err
+    side = json.loads((work / "runs" / "m" / "final.json").read_text())
+    assert Path(side["data"]["root"]).is_absolute() and side["data"]["root_relative"] == "../../data/mnist"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(["eval", work / "runs" / "m" / "final.safetensors", "--json"], capsys)
+    assert code == 0, err
+    first = json.loads(out)[0]
+    shutil.move(str(work), str(tmp_path / "moved"))  # run and data move together: the relative root holds
+    code, out, err = run_cli(["eval", tmp_path / "moved" / "runs" / "m" / "final.safetensors", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)[0]["test_loss"] == first["test_loss"]
+    code, _, err = run_cli(["eval", tmp_path / "moved" / "runs" / "m" / "final.safetensors", "--data-root",
+                            tmp_path / "nowhere"], capsys)
+    assert code == 2 and "nowhere" in err  # the override is used, and named when it is wrong

@@ -285,6 +285,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str
         raise UserError(f"refusing to save: tensor '{bad}' has NaN or infinite values")
     meta = dict(meta or {})
     meta.setdefault("model", getattr(model, "modescape_spec", None))
+    if isinstance(meta.get("data"), Mapping) and meta["data"].get("root"):
+        meta["data"] = portable_root(meta["data"], sidecar_path(path).parent)
     meta["format"] = FORMAT
     meta["versions"] = provenance.versions()
     meta["weights_hash"] = tensor_hash(state)
@@ -370,14 +372,42 @@ def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any]
     return load_dataset(name, root=root, **args)
 
 
+def portable_root(data_meta: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """A data spec whose ``root`` is absolute, with ``root_relative`` to ``folder`` (the sidecar's), so a run
+    is found from any working directory and still after the run and its data are moved together."""
+    out = dict(data_meta)
+    root = Path(out["root"]).expanduser()
+    absolute = root if root.is_absolute() else (Path.cwd() / root)
+    out["root"] = str(absolute.resolve())
+    try:
+        out["root_relative"] = os.path.relpath(out["root"], folder.resolve())
+    except ValueError:  # another drive (Windows)
+        out.pop("root_relative", None)
+    return out
+
+
+def saved_root(saved: Mapping[str, Any], sidecar: Path | None) -> str | None:
+    """The data root a sidecar names: its absolute ``root`` when that exists, else ``root_relative`` to the
+    sidecar's folder when that exists, else ``root`` as written (an old sidecar relative to the working
+    directory), so the error names the path that was looked for."""
+    root = saved.get("root")
+    if root is None or Path(root).exists():
+        return root
+    rel = saved.get("root_relative")
+    if rel is not None and sidecar is not None and (sidecar.parent / rel).exists():
+        return str(sidecar.parent / rel)
+    return root
+
+
 def data_from_meta(meta: Mapping[str, Any], data: str | None = None, data_root: str | None = None,
-                   data_args: str | None = None) -> "DataSplit":
-    """The data a checkpoint was trained on (its sidecar), unless overridden on the command line."""
+                   data_args: str | None = None, sidecar: Path | None = None) -> "DataSplit":
+    """The data a checkpoint was trained on (its sidecar, at ``sidecar`` for a relative data root), unless
+    overridden on the command line (``--data``, ``--data-root``, ``--data-args``)."""
     saved = dict(meta.get("data") or {})
     if data is not None:
         return load_data(data, data_root, parse_args(data_args))
     name = saved.get("name") or DEFAULT_DATA
-    root = data_root if data_root is not None else saved.get("root")
+    root = data_root if data_root is not None else saved_root(saved, sidecar)
     args = {**saved.get("args", {}), **parse_args(data_args)}
     return load_data(name, root, args)
 
@@ -388,7 +418,7 @@ def load_checkpoint(path: str | Path, model: str | None = None, model_args: str 
     """``model, meta, split = load_checkpoint(path)``: the model, its sidecar and the data it was
     trained on; ``model``/``data`` (and their arguments, as ``k=v,...`` text) override the sidecar."""
     meta = read_meta(path) if Path(path).exists() else {}
-    split = data_from_meta(meta, data, data_root, data_args)
+    split = data_from_meta(meta, data, data_root, data_args, sidecar=sidecar_path(path))
     module, meta = load_model(path, model=model, model_args=parse_args(model_args), device=device,
                               data_shape=split.input_shape, num_classes=split.num_classes)
     return module, meta, split
