@@ -74,6 +74,11 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
     Under torchrun, unit u is computed by rank ``u % world``; all ranks return the full result.
     ``on_create``, called on rank 0 only when a new store is made, returns extra attributes (e.g. the
     evaluation mode it picked); on resume the stored ones are used.
+
+    With a store, rank 0 holds its lock (`modescape.locks.lock_store`: another process writing it is
+    refused with one line) until the result is finished. Reopening checks every finished unit; units
+    found missing or corrupt are computed again. Unless ``progress`` is False, rank 0 then prints
+    "resuming: k of n points done" on stderr (and a line naming the damaged units, if any).
     """
     ctx = dd.context()
     if store is None:
@@ -94,31 +99,57 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
             ds[n].values[...] = out[:, j].reshape(grid.shape)
         return ds
 
+    from .errors import UserError
+    from .locks import lock_store
+
     path = Path(store)
+    lock, error = None, None
     if ctx.is_main:
-        extra = {}
-        if not path.exists() and on_create is not None:
-            extra = dict(on_create())
-        st = ResultStore.open_or_create(path, grid.coords, names, settings or {}, {**dict(attrs or {}), **extra},
-                                        unit_rows=rows)
-    dd.barrier()
-    if not ctx.is_main:
-        st = ResultStore(path)
-    done = st.done()
-    inner = grid.size // grid.shape[0]
-    todo = [u for u in ctx.shard(st.n_units) if not done[u]]
-    total = sum((st.unit_slice(u).stop - st.unit_slice(u).start) * inner for u in todo)
-    with bar(description, total, enabled=progress if ctx.is_main else False) as advance:
-        for u in todo:
-            sl = st.unit_slice(u)
-            vals = measure(grid.points(sl))
-            st.write_unit(u, vals)
-            advance(vals.shape[0])
-    dd.barrier()
-    if ctx.is_main:
-        st.finish()
-    dd.barrier()
-    return st.dataset()
+        try:
+            lock = lock_store(path)  # before anything is created or repaired
+            extra = {}
+            if not path.exists() and on_create is not None:
+                extra = dict(on_create())
+            st = ResultStore.open_or_create(path, grid.coords, names, settings or {}, {**dict(attrs or {}), **extra},
+                                            unit_rows=rows)
+        except UserError as e:
+            error = e
+    # every rank learns whether rank 0 could open the store (else the others would wait or write alone)
+    message = dd.broadcast_object(None if error is None else str(error))
+    try:
+        if error is not None:
+            raise error
+        if message is not None:
+            raise UserError(message)
+        if not ctx.is_main:
+            st = ResultStore(path)
+        elif st.reopened and progress is not False:
+            from rich.console import Console
+
+            console = Console(stderr=True, emoji=False, highlight=False)
+            if st.repaired:
+                console.print(f"{path}: {st.describe_units(st.repaired)} "
+                              f"{'was' if len(st.repaired) == 1 else 'were'} missing or corrupt: computing again",
+                              markup=False, soft_wrap=True)
+            console.print(f"resuming: {st.points_done()} of {grid.size} points done", markup=False, soft_wrap=True)
+        done = st.done()
+        inner = grid.size // grid.shape[0]
+        todo = [u for u in ctx.shard(st.n_units) if not done[u]]
+        total = sum((st.unit_slice(u).stop - st.unit_slice(u).start) * inner for u in todo)
+        with bar(description, total, enabled=progress if ctx.is_main else False) as advance:
+            for u in todo:
+                sl = st.unit_slice(u)
+                vals = measure(grid.points(sl))
+                st.write_unit(u, vals)
+                advance(vals.shape[0])
+        dd.barrier()
+        if ctx.is_main:
+            st.finish()
+        dd.barrier()
+        return st.dataset()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,

@@ -7,12 +7,22 @@ dimensions, in the order given (one home: `modescape.landscape.Grid`).
 
 Work is split into *units*: unit u covers indices ``[u * rows, (u + 1) * rows)`` of the first dimension
 and everything of the others, and is exactly one zarr chunk of every metric array. A unit is written,
-then marked in the ``done_units`` array (one chunk per unit). Zarr's local store writes every chunk to
-a temporary file and renames it, so a run killed at any instant (SIGKILL included) leaves each chunk
-either old or new; on rerun only the units not marked done are computed again, and the final values
-equal an uninterrupted run's bit for bit. Ranks under ``torchrun`` own disjoint units, hence disjoint
-chunks. The folder is created under a temporary name and renamed into place, so a half-created store
-never appears.
+then its checksum (``unit_checksums``: 64 bits of BLAKE2b over its values, NaN made canonical), then
+it is marked in the completion mask ``done_units`` (each of these one chunk per unit). Zarr's local
+store writes every chunk to a temporary file and renames it, so a run killed at any instant (SIGKILL
+included) leaves each chunk either old or new; on rerun only the units not marked done are computed
+again, and the final values equal an uninterrupted run's bit for bit. Ranks under ``torchrun`` own
+disjoint units, hence disjoint chunks. The folder is created under a temporary name and renamed into
+place, so a half-created store never appears.
+
+Damage is detected, not read as data: every unit marked done is checked (`ResultStore.damaged`: its
+chunks decode and match its checksum; a deleted chunk reads as NaN and does not match) when a store is
+reopened to resume, and by `load`. `load` refuses a damaged result with one line saying which units
+and points and what to do; reopening marks them not done (`ResultStore.repaired`), so the rerun
+computes exactly them again and keeps the others bit for bit. (A store written before checksums has
+none: there a done unit that fails to decode or reads as NaN throughout counts as damaged, and
+reopening adds the checksums.) Writers take a lock (`modescape.locks`) so two processes never write
+one store.
 
 ``settings`` (a JSON-able dict of everything that determines the numbers: grid, family, model, data,
 BN policy, evaluation mode) is stored with a hash; reopening with different settings is refused with a
@@ -37,6 +47,27 @@ from .io import json_default
 
 FORMAT = "modescape-result/1"
 DONE = "done_units"
+CHECKSUMS = "unit_checksums"
+BOOKKEEPING = (DONE, CHECKSUMS)
+
+
+def unit_checksum(blocks: Sequence[np.ndarray]) -> int:
+    """A unit's checksum: 64 bits of BLAKE2b over its metric blocks (float64, little-endian, in metric
+    order), every NaN made the canonical one (zarr stores an all-NaN chunk as nothing, which reads back
+    as the fill NaN); never 0, which means "none"."""
+    h = hashlib.blake2b(digest_size=8)
+    for b in blocks:
+        b = np.asarray(b, dtype=np.float64)
+        h.update(np.ascontiguousarray(np.where(np.isnan(b), np.nan, b), dtype="<f8").tobytes())
+    return int.from_bytes(h.digest(), "little") or 1
+
+
+def _ranges(items: Sequence[tuple[int, int]], limit: int = 8) -> str:
+    """"3, 5-7, ..." from (first, last) pairs; at most ``limit`` shown, then how many more ("and 4 more")."""
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in items[:limit]]
+    if len(items) > limit:
+        text.append(f"and {len(items) - limit} more")
+    return ", ".join(text)
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
@@ -79,6 +110,9 @@ class ResultStore:
             self.shape = tuple(int(self.group[d].shape[0]) for d in self.dims)
             for n in self.names + [DONE]:
                 self.group[n]  # noqa: B018 - must exist
+            self.has_checksums: bool = CHECKSUMS in self.group
+            self.repaired: list[int] = []  # units found damaged, and marked not done, on reopening
+            self.reopened: bool = False  # whether open_or_create found this store already there
         except UserError:
             raise
         except Exception as e:  # a corrupt or foreign folder: one line, and what to do
@@ -94,7 +128,8 @@ class ResultStore:
         """Reopen ``path`` when it holds the same ``settings`` (resuming), else create it.
 
         Creating happens in a temporary folder renamed into place. An existing store with other
-        settings raises `UserError`.
+        settings raises `UserError`. On reopening, every unit marked done is checked (`damaged`); the
+        damaged ones are marked not done, to be computed again, and listed in ``store.repaired``.
         """
         path = Path(path)
         h = settings_hash(settings)
@@ -107,6 +142,8 @@ class ResultStore:
                               != json.dumps(settings.get(k), sort_keys=True, default=json_default))
                 raise UserError(f"{path} holds a result made with different settings ({', '.join(diff) or 'unknown'} "
                                 f"differ): use another --out, or delete it to start over")
+            store.reopened = True
+            store.repair()
             return store
         dims = list(coords)
         n0 = len(coords[dims[0]])
@@ -118,9 +155,11 @@ class ResultStore:
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ds = empty_dataset(coords, names, all_attrs)
         ds[DONE] = (("unit",), np.zeros(n_units, dtype=np.uint8))
+        ds[CHECKSUMS] = (("unit",), np.zeros(n_units, dtype=np.uint64))
         chunks = (rows,) + tuple(len(coords[d]) for d in dims[1:])
         encoding = {n: {"chunks": chunks} for n in names}
         encoding[DONE] = {"chunks": (1,)}
+        encoding[CHECKSUMS] = {"chunks": (1,)}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         if tmp.exists():
@@ -146,18 +185,134 @@ class ResultStore:
     def unit_slice(self, u: int) -> slice:
         return slice(u * self.rows, min((u + 1) * self.rows, self.shape[0]))
 
+    def unit_points(self, u: int) -> tuple[int, int]:
+        """(first, last) flat index, in row-major grid order, of the points of unit u."""
+        sl = self.unit_slice(u)
+        inner = int(np.prod(self.shape[1:], dtype=np.int64))
+        return sl.start * inner, sl.stop * inner - 1
+
+    def points_done(self) -> int:
+        """How many grid points lie in units marked done."""
+        return sum(self.unit_points(u)[1] - self.unit_points(u)[0] + 1 for u in np.flatnonzero(self.done()))
+
+    def _vector(self, name: str) -> tuple[np.ndarray, list[int]]:
+        """A per-unit bookkeeping array, and the units whose chunk of it cannot be read (those read as 0)."""
+        arr = self.group[name]
+        try:
+            return np.asarray(arr[:]), []
+        except Exception:
+            out, bad = np.zeros(self.n_units, dtype=arr.dtype), []
+            for u in range(self.n_units):
+                try:
+                    out[u] = arr[u]
+                except Exception:
+                    bad.append(u)
+            return out, bad
+
     def done(self) -> np.ndarray:
-        """[n_units] bool: which units are written."""
-        return np.asarray(self.group[DONE][:]).astype(bool)
+        """[n_units] bool: which units are marked done (an unreadable mark counts as not done)."""
+        return self._vector(DONE)[0].astype(bool)
 
     def write_unit(self, u: int, values: np.ndarray) -> None:
-        """Write unit u's values ([points of the unit, M] in row-major grid order), then mark it done."""
+        """Write unit u's values ([points of the unit, M] in row-major grid order), its checksum, then mark
+        it done (the commit)."""
         sl = self.unit_slice(u)
         shape = (sl.stop - sl.start,) + self.shape[1:]
         values = np.asarray(values, dtype=np.float64).reshape(int(np.prod(shape)), len(self.names))
-        for j, n in enumerate(self.names):
-            self.group[n][sl] = values[:, j].reshape(shape)
+        blocks = [values[:, j].reshape(shape) for j in range(len(self.names))]
+        for n, b in zip(self.names, blocks):
+            self.group[n][sl] = b
+        if self.has_checksums:
+            self.group[CHECKSUMS][u] = np.uint64(unit_checksum(blocks))
         self.group[DONE][u] = 1
+
+    def scan(self) -> tuple[dict[str, np.ndarray], np.ndarray, list[int]]:
+        """Read everything once and check it: (each metric's values, the done mask, the damaged units).
+
+        Values of units that are not marked done, or are damaged, are NaN. A unit marked done is damaged
+        when a chunk of it (values, checksum or mark) does not decode, when its values do not match its
+        checksum (a deleted chunk reads as NaN), or when the result says it is complete but the unit is
+        not marked done (a lost mark). Reads only.
+        """
+        marks, bad_marks = self._vector(DONE)
+        done = marks.astype(bool)
+        bad = set(bad_marks)
+        complete = bool(self.attrs.get("complete"))
+        if complete:
+            bad |= {int(u) for u in np.flatnonzero(~done)}
+        sums, bad_sums = self._vector(CHECKSUMS) if self.has_checksums else (None, [])
+        bad |= {u for u in bad_sums if done[u]}
+        values = {}
+        for n in self.names:  # one read per metric; unit by unit only when some chunk fails to decode
+            arr = self.group[n]
+            try:
+                values[n] = np.array(arr[:], dtype=np.float64)
+            except Exception:
+                values[n] = np.full(self.shape, np.nan)
+                for u in range(self.n_units):
+                    sl = self.unit_slice(u)
+                    try:
+                        values[n][sl] = arr[sl]
+                    except Exception:
+                        values[n][sl] = np.nan
+                        bad.add(u)
+        for u in map(int, np.flatnonzero(done)):
+            if u in bad:
+                continue
+            blocks = [values[n][self.unit_slice(u)] for n in self.names]
+            if sums is not None:
+                if int(sums[u]) != unit_checksum(blocks):
+                    bad.add(u)
+            elif all(np.isnan(b).all() for b in blocks):  # no checksums (an older store): a lost chunk reads NaN
+                bad.add(u)
+        bad = sorted(u for u in bad if done[u] or u in bad_marks or complete)  # else: simply not computed yet
+        for u in [*np.flatnonzero(~done), *bad]:
+            for n in self.names:
+                values[n][self.unit_slice(int(u))] = np.nan
+        return values, done, bad
+
+    def damaged(self) -> list[int]:
+        """The units marked done whose values are missing or corrupt, sorted (see `scan`). Reads only."""
+        return self.scan()[2]
+
+    def describe_units(self, units: Sequence[int]) -> str:
+        """"units 3, 5-6 (points 21-27, 35-48)": units, runs of consecutive ones joined, and their flat
+        point indices in row-major grid order, for messages."""
+        runs: list[tuple[int, int]] = []
+        for u in sorted(int(u) for u in units):
+            if runs and u == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], u)
+            else:
+                runs.append((u, u))
+        word = "unit" if len(units) == 1 else "units"
+        return (f"{word} {_ranges(runs)} "
+                f"(points {_ranges([(self.unit_points(a)[0], self.unit_points(b)[1]) for a, b in runs])})")
+
+    def repair(self) -> list[int]:
+        """Mark the damaged units not done (so a rerun computes them again), clear their values, and mark
+        the result not complete; add checksums to a store written without them. Returns the damaged
+        units (also kept in ``repaired``)."""
+        values, done, bad = self.scan()
+        changed = False
+        if not self.has_checksums:
+            self.group.create_array(CHECKSUMS, shape=(self.n_units,), chunks=(1,), dtype="uint64", fill_value=0,
+                                    dimension_names=["unit"])
+            self.has_checksums = changed = True
+            for u in set(map(int, np.flatnonzero(done))) - set(bad):
+                blocks = [values[n][self.unit_slice(u)] for n in self.names]
+                self.group[CHECKSUMS][u] = np.uint64(unit_checksum(blocks))
+        for u in bad:
+            self.group[DONE][u] = 0  # the mark first: a unit is never done without its checksum
+            self.group[CHECKSUMS][u] = np.uint64(0)
+            for n in self.names:  # and no damaged chunk stays behind (an all-NaN chunk is stored as none)
+                self.group[n][self.unit_slice(u)] = np.nan
+        if bad and self.attrs.get("complete"):
+            self.set_attrs(complete=False)
+            changed = True
+        if changed:  # consolidated metadata (a plain xr.open_zarr, later opens) must list the new array and
+            self._consolidate()  # must not keep a stale "complete"
+        self.repaired = bad
+        return bad
 
     def set_attrs(self, **attrs: Any) -> None:
         self.group.attrs.update(clean_attrs(attrs))
@@ -168,6 +323,9 @@ class ResultStore:
         if missing:
             raise UserError(f"{self.path}: {missing} of {self.n_units} units are not computed yet; rerun to finish")
         self.set_attrs(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **attrs)
+        self._consolidate()
+
+    def _consolidate(self) -> None:
         # consolidated metadata: a plain xr.open_zarr(path) then opens the finished result without a warning
         import warnings
 
@@ -189,9 +347,15 @@ def load(path: str | os.PathLike) -> xr.Dataset:
         p = p / "result.zarr"
     if not p.exists() or (p.is_dir() and not (p / "zarr.json").exists() and not p.name.endswith(".zarr")):
         raise UserError(f"no result at {p}: pass a result.zarr folder or the --out folder of a sweep")
-    ResultStore(p, mode="r")  # validates, one-line error when corrupt
-    try:
-        ds = xr.open_zarr(str(p), consolidated=False).load()
+    st = ResultStore(p, mode="r")  # validates, one-line error when corrupt
+    values, _, bad = st.scan()
+    if bad:
+        raise UserError(f"result {p} is damaged: {st.describe_units(bad)} {'is' if len(bad) == 1 else 'are'} "
+                        f"missing or corrupt; rerun the command that made it with the same --out to recompute them")
+    try:  # coordinates and attributes through xarray; the metrics as read and checked above
+        ds = xr.open_zarr(str(p), consolidated=False, drop_variables=[*BOOKKEEPING, *st.names]).load()
     except Exception as e:
         raise UserError(f"{p} is not a readable modescape result ({type(e).__name__}): delete it and rerun") from None
-    return ds.drop_vars([DONE], errors="ignore")
+    for n in st.names:
+        ds[n] = (st.dims, values[n])
+    return ds

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException:
         common.remove_created_if_empty()
         raise
+    finally:
+        common.release_locks()
 
 
 __all__ = ["app", "main"]

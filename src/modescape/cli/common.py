@@ -87,11 +87,23 @@ def out_dir(path: str | Path) -> Path:
         raise UserError(f"cannot create --out {p}: {e.strerror or e}; choose a folder you can write to") from None
     if new:
         CREATED.append(new[-1])  # the outermost folder made here
+    from ..locks import lock_out
+
+    lock_out(p)  # one writer per --out: a second process is refused with one line (rank 0 only under torchrun)
     return p
+
+
+def release_locks() -> None:
+    """Release the --out locks this process holds (when a command ends; the kernel also does at exit)."""
+    if "modescape.locks" in sys.modules:
+        from ..locks import release_all
+
+        release_all()
 
 
 def remove_created_if_empty() -> None:
     """After a failed command: remove the --out folders it created that hold nothing (no empty leftovers)."""
+    release_locks()  # first: the lock file would keep a failed command's folder "non-empty"
     for top in reversed(CREATED):
         if not top.is_dir():
             continue

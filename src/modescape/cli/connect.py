@@ -57,13 +57,13 @@ def _print_summaries(results, title: str) -> None:
     console.print("lengths: " + ", ".join(f"{r.name} {r.length:.3f}" for r in results))
 
 
-def _write_paths(out: Path, results, plane=None) -> dict:
+def _write_paths(out: Path, results, plane=None, labels=None) -> dict:
     summary = {r.name: r.summary() for r in results}
     if distributed.context().is_main:
         io.write_json(out / "path.json", {"paths": [r.to_dict() for r in results]})
-        plots.plot_paths(results, out / "path.png", metrics=("train_loss", "test_loss", "test_error"))
+        plots.plot_paths(results, out / "path.png", metrics=("train_loss", "test_loss", "test_error"), labels=labels)
         if plane is not None:
-            plots.plot_plane(plane, out / "plane.png")
+            plots.plot_plane(plane, out / "plane.png", labels=labels)
     return summary
 
 
@@ -127,7 +127,7 @@ def connect_cmd(
         evp = evaluate.Evaluator(model_a, {"test": split.test}, metrics=("error",), bn=bn, bn_data=split.train,
                                  device=dev, batch_size=eval_batch_size)
         plane = connect.evaluate_plane(run.family, evp, n_points=plane_points)
-    summary = _write_paths(out, results, plane)
+    summary = _write_paths(out, results, plane, labels=(a, b))
     if as_json:
         common.print_json({"out": str(out), "curve": str(out / "curve.safetensors"), "summary": summary})
     else:
@@ -162,6 +162,7 @@ def path_cmd(
         model_b, _ = io.load_model(paths[1], device=dev, data_shape=split.input_shape, num_classes=split.num_classes)
         ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
         results = [paths_.evaluate_path((model_a, model_b), ev, points)]
+        labels = tuple(paths)
     elif len(paths) == 1:
         folder = paths[0]
         side = folder / "curve.json"
@@ -179,11 +180,12 @@ def path_cmd(
             family.set_buffers([space.buffers(model_a), space.buffers(model_b)])
         ev = _evaluator(model_a, split, bn, eval_batch_size, dev)
         results = [paths_.evaluate_path(family.to(dev), ev, points)]
+        labels = (Path(info["a"]), Path(info["b"]))
     else:
         raise UserError(f"path takes two checkpoints (A B) or one curve folder; got {len(paths)} arguments")
     summary = {r.name: r.summary() for r in results}
     if out is not None:
-        summary = _write_paths(common.out_dir(out), results)
+        summary = _write_paths(common.out_dir(out), results, labels=labels)
     if as_json:
         common.print_json({"summary": summary})
     else:
@@ -246,6 +248,7 @@ def fge_cmd(
                                 "fge": {"member": i, **res.members[i - 1]}})
         io.write_json(out / "fge.json", {**report, "checkpoint": str(checkpoint), "cycle": cycle, "lr": [a1, a2],
                                          "epochs": epochs, "command": common.command_line()})
+        plots.plot_fge(res, out / "fge.png", label=checkpoint)
     if as_json:
         common.print_json(report)
         return

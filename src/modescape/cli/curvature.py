@@ -130,7 +130,8 @@ def hessian_cmd(
             if outdir is not None:
                 safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
                 png = outdir / (f"density-{safe}.png" if per else "density.png")
-                plots.plot_density(d, png, title=f"Hessian density: {checkpoint.name} ({g})")
+                plots.plot_density(d, png, label=checkpoint,
+                                   title=f"Hessian density: {plots.base.run_names([checkpoint])[0]} ({g})")
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
         H.release()

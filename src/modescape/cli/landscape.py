@@ -233,7 +233,7 @@ def surface_cmd(
         cev = Evaluator(net, {"train": split.train}, bn=bn, device=dev, batch_size=batch_size, progress=False)
         cds = landscape.convexity(family, cev, cgrid, store=out / "convexity.zarr", attrs=_provenance(seed, **extra))
         if ctx.is_main:
-            plots.plot_result(cds, out / "convexity")
+            plots.plot_result(cds, out / "convexity", plotlyjs=out)
         summary["max_convexity_ratio"] = float(cds["convexity_ratio"].max())
     _finish(ds, out, ctx, vtk, as_json, summary)
 

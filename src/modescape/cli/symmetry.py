@@ -142,7 +142,8 @@ def align_cmd(
     summary = {**result.summary(), "a": str(a), "b": str(b), "b_aligned": str(path),
                "curves": {k: c.to_dict() for k, c in result.curves.items()}, "command": common.command_line()}
     io.write_json(out / "align.json", summary)
-    plots.plot_alignment(result.curves, out / "interpolation.png", title=f"{a.name} -> {b.name} ({method})")
+    plots.plot_alignment(result.curves, out / "interpolation.png", labels=(a, b),
+                         title=f"{plots.base.compared((a, b))} ({method})")
     if as_json:
         common.print_json({k: v for k, v in summary.items() if k != "curves"})
         return
@@ -197,7 +198,7 @@ def swap_cmd(
     if out is not None:
         out = common.out_dir(out)
         io.write_json(out / "swap.json", {**res, "checkpoint": str(checkpoint), "command": common.command_line()})
-        plots.plot_swap(res, out / "swap.png")
+        plots.plot_swap(res, out / "swap.png", label=checkpoint)
     if as_json:
         common.print_json(res)
         return

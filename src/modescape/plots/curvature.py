@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from .base import pyplot, save_figure
+from .base import figure, labels_of, save_figure
 
 
-def plot_density(dens, path: str | Path | None = None, ax=None, log: bool = True, title: str | None = None):
+def plot_density(dens, path: str | Path | None = None, ax=None, log: bool = True, title: str | None = None,
+                 label: Any = None):
     """Draw a `Density` (log scale by default: Hessian spectra are heavy-tailed) on ``ax`` or a new figure;
-    a new figure is saved to ``path`` (atomically) when given. Returns the axes."""
-    plt = pyplot()
+    a new figure is saved to ``path`` (atomically) when given. ``label``: the checkpoint (a path is shortened
+    to its run, `base.run_names`), named in the default title. Returns the axes."""
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = figure(figsize=(6, 4))
     y = dens.values.clamp_min(1e-12) if log else dens.values
     ax.plot(dens.grid.numpy(), y.numpy(), lw=1.2)
     if log:
@@ -21,9 +23,10 @@ def plot_density(dens, path: str | Path | None = None, ax=None, log: bool = True
         ax.set_ylim(bottom=max(1e-8, float(y.max()) * 1e-10))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (SLQ, sigma=%.2g)" % dens.sigma)
-    ax.set_title(title or f"Hessian spectral density ({dens.nodes.shape[0]} probes, {dens.nodes.shape[1]} steps)")
+    of = f" of {labels_of([label])[0]}" if label is not None else ""
+    ax.set_title(title or f"Hessian spectral density{of} ({dens.nodes.shape[0]} probes, {dens.nodes.shape[1]} steps)",
+                 fontsize=10)
     if own and path is not None:
-        ax.figure.tight_layout()
         save_figure(ax.figure, path, dpi=120)
     return ax
 
