@@ -357,3 +357,32 @@ def test_results_carry_the_checkpoints_weights_hash(bn_runs, tmp_path):
     assert ds.attrs["threads"] == torch.get_num_threads() and ds.attrs["device"] == "cpu"
     assert {"modescape", "torch", "numpy", "xarray"} <= set(ds.attrs["versions"])
     assert "git_commit" in ds.attrs
+
+
+@pytest.mark.slow
+def test_surface_along_hessian_eigenvectors_with_topology(tmp_path, capsys):
+    """`surface --directions hessian:0,1 --topology`: the plane's axes are the Hessian's top eigenvectors at
+    the checkpoint, used exactly (the curvature along axis x at the centre is its eigenvalue), labelled
+    with their eigenvalues, and the topology of the same sweep is written beside it."""
+    import json
+
+    from conftest import run_cli
+    from modescape import io
+
+    torch.manual_seed(0)  # tanh: a smooth loss, so finite differences converge to the Hessian (ReLU kinks add to them)
+    net = build_model("mlp", (1, 8, 8), 10, depth=1, width=8, activation="tanh")
+    io.save_checkpoint(tmp_path / "m.safetensors", net, {"data": {"name": "digits", "args": {}}})
+    code, out, err = run_cli(["surface", tmp_path / "m.safetensors", "--directions", "hessian:0,1", "--topology",
+                              "--x", "-0.02:0.02:5", "--y", "-0.02:0.02:3", "--out", tmp_path / "h", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    ds = load(tmp_path / "h")
+    lam = ds.attrs["directions"]["eigenvalues"]
+    assert lam[0] >= lam[1] and ds.attrs["axis_labels"][0].startswith("Hessian eigenvector 0")
+    loss = ds.train_loss.sel(y=0.0).values  # x = -0.02, -0.01, 0, 0.01, 0.02 along the top eigenvector
+    second = (loss[3] - 2 * loss[2] + loss[1]) / 0.01 ** 2
+    assert second == pytest.approx(lam[0], rel=0.02)
+    assert summary["topology"]["n_minima"] >= 1 and (tmp_path / "h" / "topology.json").exists()
+    code, _, err = run_cli(["surface", tmp_path / "m.safetensors", "--directions", "eigen", "--out", tmp_path / "z"],
+                           capsys)
+    assert code == 2 and "unknown directions" in err

@@ -28,17 +28,17 @@ def small_run(split, out, cfg):
     return m, tr.train(m, split, cfg, out=out)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sam"])
 def test_resume_after_crash_is_bit_identical(digits, tmp_path, monkeypatch, optimizer):
     cfg = tr.TrainConfig(epochs=3, batch_size=128, lr=0.01 if optimizer == "adam" else 0.05, optimizer=optimizer, seed=4)
     full, _ = small_run(digits, tmp_path / "a", cfg)
 
     real = tr._save_optimizer
 
-    def crash_at_3(path, opt, epoch, config, history, identity):
+    def crash_at_3(path, opt, epoch, config, history, identity, **kw):
         if epoch == 3:
             raise KeyboardInterrupt("killed")
-        real(path, opt, epoch, config, history, identity)
+        real(path, opt, epoch, config, history, identity, **kw)
 
     monkeypatch.setattr(tr, "_save_optimizer", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
@@ -97,3 +97,41 @@ def test_divergence_is_a_clear_error(digits):
     m = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=8)
     with pytest.raises(UserError, match="diverged"):
         tr.train(m, digits, tr.TrainConfig(epochs=2, lr=1e6, momentum=0.0))
+
+
+def test_runs_saved_before_new_settings_resume_and_sam_runs_give_momentum(digits, tmp_path):
+    import json
+
+    cfg = tr.TrainConfig(epochs=2, batch_size=256, optimizer="sam")
+    m, _ = small_run(digits, tmp_path, cfg)
+    side = tmp_path / "trainer.json"
+    saved = json.loads(side.read_text())
+    for key in ("rho", "adaptive", "eta", "swa_start", "swa_lr", "swa_anneal_epochs", "swa_anneal", "swag_rank"):
+        saved["config"].pop(key)  # as written before these settings existed (defaults then: what they mean)
+    saved["config"]["optimizer"] = "sgd"
+    side.write_text(json.dumps(saved))
+    small_run(digits, tmp_path, tr.TrainConfig(epochs=2, batch_size=256))  # the same run: resumes (finished)
+    with pytest.raises(UserError, match="different settings"):
+        small_run(digits, tmp_path, tr.TrainConfig(epochs=2, batch_size=256, rho=0.1))
+    saved["config"]["optimizer"] = "sam"
+    side.write_text(json.dumps(saved))
+    buffers, why = tr.momentum_of(tmp_path / "final.safetensors", m)  # SAM's base optimiser is SGD
+    assert buffers is not None and set(buffers) == {n for n, _ in m.named_parameters()}, why
+
+
+def test_optimiser_state_is_used_only_with_its_own_weights(digits, tmp_path):
+    """trainer.json names the weights its momentum belongs to: a checkpoint rewritten in place (e.g. a
+    permuted copy written over final.safetensors) keeps its epoch but not its hash, and the momentum is
+    refused for it instead of being restored in the wrong basis."""
+    from modescape.symmetry import apply, infer_spec, random_perms
+
+    torch.manual_seed(0)
+    m = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=8)
+    tr.train(m, digits, tr.TrainConfig(epochs=1, lr=0.05, batch_size=128), out=tmp_path / "run", progress=False)
+    final = tmp_path / "run" / "final.safetensors"
+    assert tr.momentum_of(final, m)[0] is not None
+    spec = infer_spec(m)
+    m.load_state_dict(apply(spec, m.state_dict(), random_perms(spec, seed=1)))
+    io.save_checkpoint(final, m, io.read_meta(final))  # same epoch in the sidecar, other weights
+    buffers, why = tr.momentum_of(final, m)
+    assert buffers is None and "belongs to other weights" in why

@@ -40,6 +40,25 @@ def check_positive(**values: int | None) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {v}")
 
 
+def parse_directions(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """``"random"`` -> ``("random", None)``; ``"hessian"`` -> ``("hessian", (0, 1))``; ``"hessian:2,5"`` ->
+    ``("hessian", (2, 5))`` (distinct indices >= 0, 0 the largest eigenvalue). Pure text: no torch needed."""
+    kind, _, rest = text.strip().partition(":")
+    if kind == "random" and not rest:
+        return "random", None
+    if kind == "hessian":
+        if not rest:
+            return "hessian", (0, 1)
+        try:
+            idx = tuple(int(s) for s in rest.split(","))
+        except ValueError:
+            idx = ()
+        if len(idx) == 2 and min(idx) >= 0 and idx[0] != idx[1]:
+            return "hessian", idx
+    raise UserError(f"unknown directions '{text}': use random, hessian (the top two eigenvectors) or hessian:I,J "
+                    f"(two distinct eigenvector indices, 0 = the largest eigenvalue, e.g. hessian:2,5)")
+
+
 def input_file(path: str | os.PathLike, what: str = "checkpoint", folder_hint: str | None = None) -> Path:
     """``path`` as a `Path` when it is an existing regular file; else one line saying what is wrong.
 
@@ -60,4 +79,4 @@ def input_file(path: str | os.PathLike, what: str = "checkpoint", folder_hint: s
     return p
 
 
-__all__ = ["BN_POLICIES", "IGNORES", "NORMALIZATIONS", "check_choice", "check_policy", "check_positive", "input_file"]
+__all__ = ["BN_POLICIES", "IGNORES", "NORMALIZATIONS", "parse_directions", "check_choice", "check_policy", "check_positive", "input_file"]

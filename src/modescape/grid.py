@@ -3,7 +3,7 @@
 A `Grid` holds coordinates per dimension, in order; its points are row-major (the last dimension varies
 fastest: for a plane ``x`` outer, ``y`` inner), and every result stores its coordinates explicitly.
 ``"A:B:N"`` means N points from A to B inclusive. Sizes are checked before any array exists, so a typo
-such as ``-1:1:1000000000`` is one line, not gigabytes of memory. This module needs only numpy, so the
+such as ``-1:1:1000000000`` is one line, not gigabytes of memory. It needs only numpy (imported on first use), so the
 command line checks ranges before it imports anything heavy.
 """
 
@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from .errors import UserError
+from .lazy import lazy
+
+np = lazy("numpy")  # imported on first use: the command line starts without loading numpy
 
 MAX_POINTS = 4_000_000  # a 2001 x 2001 grid; more is almost surely a typo (and a very long run)
 

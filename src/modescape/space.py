@@ -208,6 +208,21 @@ class WeightSpace:
         return {n: (t if self.roles[n] in keep else torch.zeros_like(t)) for n, t in point.items()}
 
 
+def module_at(model: nn.Module, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None) -> nn.Module:
+    """A copy of ``model`` holding ``point`` (and ``buffers`` where given): for saving a point as a checkpoint
+    or handing it to code that wants a module. ``model`` itself is not touched."""
+    import copy
+
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(point[k])
+        for k, b in net.named_buffers():
+            if buffers and k in buffers:
+                b.copy_(buffers[k])
+    return net
+
+
 def check_compatible(expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]], what: str) -> None:
     """Compare two name->shape maps; raise `UserError` naming the first differing key and shapes."""
     for name, shape in expected.items():

@@ -5,7 +5,7 @@ the package imports them all. `main` runs the app and turns a `UserError` into o
 exit status 2, without a traceback.
 
 Command modules import nothing heavy at module level (torch, numpy, the methods): they bind modules with
-`lazy.lazy` or import inside the command, after checking the arguments (`modescape.checks`,
+`modescape.lazy` or import inside the command, after checking the arguments (`modescape.checks`,
 `modescape.grid`), so ``modescape --help`` and a user error answer in a fraction of a second.
 """
 
@@ -23,7 +23,7 @@ from .app import app, debugging, err_console
 
 # the order of the help listing: the foundation first, then the methods in the order of the docs
 _ORDER = ["train", "landscape", "connect", "symmetry", "curvature"]
-_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"app", "common", "lazy"}
+_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"app", "common"}
 for _mod in [m for m in _ORDER if m in _found] + sorted(_found - set(_ORDER)):
     importlib.import_module(f"{__name__}.{_mod}")
 

@@ -4,7 +4,7 @@ Conventions every command follows: ``--out DIR`` for what it writes, ``--seed``,
 ``--json`` (machine-readable summary on stdout; progress goes to stderr), and a checkpoint's sidecar
 supplies the model and the data unless ``--model`` / ``--data`` / ``--data-root`` override them.
 
-This module is light at import (no torch): the command line must start at once (see `lazy`).
+This module is light at import (no torch): the command line must start at once (see `modescape.lazy`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 
 from ..errors import UserError
 from ..provenance import command_line  # noqa: F401  (re-exported for commands)
-from .lazy import lazy
+from ..lazy import lazy
 
 torch = lazy("torch")
 io = lazy("modescape.io")

@@ -22,7 +22,7 @@ from rich.table import Table
 from ..checks import check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
 from .app import app, common, console
-from .lazy import lazy
+from ..lazy import lazy
 
 distributed = lazy("modescape.distributed")
 io = lazy("modescape.io")
@@ -237,12 +237,13 @@ def fge_cmd(
     model, meta, split = common.load_checkpoint(checkpoint, None, "", data, data_root, data_args, dev)
     buffers, why = train.momentum_of(checkpoint, model) if restore_momentum else (None, "--zero-momentum")
     res = ensembles.fge(model, model, split, cycle=cycle, lr=(a1, a2), epochs=epochs, wd=wd, momentum=momentum,
-              batch_size=batch_size, seed=seed, bn=bn, device=dev, momentum_buffers=buffers)
+                        batch_size=batch_size, seed=seed, bn=bn, device=dev, momentum_buffers=buffers,
+                        start_epochs=ensembles.budget_epochs(meta))
     report = {**res.to_dict(), "momentum": why if buffers is not None else f"zero ({why})"}
     if out is not None and distributed.context().is_main:
         out = common.out_dir(out)
         for i, (snap, own) in enumerate(zip(res.snapshots, res.buffers), 1):  # each with its own statistics
-            net = _module_at(model, snap, own)
+            net = sp.module_at(model, snap, own)
             io.save_checkpoint(out / f"snapshot-{i:02d}.safetensors", net,
                                {**{k: meta[k] for k in ("model", "data") if k in meta},
                                 "fge": {"member": i, **res.members[i - 1]}})
@@ -261,17 +262,3 @@ def fge_cmd(
                       f"{m['accuracy']:.4f}", f"{m['nll']:.4f}")
     console.print(table)
     console.print(f"momentum: {report['momentum']}")
-
-
-def _module_at(model, point, buffers):
-    """A copy of ``model`` holding ``point`` and ``buffers`` (for saving a snapshot as a checkpoint)."""
-    import torch
-
-    net = copy.deepcopy(model)
-    with torch.no_grad():
-        for k, p in net.named_parameters():
-            p.copy_(point[k])
-        for k, b in net.named_buffers():
-            if k in buffers:
-                b.copy_(buffers[k])
-    return net

@@ -1,7 +1,9 @@
 """`modescape hessian | sharpness | correlate`: curvature and sharpness of minima from the command line.
 
 * ``hessian CHECKPOINT``: top-k eigenvalues (Lanczos or power), optionally the trace (Hutchinson /
-  Hutch++) and the spectral density (SLQ, plotted), per parameter filter or per layer / block.
+  Hutch++) and the spectral density (SLQ, plotted), per parameter filter or per layer / block; of the
+  Hessian, the generalised Gauss-Newton matrix or the empirical Fisher (``--curvature``). Under
+  ``torchrun`` every rank takes its shard of the data and the products are all-reduced (docs/curvature.md).
 * ``sharpness CHECKPOINT...``: the measures of `modescape.sharpness` (all, or ``--measures a,b``).
 * ``correlate RUN_DIR...``: every measure and the generalisation gap over trained runs, Kendall's tau,
   a table and a plot.
@@ -21,9 +23,10 @@ from rich.table import Table
 from ..checks import check_choice, check_policy, input_file
 from ..errors import UserError
 from .app import app, common, console
-from .lazy import lazy
+from ..lazy import lazy
 
 cv = lazy("modescape.curvature")
+ddp = lazy("modescape.distributed")
 io = lazy("modescape.io")
 sh = lazy("modescape.sharpness")
 plots = lazy("modescape.plots")
@@ -32,7 +35,7 @@ _BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode
 
 
 def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], batch_size: int, device, model,
-           model_args, data, data_root, data_args) -> tuple:
+           model_args, data, data_root, data_args, shard: bool = False) -> tuple:
     from ..evaluate import Evaluator
 
     check_policy(bn, "--bn")
@@ -45,6 +48,8 @@ def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], b
         if n_train < 1:
             raise UserError("--n-train must be at least 1")
         x, y = x[:n_train], y[:n_train]
+    if shard:  # under torchrun: this rank's samples (rank, rank + world, ...); one process: all of them
+        x, y = cv.shard((x, y))
     ev = Evaluator(net, {split_name: (x, y)}, metrics=("loss", "accuracy"), bn=bn, device=dev,
                    batch_size=batch_size, progress=False)
     return ev, meta
@@ -70,6 +75,8 @@ def hessian_cmd(
     params: str = typer.Option("all", "--params", help="all, weights, biases, norms, or a layer-name prefix (comma list)."),
     per: Optional[str] = typer.Option(None, "--per", help="Per layer or per block: layer, block or a depth 1, 2, ..."),
     hvp: str = typer.Option("auto", "--hvp", help="HVP method: auto, double-backward or forward-over-reverse."),
+    curvature: str = typer.Option("hessian", "--curvature", help="The matrix: hessian, ggn (generalised Gauss-Newton) "
+                                                                 "or fisher (empirical Fisher)."),
     start: str = typer.Option("gradient", "--start",
                               help="First Lanczos/power vector: gradient (seeded noise plus the gradient) or random."),
     bn: str = _BN,
@@ -86,7 +93,10 @@ def hessian_cmd(
     device: Optional[str] = common.DEVICE,
     as_json: bool = common.JSON,
 ) -> None:
-    """Hessian eigenvalues, trace and spectral density of the loss at a checkpoint."""
+    """Hessian (or GGN, empirical Fisher) eigenvalues, trace and spectral density of the loss at a checkpoint."""
+    check_choice(curvature, ("hessian", "ggn", "fisher"), "--curvature")
+    if hvp != "auto" and curvature != "hessian":
+        raise UserError(f"--hvp {hvp} applies to --curvature hessian only (GGN and Fisher products are jvp + vjp)")
     if which not in cv.WHICH:
         raise UserError(f"unknown --which '{which}': use largest, smallest or magnitude")
     if hvp not in cv.HVP_METHODS:
@@ -102,9 +112,11 @@ def hessian_cmd(
         if value is not None and value < least:
             raise UserError(f"{name} must be at least {least}; got {value}")
     common.seed_everything(seed)
-    ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
-                      data_args)
-    outdir = common.out_dir(out) if out is not None else None
+    dev = ddp.rank_device(common.resolve_device(device))
+    ctx = ddp.init(dev)  # several ranks under torchrun: each its shard of the data, products all-reduced
+    ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, str(dev), model, model_args, data, data_root,
+                      data_args, shard=True)
+    outdir = common.out_dir(out) if out is not None and ctx.is_main else None
     chosen = cv.select_params(ev.space, params)
     groups = {params: chosen}
     if per:  # each layer / block, restricted to what --params selects
@@ -114,14 +126,17 @@ def hessian_cmd(
     for g, size in sizes.items():
         if top_k > size:
             raise UserError(f"--top-k {top_k} is more than the {size} parameters of '{g}': ask for at most {size}")
-    result = {"checkpoint": str(checkpoint), "bn": bn, "split": split_name, "n": ev.sources[split_name].n,
-              "which": which, "tol": tol, "method": method, "groups": {}, "command": common.command_line()}
+    result = {"checkpoint": str(checkpoint), "curvature": curvature, "bn": bn, "split": split_name,
+              "n": ev.sources[split_name].n, "ranks": ctx.world, "which": which, "tol": tol, "method": method,
+              "groups": {}, "command": common.command_line()}
+    kind = "Hessian"
     for g, names in groups.items():
-        H = cv.Hessian(ev, params=list(names), method=hvp, source=split_name)
+        H = cv.curvature_operator(curvature, ev, params=list(names), method=hvp, source=split_name)
+        kind, result["n"] = H.kind, H.n_total
         r = cv.eigenvalues(H, k=top_k, which=which, tol=tol, method=method, max_iter=max_iter,
                            seed=seed, start=start)
-        entry = {"size": H.size, "hvp_method": H.method, "retained_graph": H.retained, "start": start,
-                 "eigenvalues": r.to_dict()}
+        entry = {"size": H.size, "hvp_method": getattr(H, "method", "jvp+vjp"), "retained_graph": H.retained,
+                 "start": start, "eigenvalues": r.to_dict()}
         if do_trace:
             entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed, max_samples=max_samples).to_dict()
         if do_density:
@@ -131,17 +146,20 @@ def hessian_cmd(
                 safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
                 png = outdir / (f"density-{safe}.png" if per else "density.png")
                 plots.plot_density(d, png, label=checkpoint,
-                                   title=f"Hessian density: {plots.base.run_names([checkpoint])[0]} ({g})")
+                                   title=f"{kind} density: {plots.base.run_names([checkpoint])[0]} ({g})")
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
         H.release()
         result["groups"][g] = entry
+    if not ctx.is_main:  # every rank computed the same numbers; rank 0 reports them
+        return
     if outdir is not None:
         io.write_json(outdir / "hessian.json", result)
     if as_json:
         common.print_json(result)
         return
-    table = Table(title=f"Hessian at {checkpoint.name} ({which}, bn={bn}, {split_name} n={result['n']})")
+    ranks = f", {ctx.world} ranks" if ctx.world > 1 else ""
+    table = Table(title=f"{kind} at {checkpoint.name} ({which}, bn={bn}, {split_name} n={result['n']}{ranks})")
     for col in ("parameters", "size", "eigenvalues", "HVPs", "trace", "stderr", "trace HVPs"):
         table.add_column(col, justify="left" if col in ("parameters", "eigenvalues") else "right")
     notes = []

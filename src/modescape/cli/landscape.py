@@ -14,11 +14,12 @@ from typing import Optional, Tuple
 
 import typer
 
-from ..checks import IGNORES, NORMALIZATIONS, check_choice, check_policy, check_positive, input_file
+from ..checks import (IGNORES, NORMALIZATIONS, check_choice, check_policy, check_positive, input_file,
+                      parse_directions)
 from ..errors import UserError
 from ..grid import MAX_POINTS, Grid, auto_range, parse_range
 from .app import app, common, console
-from .lazy import lazy
+from ..lazy import lazy
 
 np = lazy("numpy")
 torch = lazy("torch")
@@ -164,6 +165,17 @@ def surface_cmd(
     norm: str = typer.Option("filter", "--norm", help="Direction normalisation: filter, layer, model or none."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn: zero directions on biases and norm layers; none."),
     orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),
+    directions: str = typer.Option("random", "--directions",
+                                   help="random (seeded, normalised by --norm), hessian (the Hessian's top two "
+                                        "eigenvectors at the checkpoint, unit length, used exactly) or hessian:I,J "
+                                        "(eigenvectors I and J, 0 = the largest eigenvalue)."),
+    topology: bool = typer.Option(False, "--topology", help="Also the persistence, merge tree and basins of the "
+                                                            "train loss (modescape topology) in the same run."),
+    topology_threshold: Optional[str] = typer.Option(None, "--topology-threshold",
+                                                     help="With --topology: basins deeper than this (loss units, or "
+                                                          "P% of the loss range; default 1%)."),
+    neighbourhood: str = typer.Option("axis", "--neighbourhood", help="With --topology: axis (4 neighbours) or "
+                                                                      "full (8 neighbours)."),
     through: Optional[Tuple[Path, Path]] = typer.Option(
         None, "--through", help="Two more checkpoints B C: the plane through A, B, C."),
     steps: int = typer.Option(41, "--steps", help="Points per axis for --through when --x/--y are not given."),
@@ -185,6 +197,14 @@ def surface_cmd(
         raise UserError("surface needs --out DIR: the folder for result.zarr, the figures and landscape.html")
     check_choice(norm, NORMALIZATIONS, "--norm")
     check_choice(ignore, IGNORES, "--ignore")
+    kind, eig_indices = parse_directions(directions)
+    if kind == "hessian" and through:
+        raise UserError("--directions hessian spans a plane around one model; --through spans the plane through "
+                        "three: give one of them")
+    if topology:
+        from .topology import check_neighbourhood
+
+        neighbourhood = check_neighbourhood(neighbourhood)
     check_positive(batch_size=batch_size, steps=steps)
     if convexity_points < 0 or convexity_points == 1:
         raise UserError(f"--convexity must be 0 (none) or at least 2 points per axis; got {convexity_points}")
@@ -207,6 +227,16 @@ def surface_cmd(
                      "y": ys if ys is not None else auto_range(mc[:, 1], steps)})
         extra.update(checkpoints=[str(checkpoint), *map(str, through)],
                      models={"labels": ["A", "B", "C"], "coords": mc.tolist()})
+    elif kind == "hessian":  # unit eigenvectors at the point, used exactly (not renormalised per tensor)
+        from ..directions import hessian_directions
+        from ..evaluate import Evaluator
+
+        hev = Evaluator(net, {"train": split.train}, bn=bn, device=dev, batch_size=batch_size, progress=False)
+        hd = hessian_directions(hev, point=p0, indices=eig_indices, seed=seed)
+        family = families.Plane(p0, *hd.directions)
+        grid = Grid({"x": xs if xs is not None else parse_range("-1:1:51"),
+                     "y": ys if ys is not None else parse_range("-1:1:51")})
+        extra.update(directions=hd.to_dict(), axis_labels=hd.labels(), models={"labels": ["model"], "coords": [[0.0, 0.0]]})
     else:
         from ..directions import random_directions
 
@@ -235,6 +265,11 @@ def surface_cmd(
         if ctx.is_main:
             plots.plot_result(cds, out / "convexity", plotlyjs=out)
         summary["max_convexity_ratio"] = float(cds["convexity_ratio"].max())
+    if topology and ctx.is_main:
+        from .topology import write_topology
+
+        summary["topology"] = write_topology(ds, out, "train_loss", topology_threshold, neighbourhood,
+                                             source=str(out / "result.zarr"))
     _finish(ds, out, ctx, vtk, as_json, summary)
 
 

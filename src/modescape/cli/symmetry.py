@@ -15,7 +15,7 @@ import typer
 from ..checks import check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
 from .app import app, common, console
-from .lazy import lazy
+from ..lazy import lazy
 
 torch = lazy("torch")
 io = lazy("modescape.io")

@@ -99,6 +99,9 @@ def _decorate(ax, ds: xr.Dataset) -> None:
 
 
 def _axis_labels(ds: xr.Dataset) -> tuple[str, str]:
+    named = ds.attrs.get("axis_labels")  # e.g. Hessian eigenvectors with their eigenvalues
+    if named and len(named) == 2:
+        return str(named[0]), str(named[1])
     pca = ds.attrs.get("explained_variance")
     if pca:
         return f"PC1 ({100 * pca[0]:.1f}% var.)", f"PC2 ({100 * pca[1]:.1f}% var.)"
