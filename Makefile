@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	# curvlinops (the curvature tests' cross-check) without its backpack -> torchvision chain: PyPI's
+	# torchvision does not load beside the CPU torch
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt curvlinops-for-pytorch==3.0.1 einops einconv opt-einsum linear_operator
 	touch $(STAMP)
 
 test: $(STAMP)

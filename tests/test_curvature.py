@@ -401,3 +401,134 @@ def test_unused_parameters_get_zero_curvature(method, retain):
     assert int(used.sum()) == ref.shape[0] < H.size
     assert rel(dense[used][:, used], ref) < 1e-10
     assert float(dense[~used].abs().max()) == 0.0 and float(dense[:, ~used].abs().max()) == 0.0
+
+
+# -- GGN and empirical Fisher -----------------------------------------------------------------------
+
+def dense_ggn_and_fisher(model: nn.Module, data):
+    """G = (1/N) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i and F = (1/N) sum_i g_i g_i^T, from full Jacobians."""
+    X, y = data
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    names = list(params)
+    flat0 = torch.cat([params[n].reshape(-1) for n in names])
+    sizes, shapes = [params[n].numel() for n in names], [params[n].shape for n in names]
+
+    def outputs(flat):
+        ps = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+        return functional_call(model.eval(), (ps, dict(model.named_buffers())), (X,))
+
+    J = torch.autograd.functional.jacobian(outputs, flat0)  # [N, C, P]
+    p = outputs(flat0).softmax(-1)
+    hl = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    ggn = torch.einsum("ncp,ncd,ndq->pq", J, hl, J) / X.shape[0]
+    g = torch.autograd.functional.jacobian(lambda f: F.cross_entropy(outputs(f), y, reduction="none"), flat0)
+    return ggn, g.T @ g / X.shape[0]
+
+
+@pytest.fixture(scope="module")
+def ggn_case():
+    m, data = tiny_mlp("bn"), tiny_data()
+    return (m, data, *dense_ggn_and_fisher(m, data))
+
+
+@pytest.mark.parametrize("kind", ["ggn", "fisher"])
+def test_ggn_and_fisher_products_match_dense_jacobians_with_unequal_batches(ggn_case, kind):
+    m, data, ggn, fisher = ggn_case
+    want = ggn if kind == "ggn" else fisher
+    op = cv.curvature_operator(kind, m, data, batch_size=17)  # 17, 17, 16: the batch weights matter
+    assert rel(op.dense(), want) < 1e-10
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert rel(op.matvec(v), want @ v) < 1e-10 and op.n_hvp == op.size + 1
+    assert torch.linalg.eigvalsh(want).min() > -1e-10  # both positive semi-definite
+
+
+def test_ggn_equals_the_hessian_of_a_linear_model():
+    """Without a nonlinearity between parameters and outputs the Hessian is the GGN."""
+    torch.manual_seed(0)
+    model, data = nn.Linear(D_IN, C).double(), tiny_data()
+    torch.testing.assert_close(cv.GGN(model, data).dense(), cv.Hessian(model, data).dense())
+
+
+@pytest.mark.parametrize("kind", ["ggn", "fisher"])
+def test_lanczos_hutchpp_and_slq_accept_every_operator(ggn_case, kind):
+    m, data, ggn, fisher = ggn_case
+    want = ggn if kind == "ggn" else fisher
+    top = torch.linalg.eigvalsh(want).flip(0)[:3]
+    res = cv.eigenvalues(m, data, k=3, curvature=kind, tol=1e-8)
+    torch.testing.assert_close(res.values, top, rtol=1e-6, atol=1e-9)
+    assert isinstance(res.operator, cv.GGN if kind == "ggn" else cv.EmpiricalFisher) and len(res.points()) == 3
+    tr = cv.trace(m, data, curvature=kind, method="hutch++", sketch=want.shape[0])
+    assert tr.estimate == pytest.approx(float(torch.trace(want)), rel=1e-9)
+    dens = cv.density(m, data, curvature=kind, n_probes=2, steps=want.shape[0], seed=1)
+    assert dens.moment(1) == pytest.approx(float(torch.trace(want)) / want.shape[0], rel=0.5)  # a 2-probe estimate
+    op = cv.curvature_operator(kind, m, data)
+    assert cv.eigenvalues(op, k=1).values[0] == pytest.approx(float(top[0]), rel=1e-6)
+    with pytest.raises(UserError, match="Hessian only"):
+        cv.curvature_operator(kind, m, data, method="double-backward")
+    with pytest.raises(UserError, match="unknown curvature"):
+        cv.curvature_operator("kfac", m, data)
+
+
+def test_products_match_curvlinops():
+    """Our Hessian, GGN and empirical Fisher against curvlinops' operators (CrossEntropyLoss, mean)."""
+    import curvlinops  # installed by `make test` (see the Makefile: without its backpack dependency)
+    m, (X, y) = tiny_mlp("none"), tiny_data()
+    batches = [(X[i:i + 17], y[i:i + 17]) for i in range(0, N, 17)]
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    v = torch.randn(sum(p.numel() for p in m.parameters()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(5))
+    for kind, cls in (("hessian", curvlinops.HessianLinearOperator), ("ggn", curvlinops.GGNLinearOperator),
+                      ("fisher", curvlinops.EFLinearOperator)):
+        theirs = cls(m, loss, list(m.parameters()), batches) @ v
+        ours = cv.curvature_operator(kind, m, (X, y), batch_size=17).matvec(v)
+        assert rel(ours, theirs) < 1e-10, kind
+
+
+DDP_CURVATURE = """
+import json, sys
+sys.path.insert(0, {src!r})
+import torch
+torch.set_num_threads(1)
+from modescape import curvature as cv, distributed
+from modescape.zoo import build_model, load_dataset
+distributed.init()
+split = load_dataset("blobs", n=150, dim=4, centers=3)
+torch.manual_seed(0)
+model = build_model("mlp", split.input_shape, 3, depth=1, width=6).double()
+data = cv.shard(split.train)  # this rank's samples
+out = {{}}
+for kind in ("hessian", "ggn", "fisher"):
+    e = cv.eigenvalues(model, data, k=3, curvature=kind, tol=1e-9)
+    t = cv.trace(model, data, curvature=kind, method="hutchinson", min_samples=8, max_samples=8)
+    out[kind] = {{"eig": e.values.tolist(), "trace": t.estimate, "n": len(data[1])}}
+if distributed.rank_world()[0] == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+distributed.finish()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("torchrun")  # one torchrun job at a time: each starts 3 processes on 2 cores
+def test_data_parallel_products_under_torchrun_match_one_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "curv.py"
+    script.write_text(DDP_CURVATURE.format(src=str(Path(__file__).resolve().parents[1] / "src")))
+    env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert two.returncode == 0, two.stderr[-2000:]
+    r1, r2 = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    for kind in ("hessian", "ggn", "fisher"):
+        assert r2[kind]["n"] < r1[kind]["n"]  # rank 0 held only its shard ...
+        torch.testing.assert_close(torch.tensor(r2[kind]["eig"]), torch.tensor(r1[kind]["eig"]), rtol=1e-9, atol=0)
+        assert r2[kind]["trace"] == pytest.approx(r1[kind]["trace"], rel=1e-9)  # ... and the same numbers

@@ -481,8 +481,11 @@ def test_every_rule_in_the_tables_is_exercised(monkeypatch):
     for name in defaults:
         monkeypatch.setattr(infer, name, recording(getattr(infer, name)))
     for name, shape, args in (("mlp", DIG, dict(depth=2, width=8, norm="bn")), ("cnn", IMG, dict(width=4)),
-                              ("resnet", IMG, dict(depth=8)), ("vgg", IMG, dict(depth=11, width=1))):
+                              ("resnet", IMG, dict(depth=8)), ("vgg", IMG, dict(depth=11, width=1)),
+                              ("transformer", (3,), dict(width=8, heads=2))):
         infer.infer_spec(build_model(name, shape, 10, **args))
+    for extra in (Concat(), GroupedConv(), MHA()):  # the rules of concatenation, transposes, attention modules
+        infer.infer_spec(extra, example=extra.example())
     model = Assorted().eval()
     spec = infer.infer_spec(model, input_shape=DIG)
     assert used == every | set(defaults)
@@ -504,11 +507,195 @@ class Unknowns(nn.Module):
         h = self.conv(x)
         if self.how == "module":
             return self.soft(h)  # softmax over the channels: not channel-wise
-        return torch.cat([h, h], dim=1)  # concatenation along the channels
+        return torch.cumsum(h, dim=1)  # a running sum over the channels
 
 
 @pytest.mark.parametrize("how, node, what", [("module", "soft", "module type Softmax is not known"),
-                                             ("function", "cat", "an operation not known to act channel-wise")])
+                                             ("function", "cumsum", "an operation not known to act channel-wise")])
 def test_unknown_ops_on_permuted_channels_raise_naming_the_node(how, node, what):
     with pytest.raises(UserError, match=f"fx node '{node}'.*{what}.*elementwise="):
         infer_spec(Unknowns(how), input_shape=DIG)
+
+
+# -- concatenation, grouped convolutions, GroupNorm groups, attention ----------------------------------
+
+class Concat(nn.Module):
+    """DenseNet-style: a layer reads the concatenation of two feature maps along the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1), nn.Conv2d(7, 5, 1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h1 = torch.relu(self.c1(x))
+        h = torch.cat([h1, torch.relu(self.c2(h1))], dim=1)  # channels 0-3 from c1, 4-6 from c2
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+    def example(self):
+        return torch.randn(3, *DIG)
+
+
+class GroupedConv(nn.Module):
+    """GroupNorm with 2 groups of 4, then a convolution with 2 groups, then a 1x1 conv as a Linear on the
+    transposed [B, H*W, C] sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.gn = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.c1 = nn.Conv2d(8, 6, 3, padding=1, groups=2)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(torch.relu(self.gn(self.c0(x)))))
+        seq = h.flatten(2).transpose(1, 2)  # [B, H*W, C]: channels last
+        return self.fc(seq).mean(1)
+
+    def example(self):
+        return torch.randn(3, *DIG)
+
+
+class MHA(nn.Module):
+    """nn.MultiheadAttention in a residual block, channels last ([B, T, C] with batch_first)."""
+
+    def __init__(self, batch_first=True, kdim=None):
+        super().__init__()
+        self.batch_first = batch_first
+        self.emb = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim, bias=True,
+                                          add_bias_kv=kdim is None)
+        self.kv = nn.Linear(4, kdim) if kdim else None
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        kv = self.kv(x) if self.kv is not None else h
+        if not self.batch_first:
+            h, kv = h.transpose(0, 1), kv.transpose(0, 1)
+        a, _ = self.attn(h, kv, kv, need_weights=False)
+        h = h + a
+        if not self.batch_first:
+            h = h.transpose(0, 1)
+        return self.fc(h).mean(1)
+
+    def example(self):
+        return torch.randn(3, 5, 4)
+
+
+def G(name, axis, block=1, groups=1, offset=0):
+    return Axis(name, axis, block, groups, offset)
+
+
+def _same_function(model, spec, x, seed=3):
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(apply(spec, model.state_dict(), random_perms(spec, seed)))
+    with torch.no_grad():
+        return float((model.eval()(x) - twin.eval()(x)).abs().max())
+
+
+def test_concatenation_along_channels_keeps_each_part_on_its_segment():
+    model = Concat()
+    spec = infer_spec(model, example=model.example())
+    assert spec.canonical() == canon(
+        perm(4, A("c1.weight"), A("c1.bias"), A("c2.weight", 1), G("c3.weight", 1, 1, 1, 0)),
+        perm(3, A("c2.weight"), A("c2.bias"), G("c3.weight", 1, 1, 1, 4)),
+        perm(5, A("c3.weight"), A("c3.bias"), A("fc.weight", 1)))
+    assert _same_function(model, spec, model.example()) <= 1e-5
+    other = copy.deepcopy(model)  # the check can fail: permuting one part's columns alone breaks the function
+    other.c3.weight.data = other.c3.weight.data[:, [1, 0, 2, 3, 4, 5, 6]]
+    with torch.no_grad():
+        assert float((other(model.example()) - model(model.example())).abs().max()) > 1e-4
+
+
+def test_grouped_convolution_and_groupnorm_permute_groups_and_channels_within():
+    model = GroupedConv()
+    with torch.no_grad():
+        model.gn.weight.uniform_(0.5, 1.5)
+        model.gn.bias.normal_()
+    spec = infer_spec(model, example=model.example())
+    inside0 = [G(n, 0, 1, 2) for n in ("c0.weight", "c0.bias", "gn.weight", "gn.bias")]
+    groups = [G(n, 0, 4) for n in ("c0.weight", "c0.bias", "gn.weight", "gn.bias")]
+    assert spec.canonical() == canon(
+        perm(2, *groups, G("c1.weight", 0, 3), G("c1.bias", 0, 3), G("fc.weight", 1, 3)),  # groups as wholes
+        perm(4, *inside0, A("c1.weight", 1)),  # c0's channels inside each group (and c1's inputs of a group)
+        perm(3, G("c1.weight", 0, 1, 2), G("c1.bias", 0, 1, 2), G("fc.weight", 1, 1, 2)))  # c1's within groups
+    assert set(spec.sizes) == {"c0:groups", "c0:within", "c1:within"}
+    assert _same_function(model, spec, model.example()) <= 1e-5
+    assert PermutationSpec.from_dict(spec.to_dict()).canonical() == spec.canonical()
+
+
+@pytest.mark.parametrize("batch_first, kdim", [(True, None), (False, None), (True, 6)])
+def test_multihead_attention_heads_and_within_head_permutations(batch_first, kdim):
+    torch.manual_seed(0)
+    model = MHA(batch_first, kdim)
+    spec = infer_spec(model, example=model.example())
+    assert spec.sizes["attn:heads"] == 2 and spec.sizes["attn:qk"] == 4 and spec.sizes["attn:vo"] == 4
+    if kdim is None:
+        assert spec.canonical() == canon(
+            perm(8, A("emb.weight"), A("emb.bias"), A("attn.in_proj_weight", 1), A("attn.out_proj.weight"),
+                 A("attn.out_proj.bias"), A("fc.weight", 1)),
+            perm(2, *[G(f"attn.in_proj_{t}", 0, 4, 1, o) for t in ("weight", "bias") for o in (0, 8, 16)],
+                 G("attn.bias_k", 2, 4), G("attn.bias_v", 2, 4), G("attn.out_proj.weight", 1, 4)),
+            perm(4, *[G(f"attn.in_proj_{t}", 0, 1, 2, o) for t in ("weight", "bias") for o in (0, 8)],
+                 G("attn.bias_k", 2, 1, 2)),
+            perm(4, G("attn.in_proj_weight", 0, 1, 2, 16), G("attn.in_proj_bias", 0, 1, 2, 16),
+                 G("attn.bias_v", 2, 1, 2), G("attn.out_proj.weight", 1, 1, 2)))
+    else:  # separate key/value inputs: their own permutation on k_proj/v_proj's columns
+        assert A("kv.weight") in spec.axes[spec.layer_perm("kv")]
+        assert G("attn.k_proj_weight", 1) in spec.axes[spec.layer_perm("kv")]
+    assert _same_function(model, spec, model.example()) <= 1e-5
+
+
+def test_zoo_transformer_spec_is_the_residual_stream_mlp_and_heads():
+    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=1, tied=True)
+    spec = infer_spec(model)
+    b = "blocks.0."
+    ln = [A(f"{b}{n}.{s}") for n in ("ln1", "ln2") for s in ("weight", "bias")] + [A("ln_f.weight"), A("ln_f.bias")]
+    heads = [G(f"{b}attn.{p}.{s}", 0, 4) for p in "qkv" for s in ("weight", "bias")] + [G(f"{b}attn.o.weight", 1, 4)]
+    assert spec.canonical() == canon(
+        perm(8, A("tok.weight", 1), A("pos.weight", 1), A("head.weight", 1), *ln,
+             *[A(f"{b}attn.{p}.weight", 1) for p in "qkv"], A(f"{b}attn.o.weight"), A(f"{b}attn.o.bias"),
+             A(f"{b}mlp.fc.weight", 1), A(f"{b}mlp.proj.weight"), A(f"{b}mlp.proj.bias")),  # the residual stream
+        perm(32, A(f"{b}mlp.fc.weight"), A(f"{b}mlp.fc.bias"), A(f"{b}mlp.proj.weight", 1)),  # MLP hidden units
+        perm(2, *heads),  # heads as wholes
+        perm(4, *[G(f"{b}attn.{p}.{s}", 0, 1, 2) for p in "qk" for s in ("weight", "bias")]),  # inside each head
+        perm(4, G(f"{b}attn.v.weight", 0, 1, 2), G(f"{b}attn.v.bias", 0, 1, 2), G(f"{b}attn.o.weight", 1, 1, 2)))
+    assert spec.node_axes and set(spec.node_axes.values()) == {2}  # [B, T, C] values: channels last
+    x = torch.randint(0, 10, (4, 3))
+    assert _same_function(model, spec, x) <= 1e-5
+
+
+def test_activation_matching_on_a_sequence_model_uses_the_last_axis():
+    torch.manual_seed(0)
+    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=1)
+    spec = infer_spec(model)
+    a = state_of(model)
+    perms = random_perms(spec, 4)
+    b = apply(spec, a, perms)
+    x = torch.randint(0, 10, (64, 3))
+    found = activation_matching(model, a, b, (x, torch.zeros(64, dtype=torch.long)))
+    inv = invert(perms)
+    assert torch.equal(found["tok"], inv["tok"]) and torch.equal(found["blocks.0.mlp.fc"], inv["blocks.0.mlp.fc"])
+
+
+def test_shared_axes_are_checked_by_segment():
+    spec = PermutationSpec({"p": 2, "q": 2}, {"p": [G("w", 0, 1, 1, 0)], "q": [G("w", 0, 1, 1, 2)]})
+    w = torch.arange(4.0)
+    out = apply(spec, {"w": w}, {"p": torch.tensor([1, 0]), "q": torch.tensor([1, 0])})
+    assert out["w"].tolist() == [1.0, 0.0, 3.0, 2.0]
+    with pytest.raises(UserError, match="from entry 2"):
+        apply(spec, {"w": torch.arange(3.0)}, {})
+    with pytest.raises(UserError, match="claimed by two permutations"):
+        PermutationSpec({"p": 2, "q": 2}, {"p": [G("w", 0)], "q": [G("w", 0)]})
+
+
+def test_weight_matching_restarts_keep_the_largest_objective():
+    torch.manual_seed(0)
+    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=2)
+    spec = infer_spec(model)
+    a = state_of(model)
+    torch.manual_seed(1)
+    b = state_of(build_model("transformer", (3,), 10, width=8, heads=2, layers=2))
+    singles = [weight_matching(spec, a, b, seed=s, restarts=1, return_info=True)[1]["objective"] for s in range(4)]
+    perms, info = weight_matching(spec, a, b, seed=0, return_info=True)  # 4 restarts: the spec has heads
+    assert info["objective"] == pytest.approx(max(singles), abs=1e-12) and info["restart"] in range(4)

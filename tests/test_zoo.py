@@ -108,7 +108,7 @@ SMALL_ARGS = {
 
 
 def test_dataset_names() -> None:
-    expected = {"digits", "mnist", "cifar10", "spirals", "blobs", "random-cifar"}
+    expected = {"digits", "mnist", "cifar10", "spirals", "blobs", "random-cifar", "modular-add", "char-lm"}
     assert set(dataset_names()) == expected
 
 
@@ -413,7 +413,7 @@ def _id(value) -> str:
 
 
 def test_model_names() -> None:
-    assert model_names() == ["cnn", "mlp", "resnet", "vgg"]
+    assert model_names() == ["cnn", "mlp", "resnet", "transformer", "vgg"]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
@@ -558,7 +558,7 @@ def test_string_args_coerced_for_models() -> None:
 @pytest.mark.parametrize(
     "name, args, match",
     [
-        ("transformer", {}, "cnn, mlp, resnet, vgg"),
+        ("llama", {}, "cnn, mlp, resnet, transformer, vgg"),
         ("mlp", {"heads": 2}, "depth, width, norm, activation"),
         ("mlp", {"norm": "batch"}, "'none', 'bn', 'ln'"),
         ("mlp", {"width": "wide"}, "integer"),

@@ -14,7 +14,7 @@ Three kinds, all returned as points (``dict[str, Tensor]`` with the model's para
     one head (its ``head_dim`` rows of a query / key / value projection, its ``head_dim`` columns of the
     output projection, along the axis the spec's ``:heads`` permutation names) become
     ``d_h * ||w_h|| / (||d_h|| + 1e-10)``; every other tensor as ``"filter"``. ``heads`` maps tensor
-    names to (axis, entries per head): `modescape.symmetry.head_blocks` of the model's permutation
+    names to (axis, entries per head): `modescape.symmetry.spec.head_blocks` of the model's permutation
     spec, found from the model when one is given (docs/transformers.md).
 
   In a transformer, a "filter" (a slice along dim 0) is a row: of q / k / v, the weights making one
@@ -95,7 +95,7 @@ def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, T
     _check(normalization, ignore)
     if normalization == "head" and heads is None:
         raise UserError("normalization 'head' needs heads={tensor: (axis, entries per head)}: pass the model, or "
-                        "modescape.symmetry.head_blocks(spec)")
+                        "modescape.symmetry.spec.head_blocks(spec)")
     out: sp.Point = {}
     for name, d in direction.items():
         w = weights[name]
@@ -149,7 +149,7 @@ def _heads(model_or_point, normalization: str, heads):
     if normalization != "head" or heads is not None:
         return heads
     if not isinstance(model_or_point, nn.Module):
-        raise UserError("normalization 'head' of a point needs heads=modescape.symmetry.head_blocks(spec) "
+        raise UserError("normalization 'head' of a point needs heads=modescape.symmetry.spec.head_blocks(spec) "
                         "(or pass the model)")
     from .symmetry.infer import infer_spec
     from .symmetry.spec import head_blocks

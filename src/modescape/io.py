@@ -231,13 +231,20 @@ def parse_args(text: str | None) -> dict[str, str]:
 
 
 def build_from_spec(model_spec: Mapping[str, Any], input_shape=None, num_classes=None) -> nn.Module:
-    """Rebuild a model from a sidecar's ``model`` entry (zoo name or import spec, with arguments)."""
+    """Rebuild a model from a sidecar's ``model`` entry (zoo name, ``hf:FAMILY`` or import spec, with
+    arguments). ``hf:gpt2`` / ``hf:bert`` build a Hugging Face model from its config (`modescape.hf`)."""
     from .zoo import build_model
 
     name = model_spec.get("name")
     args = dict(model_spec.get("args", {}))
     shape = model_spec.get("input_shape", input_shape)
     classes = model_spec.get("num_classes", num_classes)
+    if name and name.startswith("hf:"):
+        if shape is None or classes is None:
+            raise UserError(f"model '{name}' needs the input shape and number of classes: pass --data")
+        from .hf import build_from_name
+
+        return build_from_name(name, tuple(shape), int(classes), args)
     if name and ":" in name:
         factory = resolve_spec(name)
         model = call_factory(factory, args, f"model factory '{name}'")

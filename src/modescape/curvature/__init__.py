@@ -1,5 +1,10 @@
 """Curvature of the loss at a point: Hessian-vector products, eigenvalues, traces, spectral densities.
 
+Beside the Hessian, two positive semi-definite approximations share its interface and every routine
+below: the generalised Gauss-Newton `GGN` and the `EmpiricalFisher` (``curvature="ggn" | "fisher"`` in
+`eigenvalues`, `trace`, `density`, ...; `curvature_operator` builds one by name). Under ``torchrun``
+each rank builds the operator on its shard of the data (`shard`) and products are all-reduced.
+
 Everything here is matrix-free and built on one operator, `Hessian`: the Hessian of the mean loss over a
 whole dataset, restricted to a chosen set of parameters, at an explicit point, evaluated through the
 `Evaluator` (which owns the data, the batching and the batch-norm policy):
@@ -49,11 +54,13 @@ On top of the operator (each also works on any symmetric ``matvec``, e.g. a dens
 
 from .krylov import (WHICH, LanczosResult, Matvec, TraceResult, lanczos, power_iteration, rademacher, random_unit,
                      ritz, trace_of)
-from .operators import HVP_METHODS, ROLE_WORDS, Hessian, as_evaluator, hvp, param_groups, select_params
+from .operators import (CURVATURES, HVP_METHODS, OPERATORS, ROLE_WORDS, CurvatureOperator, EmpiricalFisher, GGN,
+                        Hessian, as_evaluator, curvature_operator, hvp, param_groups, select_params, shard)
 from .spectrum import (Density, EigenResult, blockwise, density, eigenvalues, extreme_eigenvalues,
                        smooth_density, start_vector, trace)
 
-__all__ = ["Hessian", "hvp", "eigenvalues", "extreme_eigenvalues", "trace", "density", "blockwise",
+__all__ = ["CURVATURES", "CurvatureOperator", "EmpiricalFisher", "GGN", "OPERATORS", "curvature_operator", "shard",
+           "Hessian", "hvp", "eigenvalues", "extreme_eigenvalues", "trace", "density", "blockwise",
            "EigenResult", "TraceResult", "Density", "lanczos", "trace_of", "select_params", "param_groups",
            "smooth_density", "as_evaluator", "LanczosResult", "start_vector", "ritz", "power_iteration", "rademacher",
            "random_unit", "HVP_METHODS", "WHICH", "ROLE_WORDS", "Matvec"]

@@ -1,7 +1,9 @@
-"""User-level curvature: eigenvalues, traces, spectral densities and per-block versions of the Hessian.
+"""User-level curvature: eigenvalues, traces, spectral densities and per-block versions of the Hessian,
+the GGN or the empirical Fisher.
 
-Each function here takes a model (with data), an `Evaluator` or a ready `Hessian`, builds the operator
-(`operators`), runs one of the matvec-only algorithms (`krylov`) on it, releases what it built, and
+Each function here takes a model (with data), an `Evaluator` or a ready operator (`Hessian`, `GGN`,
+`EmpiricalFisher`), builds the operator (`operators`; ``curvature="hessian" | "ggn" | "fisher"``),
+runs one of the matvec-only algorithms (`krylov`) on it, releases what it built, and
 returns a small result (`EigenResult`, `TraceResult`, `Density`) with ``to_dict()`` for the CLI and the
 store. This is the layer the CLI, `sharpness`, `landscape` and `symmetry` call; the algorithms below it
 know nothing of models, and the operator nothing of eigenvalues.
@@ -23,16 +25,18 @@ from ..errors import UserError
 from ..evaluate import Evaluator
 from ..progress import bar
 from .krylov import WHICH, TraceResult, lanczos, power_iteration, rademacher, random_unit, ritz, trace_of
-from .operators import Hessian, as_evaluator, param_groups
+from .operators import CurvatureOperator, as_evaluator, curvature_operator, param_groups
 
 
-def _operator(model, data, point, kwargs) -> Hessian:
-    """The given `Hessian` as it is, or one built from the model (or evaluator), data and point."""
-    if isinstance(model, Hessian):
+def _operator(model, data, point, kwargs) -> CurvatureOperator:
+    """The given operator (`Hessian`, `GGN`, `EmpiricalFisher`) as it is, or one built from the model (or
+    evaluator), data and point: ``curvature="hessian"`` (default), ``"ggn"`` or ``"fisher"``."""
+    kind = kwargs.pop("curvature", "hessian")
+    if isinstance(model, CurvatureOperator):
         if data is not None or point is not None or kwargs:
-            raise UserError("a Hessian operator already fixes its data, point and parameters")
+            raise UserError(f"a {model.kind} operator already fixes its data, point and parameters")
         return model
-    return Hessian(model, data, point, **kwargs)
+    return curvature_operator(kind, model, data, point, **kwargs)
 
 
 # -- eigenvalues ----------------------------------------------------------------------------------
@@ -55,7 +59,7 @@ class EigenResult:
 
     def points(self, full: bool = True) -> list[sp.Point]:
         """The eigenvectors as points (whole layout with zeros outside the selected parameters)."""
-        if not isinstance(self.operator, Hessian):
+        if not isinstance(self.operator, CurvatureOperator):
             raise UserError("eigenvectors of a plain matvec have no point layout")
         return [self.operator.to_point(v, full) for v in self.vectors]
 
@@ -65,7 +69,8 @@ class EigenResult:
                 "iterations": self.iterations, "which": self.which, "method": self.method}
 
 
-def eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Mapping[str, Tensor] | None = None,
+def eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
+                point: Mapping[str, Tensor] | None = None,
                 *, k: int = 5, which: str = "largest", tol: float = 1e-4, method: str = "lanczos",
                 max_iter: int | None = None, seed: int = 0, start: str = "gradient", progress: bool | None = None,
                 callback: Callable[[int, Tensor, Tensor], None] | None = None, **hessian_kwargs) -> EigenResult:
@@ -83,7 +88,9 @@ def eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None, point:
     seeded Gaussian r and the mean-loss gradient g, which lies mostly in the top eigenspace (Gur-Ari et
     al. 2018), so the top pairs converge in fewer products while every eigenvector keeps r's share (r
     alone where g is zero); ``"random"``: r alone.
-    Other keywords go to `Hessian` (``params``, ``bn``, ``method`` as ``hvp_method``, ...).
+    ``curvature``: ``"hessian"`` (default), ``"ggn"`` or ``"fisher"`` (the operator built; see
+    `curvature_operator`). Other keywords go to it (``params``, ``bn``, ``method`` as ``hvp_method``,
+    ``distributed``, ...).
     """
     if which not in WHICH:
         raise UserError(f"unknown which '{which}': use largest (algebraic), smallest (algebraic) or magnitude")
@@ -111,7 +118,7 @@ def eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None, point:
                        method, H.names, H)
 
 
-def start_vector(H: Hessian, start: str = "gradient", seed: int = 0) -> Tensor:
+def start_vector(H: CurvatureOperator, start: str = "gradient", seed: int = 0) -> Tensor:
     """The first Krylov / power vector (see `eigenvalues`): unit norm, [P]."""
     if start not in ("gradient", "random"):
         raise UserError(f"unknown start '{start}': use gradient or random")
@@ -127,7 +134,7 @@ def start_vector(H: Hessian, start: str = "gradient", seed: int = 0) -> Tensor:
     return v / v.norm()
 
 
-def extreme_eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None,
+def extreme_eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
                         point: Mapping[str, Tensor] | None = None, *, tol: float = 1e-3, max_iter: int | None = None,
                         seed: int = 0, start: str = "gradient", **hessian_kwargs) -> tuple[float, float, int]:
     """``(lambda_min, lambda_max, n_hvp)`` from one Lanczos run (both ends converge together).
@@ -146,11 +153,13 @@ def extreme_eigenvalues(model: nn.Module | Evaluator | Hessian, data: Any = None
 
 # -- trace ----------------------------------------------------------------------------------------
 
-def trace(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
+def trace(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
+          point: Mapping[str, Tensor] | None = None, *,
           method: str = "hutchinson", rtol: float = 1e-2, atol: float = 0.0, min_samples: int = 10,
           max_samples: int = 1000, sketch: int = 10, seed: int = 0, probes: Tensor | None = None,
           block: int = 1, progress: bool | None = None, **hessian_kwargs) -> TraceResult:
-    """Trace of the Hessian by Hutchinson or Hutch++, stopped on its standard error.
+    """Trace of the Hessian (or ``curvature="ggn" | "fisher"``) by Hutchinson or Hutch++, stopped on its
+    standard error.
 
     Hutchinson: ``tr H ~ mean_i z_i^T H z_i`` with Rademacher ``z_i``. Hutch++ (Meyer et al. 2021):
     ``Q = orth(H S)`` for a Rademacher sketch S [P, sketch]; ``tr H = tr(Q^T H Q) + E[g^T H g]`` with
@@ -221,7 +230,8 @@ def smooth_density(nodes: Tensor, weights: Tensor, sigma: float | None = None, g
     return t, dens, float(sigma)
 
 
-def density(model: nn.Module | Evaluator | Hessian, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
+def density(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
+            point: Mapping[str, Tensor] | None = None, *,
             n_probes: int = 5, steps: int = 80, sigma: float | None = None, grid: int = 1000, seed: int = 0,
             probes: Tensor | None = None, progress: bool | None = None, **hessian_kwargs) -> Density:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019; Lin et al. 2016).

@@ -43,14 +43,27 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample cross-entropy (the default loss).
+    """Per-sample cross-entropy (the default loss): [N].
 
     For [N, C] logits and class-index targets it is ``logsumexp(outputs) - outputs[target]``: the same
     value as ``F.cross_entropy`` (to float rounding) and 3-5x faster on the CPU for few classes, where
-    ``log_softmax`` dominated landscape sweeps of small models. Other shapes use ``F.cross_entropy``.
+    ``log_softmax`` dominated landscape sweeps of small models. For sequence outputs [N, T, V] with
+    targets [N, T] (a language model predicting every position) it is the per-token cross-entropy
+    averaged over the T positions of each sample, so the mean over samples is the mean per token.
+    Other shapes use ``F.cross_entropy``.
     """
-    if outputs.dim() == 2 and not targets.is_floating_point():
+    if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
         return torch.logsumexp(outputs, 1) - outputs.gather(1, targets[:, None])[:, 0]
+    if outputs.dim() == 3 and not targets.is_floating_point():
+        if targets.shape != outputs.shape[:2]:
+            raise UserError(f"sequence outputs of shape {list(outputs.shape)} need targets of shape "
+                            f"{list(outputs.shape[:2])}, got {list(targets.shape)}")
+        per_token = torch.logsumexp(outputs, 2) - outputs.gather(2, targets[..., None])[..., 0]
+        return per_token.mean(1)
+    if outputs.dim() == 2 and targets.dim() == 2 and not targets.is_floating_point():
+        raise UserError(f"outputs of shape {list(outputs.shape)} but sequence targets of shape "
+                        f"{list(targets.shape)}: the model must predict every position (for the zoo "
+                        f"transformer: --model-args output=all)")
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
@@ -96,7 +109,8 @@ class Evaluator:
     bn_data : the data whose batches give recomputed statistics: a key of ``data`` or a data object.
         Default: ``"train"`` when ``data`` has it, else the first source.
     device, dtype : where and in which float type to evaluate (default: the model's).
-    loss : per-sample loss ``loss(outputs [B, C], targets [B]) -> [B]``; default cross-entropy.
+    loss : per-sample loss ``loss(outputs [B, C], targets [B]) -> [B]``; default cross-entropy (also
+        ``[B, T, V]`` outputs with ``[B, T]`` targets: the mean over positions; accuracy likewise).
     batch_size : batch size for tensor data (DataLoaders keep theirs).
     mode : ``"auto"`` | ``"loop"`` | ``"vmap"``.
     chunk : points per vectorised call (memory bound); default 32.
@@ -162,20 +176,35 @@ class Evaluator:
         self.family_path = FamilyPath(self)
 
     def _check_runs(self) -> None:
-        """One forward pass on two samples of each materialised source, so that a model and data that do
-        not fit together fail here with one clear line instead of deep inside a method."""
+        """Refuse data that would be averaged into nonsense, and run one forward pass on two samples of each
+        materialised source, so that a model and data that do not fit together fail here with one clear
+        line instead of deep inside a method: non-finite inputs, and class labels outside the model's
+        outputs, are counted and named with their source."""
         for src in self.sources.values():
             if not src.materialised or not src.batches:
                 continue
+            bad = sum(int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
+                      for x, _ in src.batches if x.is_floating_point())
+            if bad:
+                raise UserError(f"data '{src.name}' has {bad} of {src.n} inputs with NaN or infinite values: "
+                                f"clean or drop them before measuring")
             x = src.batches[0][0][:2]
             try:
                 with torch.no_grad():
-                    self.forward(self.point0, self.buffers, x, bn_train=False)
+                    out = self.forward(self.point0, self.buffers, x, bn_train=False)
             except RuntimeError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UserError(f"the model cannot run on data '{src.name}' (inputs of shape {list(x.shape[1:])}): "
                                 f"{first}; check that the model and the data belong together "
                                 f"(--model / --data)") from None
+            y0 = src.batches[0][1]
+            if self.loss_fn is cross_entropy and not y0.is_floating_point() and out.dim() >= 2:
+                classes = out.shape[-1]
+                wrong = sum(int(((y < 0) | (y >= classes)).sum()) for _, y in src.batches)
+                if wrong:
+                    raise UserError(f"data '{src.name}' has {wrong} labels outside 0..{classes - 1}, the classes of "
+                                    f"a model with {classes} outputs: check the data's labels or the model's "
+                                    f"number of classes")
 
     # -- functional pieces shared with the methods (curvature, training of families) -------------
     def forward(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
@@ -269,10 +298,14 @@ class Evaluator:
                     else:
                         out = map_points(fwd, params, bufs, x, vectorised, shared)  # [K, B, C]
                     b = out.shape[1]
-                    per = self.loss_fn(out.reshape(k * b, *out.shape[2:]), y.repeat(k)).reshape(k, b)
+                    per = self.loss_fn(out.reshape(k * b, *out.shape[2:]),
+                                       y.repeat(k, *[1] * (y.dim() - 1))).reshape(k, b)
                     loss_sum += per.double().sum(1)
                     if "accuracy" in self.metrics or "error" in self.metrics:
-                        correct += (out.argmax(-1) == y).double().sum(1)
+                        hit = (out.argmax(-1) == y).double()  # [K, B], or [K, B, T] for sequence targets
+                        if hit.dim() > 2:  # a sample's accuracy: the fraction of its positions right
+                            hit = hit.flatten(2).mean(2)
+                        correct += hit.sum(1)
                 for m in self.metrics:
                     if m == "loss":
                         cols.append(loss_sum / src.n)

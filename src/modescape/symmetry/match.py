@@ -38,42 +38,74 @@ from ..evaluate import Evaluator, make_source
 from ..progress import bar
 from .probe import Probe, channel_rows
 from .infer import infer_spec
-from .spec import Perms, PermutationSpec, apply, identity_perms, permute_tensor
-
-
-def _unit_rows(t: Tensor, axis: int, n: int) -> Tensor:
-    """Move ``axis`` first and flatten the rest: [n, -1] (a block axis of n * b entries folds b in)."""
-    return t.movedim(axis, 0).reshape(n, -1)
+from .spec import Perms, PermutationSpec, apply, identity_perms, permute_tensor, unit_rows
 
 
 def _cost(spec: PermutationSpec, p: str, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
           perms: Mapping[str, Tensor], entries: dict[str, list]) -> Tensor:
-    """C[i, j] = sum over the tensors on permutation p of <unit i of A, unit j of B (others permuted)>."""
+    """C[i, j] = sum over the tensors on permutation p of <unit i of A, unit j of B (others permuted)>.
+
+    "Others" are every other permutation of the tensor: on its other axes, and on other segments or
+    digits of the same axis (the heads of an attention projection around its within-head units)."""
     n = spec.sizes[p]
     cost = None
+    nested: dict[str, Tensor] = {}  # inner permutation -> S [n, n, m, m] (see below)
     for ax in spec.axes[p]:
         if ax.name not in a:
             continue
+        inner = _inner(spec, ax, entries[ax.name], n)
         wb = b[ax.name]
         for q, other in entries[ax.name]:
-            if other.axis != ax.axis:
-                wb = permute_tensor(wb, other.axis, perms[q], other.block)
-        term = _unit_rows(a[ax.name], ax.axis, n) @ _unit_rows(wb, ax.axis, n).T
-        cost = term if cost is None else cost + term
+            if (other.axis != ax.axis or (q != p and other != ax)) and (inner is None or (q, other) != inner):
+                wb = permute_tensor(wb, other.axis, perms[q], other.block, other.groups, other.offset)
+        if inner is None:
+            term = unit_rows(a[ax.name], ax, n) @ unit_rows(wb, ax, n).T
+            cost = term if cost is None else cost + term
+            continue
+        q, other = inner  # each unit is m inner units: compare them under their best pairing
+        m = spec.sizes[q]
+        ra, rb = (unit_rows(t, ax, n).reshape(n, m, -1) for t in (a[ax.name], wb))
+        s = torch.einsum("ijr,klr->ikjl", ra, rb)
+        nested[q] = s if q not in nested else nested[q] + s
+    for s in nested.values():
+        best = torch.zeros(n, n, dtype=s.dtype)
+        for i in range(n):
+            for k in range(n):
+                block = s[i, k].double().cpu().numpy()
+                r, c = linear_sum_assignment(block, maximize=True)
+                best[i, k] = float(block[r, c].sum())
+        cost = best.to(s.device) if cost is None else cost + best.to(cost)
     if cost is None:
         raise UserError(f"permutation '{p}' touches none of the given tensors")
     return cost
 
 
+def _inner(spec: PermutationSpec, ax, entries: list, n: int):
+    """The permutation acting inside the units of ``ax`` (its units of ``block`` entries each hold m
+    inner units, permuted alike in all n of them: attention heads and their within-head units), as
+    ``(name, Axis)``, or None. Weight matching then scores a pair of units by their best inner pairing,
+    which does not depend on the inner permutation's current estimate (coordinate descent on heads
+    and within-head units separately gets stuck where the two must change together)."""
+    for q, other in entries:
+        if (other.axis == ax.axis and other.offset == ax.offset and other.groups == n * ax.groups
+                and other.block * spec.sizes[q] == ax.block and spec.sizes[q] > 1):
+            return q, other
+    return None
+
+
 def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
                     max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
-                    dtype: torch.dtype = torch.float64,
-                    return_info: bool = False) -> Perms | tuple[Perms, dict[str, Any]]:
+                    dtype: torch.dtype = torch.float64, return_info: bool = False,
+                    only: Any = None, restarts: int | None = None) -> Perms | tuple[Perms, dict[str, Any]]:
     """Permutations for ``b`` maximising sum_W <W_A, permuted W_B> (coordinate descent, see module doc).
 
     ``a``, ``b``: points (parameters; buffers are ignored unless given). ``init``: starting
     permutations (default identity). ``dtype``: of the cost matrices (float64 by default; float32 is
-    faster on big layers). ``return_info``: also return ``{"passes", "objective"}`` (objective in float64).
+    faster on big layers). ``return_info``: also return ``{"passes", "objective", "restart"}`` (objective in
+    float64). ``only``: names of the permutations to optimise (the others stay at ``init``).
+    ``restarts``: descents with visiting orders seeded ``seed``, ``seed + 1``, ...; the one with the
+    largest objective wins. Default: 1, or 4 for a spec with attention heads, where one descent can stop
+    with the residual stream and the heads wrong together (seen on grokked transformers).
     Gains are compared in float64; a pass counts as progress if it gains more than 1e-12.
     """
     names = [n for n in a if n in b]
@@ -81,10 +113,25 @@ def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[s
     b64 = {n: b[n].detach().to(dtype) for n in names}
     spec.check(a64)
     spec.check(b64)
-    perms = {p: v.clone() for p, v in (init or identity_perms(spec)).items()}
     entries = {k: v for k, v in spec.tensor_axes().items() if k in a64}
-    rng = np.random.default_rng(seed)
-    order = list(spec.sizes)
+    order = list(spec.sizes) if only is None else [p for p in spec.sizes if p in set(only)]
+    if restarts is None:
+        restarts = 4 if any(p.endswith(":heads") for p in order) else 1
+    best = None
+    for r in range(max(1, int(restarts))):
+        perms = {**identity_perms(spec), **{p: v.clone() for p, v in (init or {}).items()}}
+        passes = _descend(spec, a64, b64, perms, entries, order, np.random.default_rng(seed + r), max_iter)
+        if restarts == 1 and not return_info:
+            return perms
+        bp = apply(spec, b64, perms)
+        objective = float(sum((a64[n].double() * bp[n].double()).sum() for n in names))
+        if best is None or objective > best[1]["objective"] + 1e-12:
+            best = (perms, {"passes": passes, "objective": objective, "restart": r})
+    return best if return_info else best[0]
+
+
+def _descend(spec: PermutationSpec, a64, b64, perms: Perms, entries, order: list[str], rng, max_iter: int) -> int:
+    """Coordinate descent in place on ``perms``; returns the passes made."""
     passes = 0
     for passes in range(1, max_iter + 1):
         progress = False
@@ -99,15 +146,12 @@ def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[s
             perms[p] = torch.as_tensor(cols, dtype=torch.long)
         if not progress:
             break
-    if not return_info:
-        return perms
-    bp = apply(spec, b64, perms)
-    objective = float(sum((a64[n].double() * bp[n].double()).sum() for n in names))
-    return perms, {"passes": passes, "objective": objective}
+    return passes
 
 
 def _match_nodes(spec: PermutationSpec) -> dict[str, list[str]]:
-    """Per permutation, the traced values whose units are compared: its activations, else all."""
+    """Per permutation, the traced values whose units are compared: its activations, else all; the
+    permutations without traced values (inside a module, such as attention heads) are left out."""
     if not any(spec.nodes.values()):
         raise UserError("this permutation spec has no traced nodes (hand-written?): activation matching and "
                         "REPAIR need a spec from infer_spec(model)")
@@ -115,9 +159,9 @@ def _match_nodes(spec: PermutationSpec) -> dict[str, list[str]]:
     for p in spec.sizes:
         nodes = spec.nodes.get(p, [])
         acts = [n for n, kind in nodes if kind == "act"]
-        out[p] = acts or [n for n, kind in nodes if kind in ("tie", "norm")] or [n for n, _ in nodes]
-        if not out[p]:
-            raise UserError(f"permutation '{p}' has no traced values to compare")
+        chosen = acts or [n for n, kind in nodes if kind in ("tie", "norm")] or [n for n, _ in nodes]
+        if chosen:
+            out[p] = chosen
     return out
 
 
@@ -128,8 +172,8 @@ class _Moments:
         self.n = 0
         self.sa = self.sb = self.saa = self.sbb = self.sab = None
 
-    def add(self, xa: Tensor, xb: Tensor) -> None:
-        ra, rb = channel_rows(xa).double(), channel_rows(xb).double()
+    def add(self, xa: Tensor, xb: Tensor, axis: int = 1) -> None:
+        ra, rb = channel_rows(xa, axis).double(), channel_rows(xb, axis).double()
         parts = (ra.sum(1), rb.sum(1), (ra * ra).sum(1), (rb * rb).sum(1), ra @ rb.T)
         if self.sa is None:
             self.sa, self.sb, self.saa, self.sbb, self.sab = parts
@@ -163,6 +207,8 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
     model's running statistics. ``objective``: ``"correlation"`` (Pearson, per pair of units) or
     ``"cross-moment"`` (E[a b], uncentred, as git-re-basin's reference code). For a permutation carried
     by several values (a residual stream) the matrices of all of them are summed before the assignment.
+    Permutations with no traced value to compare (the heads and within-head units of an attention
+    module, which is one node of the graph) are then found by weight matching, the others held fixed.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown activation-matching objective {objective!r}; choose 'correlation' or "
@@ -180,7 +226,7 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
             if max_batches is not None and k >= max_batches:
                 break
             for name, xa, xb in zip(flat, probe(a, x), probe(b, x)):
-                moments[name].add(xa, xb)
+                moments[name].add(xa, xb, spec.node_axes.get(name, 1))
             advance()
     perms = {}
     for p, nodes in chosen.items():
@@ -190,6 +236,11 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
             score = sum(moments[n].cross_moment() for n in nodes)
         _, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
         perms[p] = torch.as_tensor(cols, dtype=torch.long)
+    rest = [p for p in spec.sizes if p not in perms]
+    if rest:
+        params = {n for n, _ in model.named_parameters()}
+        pa, pb = ({n: t for n, t in s.items() if n in params} for s in (a, b))
+        perms = weight_matching(spec, pa, pb, init=perms, only=rest)
     return perms
 
 

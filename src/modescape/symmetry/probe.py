@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from typing import Mapping, Sequence
 
-import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import UserError
@@ -26,8 +25,10 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, nodes: Sequence[str]):
+        from .infer import trace  # the tracer of infer_spec, so that node names agree
+
         work = copy.deepcopy(model).eval()
-        gm = fx.symbolic_trace(work)
+        gm = trace(work)
         by_name = {n.name: n for n in gm.graph.nodes}
         missing = [n for n in nodes if n not in by_name]
         if missing:
@@ -46,6 +47,7 @@ class Probe:
         return list(self.fn(full, {}, x, bn_train=bn_train))
 
 
-def channel_rows(x: Tensor) -> Tensor:
-    """[B, C, *S] -> [C, B * prod(S)]: each unit's values over samples and positions."""
-    return x.transpose(0, 1).reshape(x.shape[1], -1)
+def channel_rows(x: Tensor, axis: int = 1) -> Tensor:
+    """[B, C, *S] -> [C, B * prod(S)]: each unit's values over samples and positions (``axis``: where
+    the channels are, e.g. 2 for the [B, T, C] values of a sequence model)."""
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)

@@ -2,7 +2,10 @@
 
 Landscape measurements evaluate the loss many times on a fixed set of samples, so every dataset
 here is loaded whole into memory as float32 inputs and int64 labels (images as [N, C, H, W]) and
-split deterministically from its seeds. Real data (MNIST, CIFAR-10) is read from the original
+split deterministically from its seeds. Two sequence tasks are made here from nothing but Python
+itself: ``modular-add`` (a + b mod p, the grokking task) and ``char-lm`` (next-character prediction
+over the Zen of Python or a standard-library module's source); their inputs are int64 token ids.
+Real data (MNIST, CIFAR-10) is read from the original
 files in a folder the user supplies; nothing is downloaded. CIFAR-10 batches are pickles, so they
 are read with a restricted unpickler that can build numpy arrays and nothing else.
 """
@@ -29,6 +32,7 @@ from modescape.zoo.models import coerce_args
 __all__ = [
     "DataSplit",
     "as_split",
+    "corpus_text",
     "dataset_names",
     "load_dataset",
     "read_idx_images",
@@ -41,7 +45,8 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class DataSplit:
-    """A train/test split held in memory: X float32, y int64 class indices."""
+    """A train/test split held in memory: X float32 (int64 token ids for the sequence tasks), y int64
+    class indices ([N], or [N, T] next-token targets for ``char-lm``)."""
 
     name: str
     train: Pair
@@ -415,6 +420,106 @@ def _cifar10(
 
 
 # ----------------------------------------------------------------------------------------------
+# Sequence tasks made here: modular addition (grokking) and a character-level language model
+# ----------------------------------------------------------------------------------------------
+
+
+def _modular_add(
+    root: str | None, *, p: int = 97, train_fraction: float = 0.3, split_seed: int = 0
+) -> tuple[Pair, Pair, int]:
+    """Every equation ``a + b = c (mod p)`` as the token sequence ``[a, b, =]`` with label ``c``.
+
+    The task of Power et al. (2022), "Grokking: generalization beyond overfitting on small algorithmic
+    datasets": tokens 0..p-1 are the numbers and token p is ``=``; a seeded random ``train_fraction``
+    of the p^2 pairs trains, the rest tests. There are p + 1 classes (the ``=`` token is never a
+    target), so inputs and outputs share one vocabulary and a transformer's head can be tied to its
+    embedding. Weight decay, the other knob of grokking, is a training argument (``--wd``).
+    """
+    _require(p >= 2, f"modular-add needs p >= 2, got {p}")
+    _require(0 < train_fraction < 1, f"modular-add train_fraction must be in (0, 1), got {train_fraction}")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    x = torch.stack([a, b, torch.full_like(a, p)], 1)
+    y = (a + b) % p
+    order = torch.randperm(p * p, generator=torch.Generator().manual_seed(split_seed))
+    n_train = int(round(train_fraction * p * p))
+    _require(1 <= n_train < p * p, f"modular-add train_fraction {train_fraction} leaves an empty split for p={p}")
+    tr, te = order[:n_train].sort().values, order[n_train:].sort().values
+    return (x[tr], y[tr]), (x[te], y[te]), p + 1
+
+
+def _zen_of_python() -> str:
+    """The Zen of Python, from the standard library's ``this`` module (rot13-encoded there), read with
+    ``ast`` rather than imported (importing ``this`` prints it)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("this")
+    if spec is None or spec.origin is None:
+        raise UserError("the standard library module 'this' is missing: pass text=module:NAME instead")
+    tree = ast.parse(Path(spec.origin).read_text())
+    encoded = next(ast.literal_eval(node.value) for node in tree.body
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "s")
+    return codecs.decode(encoded, "rot13")
+
+
+def corpus_text(text: str) -> str:
+    """The text of a character-level corpus: ``"zen"`` (the Zen of Python, from the standard library;
+    identical in every Python 3 release) or ``"module:NAME"`` (the source of an importable pure-Python
+    module, e.g. ``module:textwrap``: deterministic for one Python or package version; the dataset's
+    meta records its hash)."""
+    if text == "zen":
+        return _zen_of_python()
+    if text.startswith("module:"):
+        import importlib.util
+
+        name = text.split(":", 1)[1]
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise UserError(f"char-lm text {text!r}: no pure-Python module {name!r} to read; use text=zen or "
+                            "text=module:NAME with a module such as textwrap")
+        return Path(spec.origin).read_text(encoding="utf-8")
+    raise UserError(f"unknown char-lm text {text!r}: use zen or module:NAME (e.g. module:textwrap)")
+
+
+def _char_lm(
+    root: str | None,
+    *,
+    text: str = "zen",
+    length: int = 32,
+    stride: int = 1,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> tuple[Pair, Pair, int]:
+    """Next-character prediction over a text that ships with Python (see `corpus_text`).
+
+    The characters get ids in sorted order (the classes); samples are windows of ``length`` ids every
+    ``stride`` characters, with targets the same windows shifted by one ([N, T] both, int64). The first
+    ``1 - test_fraction`` of the text gives the training windows and the rest the test windows, so no
+    test character is seen in training. ``split_seed`` is unused (the split is by position).
+    """
+    _require(length >= 1, f"char-lm length must be >= 1, got {length}")
+    _require(stride >= 1, f"char-lm stride must be >= 1, got {stride}")
+    _require(0 < test_fraction < 1, f"char-lm test_fraction must be in (0, 1), got {test_fraction}")
+    corpus = corpus_text(text)
+    chars = sorted(set(corpus))
+    ids = torch.tensor([chars.index(c) for c in corpus], dtype=torch.int64)
+    cut = int(len(ids) * (1 - test_fraction))
+
+    def windows(part: torch.Tensor) -> Pair:
+        starts = torch.arange(0, len(part) - length, stride)
+        _require(len(starts) >= 1, f"char-lm text {text!r} is too short for windows of {length} characters")
+        idx = starts[:, None] + torch.arange(length + 1)
+        seq = part[idx]
+        return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+
+    return windows(ids[:cut]), windows(ids[cut:]), len(chars)
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
 
@@ -425,6 +530,8 @@ _LOADERS: dict[str, Callable[..., tuple[Pair, Pair, int]]] = {
     "spirals": _spirals,
     "blobs": _blobs,
     "random-cifar": _random_cifar,
+    "modular-add": _modular_add,
+    "char-lm": _char_lm,
 }
 
 
@@ -454,6 +561,11 @@ def load_dataset(name: str = "digits", root: str | None = None, **args: Any) -> 
         "n_train": len(train[1]),
         "n_test": len(test[1]),
     }
+    if name == "char-lm":  # a module's source may change between versions: record which text it was
+        import hashlib
+
+        meta["text_sha256"] = hashlib.sha256(
+            corpus_text(clean.get("text", defaults["text"].default)).encode()).hexdigest()[:16]
     return DataSplit(
         name=name,
         train=train,

@@ -1,7 +1,8 @@
 """Model zoo: small, plain PyTorch architectures for loss-landscape experiments.
 
-Every model is built from standard layers (Sequential, Linear, Conv2d, norms, ReLU, pooling) plus
-one simple residual `BasicBlock`, with no in-place ops and no dropout, so it can be traced by
+Every model is built from standard layers (Sequential, Linear, Conv2d, Embedding, norms, ReLU, GELU,
+pooling) plus a simple residual `BasicBlock` and, for the transformer, a `SelfAttention` written with
+plain tensor operations (no ``nn.MultiheadAttention``), with no in-place ops and no dropout, so it can be traced by
 `torch.fx`, called through `torch.func.functional_call` and batched over parameter sets with
 `torch.func.vmap`. `build_model` attaches a JSON-able `modescape_spec` to the module so that a
 saved checkpoint can be rebuilt from its spec alone.
@@ -25,7 +26,8 @@ from torch import nn
 
 from modescape.errors import UserError
 
-__all__ = ["BasicBlock", "build_model", "coerce_args", "model_names"]
+__all__ = ["BasicBlock", "SelfAttention", "Transformer", "TransformerBlock", "build_model", "coerce_args",
+           "model_names"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,11 +351,136 @@ def _vgg(
     return nn.Sequential(OrderedDict(layers + _head(c_in, num_classes)))
 
 
+# ----------------------------------------------------------------------------------------------
+# Transformer (decoder-only, pre-LayerNorm), written with plain modules for torch.fx and torch.func
+# ----------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with its own Linear projections ``q``, ``k``, ``v`` (d -> d) and ``o``.
+
+    Head h owns rows ``h * head_dim : (h + 1) * head_dim`` of q, k and v and the same columns of o.
+    Scores are ``q_h k_h^T / sqrt(head_dim)``, causally masked when ``causal``; no dropout. Everything
+    is a plain tensor operation, so the module runs under ``torch.func`` (vmap, jvp, double backward)
+    and ``torch.fx`` traces it; `modescape.symmetry.infer` treats it as one node with its own rule
+    (heads, and the within-head permutations of q/k and of v/o).
+    """
+
+    def __init__(self, width: int, heads: int, causal: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        if width % heads:
+            raise UserError(f"transformer width ({width}) must be a multiple of heads ({heads})")
+        self.heads, self.head_dim, self.causal = heads, width // heads, causal
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.q = nn.Linear(width, width, bias=bias)
+        self.k = nn.Linear(width, width, bias=bias)
+        self.v = nn.Linear(width, width, bias=bias)
+        self.o = nn.Linear(width, width, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, T, C]
+        b, t, c = x.shape
+        shape = (b, t, self.heads, self.head_dim)
+        q = self.q(x).view(shape).transpose(1, 2)  # [B, H, T, D]
+        k = self.k(x).view(shape).transpose(1, 2)
+        v = self.v(x).view(shape).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # [B, H, T, T]
+        if self.causal:
+            keep = torch.ones_like(scores[0, 0], dtype=torch.bool).tril()  # [T, T]; traceable by fx
+            scores = scores.masked_fill(~keep, float("-inf"))
+        y = scores.softmax(-1) @ v  # [B, H, T, D]
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))`` (mlp: fc, GELU, proj)."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, causal: bool = True) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, causal)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([("fc", nn.Linear(width, mlp_width)), ("act", nn.GELU()),
+                                              ("proj", nn.Linear(mlp_width, width))]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer on token ids [B, T] (int64): token + learned position embeddings,
+    ``layers`` pre-LayerNorm blocks, a final LayerNorm and a linear head (tied to the token embedding
+    when ``tied``). ``output="last"``: logits of the last position [B, V] (a sequence classified by its
+    last token, as modular arithmetic); ``"all"``: every position [B, T, V] (a language model)."""
+
+    def __init__(self, vocab: int, classes: int, length: int, width: int, layers: int, heads: int,
+                 mlp_width: int, tied: bool, output: str, causal: bool = True) -> None:
+        super().__init__()
+        self.output = output
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(length, width)
+        self.blocks = nn.Sequential(*[TransformerBlock(width, heads, mlp_width, causal) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes, bias=False)
+        if tied:
+            self.head.weight = self.tok.weight
+        with torch.no_grad():  # GPT-2's initialisation: N(0, 0.02) embeddings and projections
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    m.weight.normal_(0.0, 0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        h = self.blocks(self.tok(x) + self.pos(positions))
+        h = self.ln_f(h)
+        if self.output == "last":
+            h = h[:, -1]
+        return self.head(h)
+
+
+def _transformer(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    layers: int = 1,
+    width: int = 128,
+    heads: int = 4,
+    mlp_ratio: int = 4,
+    tied: bool = False,
+    output: Literal["last", "all"] = "last",
+    vocab: int | None = None,
+    max_len: int | None = None,
+    causal: bool = True,
+) -> nn.Module:
+    """Decoder-only pre-LN transformer for token sequences of ``input_shape = (T,)``.
+
+    ``vocab``: the number of token ids (default ``num_classes``: the tasks here predict tokens of the
+    same vocabulary); ``tied``: the head shares the token embedding (needs vocab == num_classes);
+    ``max_len``: positions (default T); ``output``: ``last`` or ``all`` (see `Transformer`).
+    """
+    _require(len(input_shape) == 1, f"transformer needs token sequences of shape (T,), got {input_shape}")
+    _require(layers >= 1, f"transformer layers must be >= 1, got {layers}")
+    _require(width >= 1 and heads >= 1, f"transformer width and heads must be >= 1, got {width}, {heads}")
+    _require(width % heads == 0, f"transformer width ({width}) must be a multiple of heads ({heads})")
+    _require(mlp_ratio >= 1, f"transformer mlp_ratio must be >= 1, got {mlp_ratio}")
+    vocab = num_classes if vocab is None else vocab
+    _require(vocab >= 1, f"transformer vocab must be >= 1, got {vocab}")
+    _require(not tied or vocab == num_classes,
+             f"a tied head needs vocab == num_classes, got vocab {vocab} and {num_classes} classes")
+    length = input_shape[0] if max_len is None else max_len
+    _require(length >= input_shape[0], f"transformer max_len ({length}) is shorter than the sequences "
+                                       f"({input_shape[0]})")
+    return Transformer(vocab, num_classes, length, width, layers, heads, mlp_ratio * width, tied, output, causal)
+
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "resnet": _resnet,
     "vgg": _vgg,
+    "transformer": _transformer,
 }
 
 
