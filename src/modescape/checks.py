@@ -16,7 +16,7 @@ from typing import Iterable
 from .errors import UserError
 
 BN_POLICIES = ("running", "recompute", "train")
-NORMALIZATIONS = ("filter", "layer", "model", "none")  # of random directions (modescape.directions)
+NORMALIZATIONS = ("filter", "layer", "model", "head", "none")  # of random directions (modescape.directions)
 IGNORES = ("biasbn", "none")
 
 
@@ -79,4 +79,5 @@ def input_file(path: str | os.PathLike, what: str = "checkpoint", folder_hint: s
     return p
 
 
-__all__ = ["BN_POLICIES", "IGNORES", "NORMALIZATIONS", "parse_directions", "check_choice", "check_policy", "check_positive", "input_file"]
+__all__ = ["BN_POLICIES", "IGNORES", "NORMALIZATIONS", "check_choice", "check_policy", "check_positive", "input_file",
+           "parse_directions"]

@@ -79,8 +79,8 @@ def ignored(name: str, weight: Tensor, ignore: str) -> bool:
 
 
 def _check(normalization: str, ignore: str) -> None:
-    if normalization not in NORMALIZATIONS + ("head",):
-        raise UserError(f"unknown normalization '{normalization}': use one of {', '.join(NORMALIZATIONS + ('head',))}")
+    if normalization not in NORMALIZATIONS:
+        raise UserError(f"unknown normalization '{normalization}': use one of {', '.join(NORMALIZATIONS)}")
     if ignore not in IGNORES:
         raise UserError(f"unknown ignore '{ignore}': use 'biasbn' (zero biases and norm parameters) or 'none'")
 

@@ -162,7 +162,8 @@ def surface_cmd(
                                     "B and C at the coordinates printed; default: around the three models)."),
     y: Optional[str] = typer.Option(None, "--y", help="A:B:N along the second direction (default -1:1:51; with --through "
                                     "as for --x)."),
-    norm: str = typer.Option("filter", "--norm", help="Direction normalisation: filter, layer, model or none."),
+    norm: str = typer.Option("filter", "--norm", help="Direction normalisation: filter, layer, model, head (each "
+                             "attention head as one block; docs/transformers.md) or none."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn: zero directions on biases and norm layers; none."),
     orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),
     directions: str = typer.Option("random", "--directions",
