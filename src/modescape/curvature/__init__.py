@@ -14,9 +14,12 @@ whole dataset, restricted to a chosen set of parameters, at an explicit point, e
 The package has three layers, each importable on its own; every public name is re-exported here, so
 ``from modescape import curvature as cv; cv.eigenvalues(...)`` is the usual entry point:
 
-* `operators`: the `Hessian` operator (its retained gradient graph, products, ``matmat``, ``dense``,
-  the measurement that picks the HVP method), the parameter filters `select_params` / `param_groups`,
-  `as_evaluator`, and `hvp(model, data, point, v)`, the one-call product.
+* the operators, named by `operators` (`OPERATORS`, `curvature_operator`, `CURVATURES`; it re-exports
+  the rest) and defined in three modules: `base` (the `CurvatureOperator` base class with its vectors,
+  products, batch weighting and rank combination; the parameter filters `select_params` /
+  `param_groups`; `as_evaluator`; `shard`), `hessian` (the `Hessian`: its retained gradient graph,
+  products, ``matmat``, ``dense``, the measurement that picks the HVP method; `hvp(model, data, point,
+  v)`, the one-call product) and `gauss_newton` (`GGN`, `EmpiricalFisher`).
 * `krylov`: algorithms that need only a symmetric ``matvec`` (so they also run on a dense matrix in
   tests) and never import the operator: `lanczos` (returning a `LanczosResult`), `ritz`,
   `power_iteration`, `trace_of` (Hutchinson / Hutch++, returning a `TraceResult`), and the seeded
@@ -54,8 +57,10 @@ On top of the operator (each also works on any symmetric ``matvec``, e.g. a dens
 
 from .krylov import (WHICH, LanczosResult, Matvec, TraceResult, lanczos, power_iteration, rademacher, random_unit,
                      ritz, trace_of)
-from .operators import (CURVATURES, HVP_METHODS, OPERATORS, ROLE_WORDS, CurvatureOperator, EmpiricalFisher, GGN,
-                        Hessian, as_evaluator, curvature_operator, hvp, param_groups, select_params, shard)
+from .base import ROLE_WORDS, CurvatureOperator, as_evaluator, param_groups, select_params, shard
+from .gauss_newton import GGN, EmpiricalFisher
+from .hessian import HVP_METHODS, Hessian, hvp
+from .operators import CURVATURES, OPERATORS, curvature_operator
 from .spectrum import (Density, EigenResult, blockwise, density, eigenvalues, extreme_eigenvalues,
                        smooth_density, start_vector, trace)
 

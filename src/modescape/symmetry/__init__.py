@@ -6,7 +6,9 @@ unchanged, so every minimum comes with n! copies of itself. This package
 * describes which tensor axes (and BatchNorm running statistics) share one permutation
   (`PermutationSpec`, in `spec`) and applies permutations (`apply`, `random_perms`);
 * infers that spec from the ``torch.fx`` graph with a table of per-operation rules (`infer_spec`, in
-  `infer`; any model, given an input shape or some data: ``infer_spec(model, data=(X, y))``);
+  `infer`; any model, given an input shape or some data: ``infer_spec(model, data=(X, y))``); the
+  walk's state is in `context`, the rules in `rules` (layers, channel-wise operations) and
+  `rules_layout` (embedding, attention, concatenation, indexing, transposes);
 * aligns one model to another (Ainsworth et al. 2022): `weight_matching`, `activation_matching`,
   `ste_matching`; `align` also measures the straight line before and after, with `repair`
   (Jordan et al. 2022) or the plain BN reset;
