@@ -4,16 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO := runs/demo
+DEMO := runs/tour
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint docs dist bench install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dev]"
 	# curvlinops (the curvature tests' cross-check) without its backpack -> torchvision chain: PyPI's
 	# torchvision does not load beside the CPU torch
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt curvlinops-for-pytorch==3.0.1 einops einconv opt-einsum linear_operator
@@ -22,17 +22,29 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	MODESCAPE_PROGRESS=0 $(PY) -m pytest -q -n 2 --dist loadgroup
 
+# lint and types: ruff (rules in pyproject.toml), the formatter's check, mypy over src/ (strictness in pyproject.toml)
+LINT_PATHS := src tests bench
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+# the API reference site (mkdocs.yml): a broken link or a missing reference fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# sdist and wheel in dist/, checked by twine
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist
+	$(VENV)/bin/twine check --strict dist/*
+
 demo: $(STAMP)
-	$(VENV)/bin/modescape train --model mlp --data digits --epochs 20 --seed 0 --out $(DEMO)
-	$(VENV)/bin/modescape eval $(DEMO)/final.safetensors $(DEMO)/checkpoints/epoch-000.safetensors
-	$(VENV)/bin/modescape interpolate $(DEMO)/checkpoints/epoch-000.safetensors $(DEMO)/final.safetensors \
-		--steps 41 --range -0.25:1.25 --out $(DEMO)/interpolate
-	$(VENV)/bin/modescape surface $(DEMO)/final.safetensors --x -1:1:51 --y -1:1:51 --norm filter \
-		--ignore biasbn --out $(DEMO)/surface
-	@echo "demo output: $(abspath $(DEMO)) (checkpoints/, interpolate/, surface/landscape.html)"
+	$(VENV)/bin/modescape tour --out $(DEMO)
+	@echo "demo report: open $(abspath $(DEMO))/report/index.html"
 
 bench: $(STAMP)
 	$(PY) bench/evaluate.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site dist .mypy_cache .ruff_cache

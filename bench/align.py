@@ -70,18 +70,23 @@ def function_diff(before: torch.nn.Module, after: torch.nn.Module, shape) -> flo
         return float((before(x) - after(x)).abs().max())
 
 
-def time_ours(key: str) -> dict:
+def time_ours(key: str, dtype: torch.dtype = torch.float64) -> dict:
     a, b, shape = pair(key)
     t0 = time.perf_counter()
     spec = infer_spec(a)
     spec_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    perms, info = weight_matching(spec, params(a), params(b), return_info=True)
+    perms, info = weight_matching(spec, params(a), params(b), return_info=True, dtype=dtype)
     match_s = time.perf_counter() - t0
     moved = copy.deepcopy(b)
     moved.load_state_dict(apply(spec, b.state_dict(), perms))
-    return {"spec_s": spec_s, "match_s": match_s, "passes": info["passes"],
-            "objective": objective(params(a), params(moved)), "function_diff": function_diff(b, moved, shape)}
+    return {
+        "spec_s": spec_s,
+        "match_s": match_s,
+        "passes": info["passes"],
+        "objective": objective(params(a), params(moved)),
+        "function_diff": function_diff(b, moved, shape),
+    }
 
 
 def time_rebasin(key: str) -> dict:
@@ -95,13 +100,19 @@ def time_rebasin(key: str) -> dict:
     spec_s = time.perf_counter() - t0
     passes = 0
     t0 = time.perf_counter()
-    for passes in range(1, 101):
+    while passes < 100:
+        passes += 1
         if not pcd._calculate_permutations_step(_NoLoop()):
             break
     match_s = time.perf_counter() - t0
     pcd.apply_permutations()
-    return {"spec_s": spec_s, "match_s": match_s, "passes": passes,
-            "objective": objective(params(a), params(bb)), "function_diff": function_diff(b, bb, shape)}
+    return {
+        "spec_s": spec_s,
+        "match_s": match_s,
+        "passes": passes,
+        "objective": objective(params(a), params(bb)),
+        "function_diff": function_diff(b, bb, shape),
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -126,11 +137,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="our cost matrices' dtype (float64: the default of weight_matching; float32: what rebasin computes in)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     try:
         import rebasin  # noqa: F401
+
         have_rebasin = True
     except ImportError:
         have_rebasin = False
@@ -138,33 +157,40 @@ def main() -> None:
     for key in MODELS:
         ours, theirs = [], []
         for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits both alike
-            ours.append(time_ours(key))
+            ours.append(time_ours(key, dtype))
             if have_rebasin:
                 theirs.append(time_rebasin(key))
         row = {"modescape": summarise(ours)}
         if have_rebasin:
             row["rebasin"] = summarise(theirs)
             row["ratio_match"] = row["rebasin"]["match_s"] / row["modescape"]["match_s"]
-            row["ratio_total"] = ((row["rebasin"]["match_s"] + row["rebasin"]["spec_s"])
-                                  / (row["modescape"]["match_s"] + row["modescape"]["spec_s"]))
+            row["ratio_total"] = (row["rebasin"]["match_s"] + row["rebasin"]["spec_s"]) / (
+                row["modescape"]["match_s"] + row["modescape"]["spec_s"]
+            )
         rows[key] = row
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"threads={args.threads} repeats={args.repeats} torch {torch.__version__}")
+    print(f"threads={args.threads} repeats={args.repeats} torch {torch.__version__} ours in {args.dtype}")
     for key, row in rows.items():
         ours = row["modescape"]
-        line = (f"{key:12s} modescape: spec {ours['spec_s']:.3f}s match {ours['match_s']:.3f}s "
-                f"({ours['passes_all']} passes, objective {ours['objective']:.2f}, "
-                f"max |f(B) - f(permuted B)| {ours['function_diff']:.1e})")
+        line = (
+            f"{key:12s} modescape: spec {ours['spec_s']:.3f}s match {ours['match_s']:.3f}s "
+            f"({ours['passes_all']} passes, objective {ours['objective']:.2f}, "
+            f"max |f(B) - f(permuted B)| {ours['function_diff']:.1e})"
+        )
         print(line)
         if "rebasin" in row:
             rb = row["rebasin"]
-            print(f"{'':12s} rebasin  : spec {rb['spec_s']:.3f}s match {rb['match_s']:.3f}s "
-                  f"({rb['passes_all']} passes, objective {rb['objective']:.2f}, "
-                  f"max |f(B) - f(permuted B)| {rb['function_diff']:.1e})")
-            print(f"{'':12s} ratio rebasin/modescape: match {row['ratio_match']:.2f}x, "
-                  f"spec+match {row['ratio_total']:.2f}x")
+            print(
+                f"{'':12s} rebasin  : spec {rb['spec_s']:.3f}s match {rb['match_s']:.3f}s "
+                f"({rb['passes_all']} passes, objective {rb['objective']:.2f}, "
+                f"max |f(B) - f(permuted B)| {rb['function_diff']:.1e})"
+            )
+            print(
+                f"{'':12s} ratio rebasin/modescape: match {row['ratio_match']:.2f}x, "
+                f"spec+match {row['ratio_total']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 
 os.environ.setdefault("MODESCAPE_PROGRESS", "0")
 
+from torch.optim.swa_utils import update_bn  # noqa: E402
+
 from modescape import space as sp  # noqa: E402
 from modescape.connect import train_curve  # noqa: E402
 from modescape.evaluate import Evaluator  # noqa: E402
 from modescape.families.curves import Bezier  # noqa: E402
 from modescape.paths import evaluate_path  # noqa: E402
 from modescape.zoo import build_model, load_dataset  # noqa: E402
-from torch.optim.swa_utils import update_bn  # noqa: E402
 
 CASES = {
     "mlp 784-256-256-10 + BN, MNIST-shaped": ("mlp", dict(depth=2, width=256, norm="bn"), "fake-mnist", 10000, 2000),
@@ -57,6 +58,9 @@ def make_data(kind: str, n_train: int, n_test: int):
     return split
 
 
+clock = time.perf_counter  # --cpu-time: time.thread_time (this thread's CPU seconds; with --threads 1)
+
+
 def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -68,35 +72,52 @@ def plain_epoch(model, x, y, batch_size: int, device) -> float:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     for i in range(0, x.shape[0], batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         loss = F.cross_entropy(net(x[idx].to(device)), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def curve_epoch(model, a, b, split, batch_size: int, device) -> float:
     sync(device)
-    t0 = time.perf_counter()
-    train_curve(model, a, b, split, kind="bezier", bends=3, epochs=1, lr=0.01, wd=5e-4, batch_size=batch_size,
-                seed=0, device=device, progress=False)
+    t0 = clock()
+    train_curve(
+        model,
+        a,
+        b,
+        split,
+        kind="bezier",
+        bends=3,
+        epochs=1,
+        lr=0.01,
+        wd=5e-4,
+        batch_size=batch_size,
+        seed=0,
+        device=device,
+        progress=False,
+    )
     sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def reference_path(model, curve, split, points: int, batch_size: int, device) -> float:
     """The reference's evaluation: per point, update_bn over the train batches, then eval train and test."""
     net = copy.deepcopy(model).to(device)
-    train_batches = [(x.to(device), y.to(device)) for x, y in zip(split.train[0].split(batch_size),
-                                                                   split.train[1].split(batch_size))]
-    test_batches = [(x.to(device), y.to(device)) for x, y in zip(split.test[0].split(batch_size),
-                                                                  split.test[1].split(batch_size))]
+    train_batches = [
+        (x.to(device), y.to(device))
+        for x, y in zip(split.train[0].split(batch_size), split.train[1].split(batch_size), strict=True)
+    ]
+    test_batches = [
+        (x.to(device), y.to(device))
+        for x, y in zip(split.test[0].split(batch_size), split.test[1].split(batch_size), strict=True)
+    ]
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     with torch.no_grad():
         for t in torch.linspace(0, 1, points, dtype=torch.float64):
             w = curve(t)
@@ -111,18 +132,25 @@ def reference_path(model, curve, split, points: int, batch_size: int, device) ->
                     loss += float(F.cross_entropy(out, y, reduction="sum"))
                     correct += float((out.argmax(1) == y).sum())
     sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def ours_path(model, curve, split, points: int, batch_size: int, device, mode: str) -> float:
-    ev = Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn="recompute",
-                   batch_size=batch_size, device=device, mode=mode)
+    ev = Evaluator(
+        model,
+        {"train": split.train, "test": split.test},
+        metrics=("loss", "error"),
+        bn="recompute",
+        batch_size=batch_size,
+        device=device,
+        mode=mode,
+    )
     ev.family_mode = mode  # a fixed path: no one-off probe timing inside the measurement
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     evaluate_path(curve, ev, n_points=points)
     sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def median(fn, repeats: int) -> float:
@@ -138,14 +166,32 @@ def main() -> None:
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the data sizes (e.g. 5 on a GPU)")
+    ap.add_argument("--parts", default="curve,path", help="curve (training epoch), path (BN recompute), or both")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time this thread's CPU seconds instead of wall clock (needs --threads 1): robust to "
+        "other jobs on a shared machine, which stretch wall clock, not the work done",
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args()
+    global clock
+    parts = set(args.parts.split(","))
+    if not parts <= {"curve", "path"}:
+        raise SystemExit(f"--parts: curve, path or both; got {args.parts}")
+    if args.cpu_time:
+        if args.threads != 1 or torch.device(args.device).type != "cpu":
+            raise SystemExit("--cpu-time measures one CPU thread: use it with --threads 1 on the cpu")
+        clock = time.thread_time
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}, device {dev}, "
-          f"repeats {args.repeats} (median), T={args.points}, data scale {args.scale}")
+    print(
+        f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}, device {dev}, "
+        f"repeats {args.repeats} (median), T={args.points}, data scale {args.scale}, "
+        f"clock {'thread CPU time' if args.cpu_time else 'wall'}"
+    )
     rows = []
     for label, (model_name, kw, data_kind, n_train, n_test) in CASES.items():
         split = make_data(data_kind, int(n_train * args.scale), int(n_test * args.scale))
@@ -156,24 +202,72 @@ def main() -> None:
         space = sp.WeightSpace(model)
         a, b = space.point(model), space.point(other)
         x, y = split.train
-        plain = median(lambda: plain_epoch(model, x, y, args.batch_size, dev), args.repeats)
-        curve = median(lambda: curve_epoch(model, a, b, split, args.batch_size, dev), args.repeats)
+        nan = float("nan")
+        plain = curve = ref = nan
+        ours = {"loop": nan, "vmap": nan}
+        if "curve" in parts:  # interleaved: plain, curve, plain, curve, ...
+            runs = [
+                (plain_epoch(model, x, y, args.batch_size, dev), curve_epoch(model, a, b, split, args.batch_size, dev))
+                for _ in range(args.repeats)
+            ]
+            plain, curve = (statistics.median(r[i] for r in runs) for i in (0, 1))
         bez = Bezier.on_segment(a, b, 3).to(dev)
-        ref = median(lambda: reference_path(model, bez, split, args.points, args.eval_batch_size, dev), args.repeats)
-        ours = {m: median(lambda: ours_path(model, bez, split, args.points, args.eval_batch_size, dev, m), args.repeats)
-                for m in ("loop", "vmap")}
-        row = {"case": label, "params": space.numel, "n_train": int(x.shape[0]), "n_test": int(split.test[0].shape[0]), "plain_epoch_s": plain, "curve_epoch_s": curve,
-               "curve_overhead": curve / plain, "reference_path_s": ref, "ours_path_loop_s": ours["loop"],
-               "ours_path_vmap_s": ours["vmap"], "speedup_loop": ref / ours["loop"], "speedup_vmap": ref / ours["vmap"]}
+        if "path" in parts:
+            ref = median(
+                lambda model=model, bez=bez, split=split: reference_path(
+                    model, bez, split, args.points, args.eval_batch_size, dev
+                ),
+                args.repeats,
+            )
+            ours = {
+                m: median(
+                    lambda model=model, bez=bez, split=split, m=m: ours_path(
+                        model, bez, split, args.points, args.eval_batch_size, dev, m
+                    ),
+                    args.repeats,
+                )
+                for m in ("loop", "vmap")
+            }
+        row = {
+            "case": label,
+            "params": space.numel,
+            "n_train": int(x.shape[0]),
+            "n_test": int(split.test[0].shape[0]),
+            "plain_epoch_s": plain,
+            "curve_epoch_s": curve,
+            "curve_overhead": curve / plain,
+            "reference_path_s": ref,
+            "ours_path_loop_s": ours["loop"],
+            "ours_path_vmap_s": ours["vmap"],
+            "speedup_loop": ref / ours["loop"],
+            "speedup_vmap": ref / ours["vmap"],
+        }
         rows.append(row)
         print(f"{label}: {space.numel} params, {x.shape[0]} train / {split.test[0].shape[0]} test samples")
-        print(f"  training epoch: plain {plain:.2f} s, curve {curve:.2f} s, overhead x{curve / plain:.2f}")
-        print(f"  path, {args.points} points, BN recompute: reference loop {ref:.2f} s, ours loop {ours['loop']:.2f} s "
-              f"(x{ref / ours['loop']:.2f}), ours vmap {ours['vmap']:.2f} s (x{ref / ours['vmap']:.2f})")
+        if "curve" in parts:
+            print(f"  training epoch: plain {plain:.2f} s, curve {curve:.2f} s, overhead x{curve / plain:.2f}")
+        if "path" in parts:
+            print(
+                f"  path, {args.points} points, BN recompute: reference loop {ref:.2f} s, "
+                f"ours loop {ours['loop']:.2f} s (x{ref / ours['loop']:.2f}), "
+                f"ours vmap {ours['vmap']:.2f} s (x{ref / ours['vmap']:.2f})"
+            )
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"device": str(dev), "device_name": name, "torch": torch.__version__, "scale": args.scale,
-                       "threads": torch.get_num_threads(), "points": args.points, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "device": str(dev),
+                    "device_name": name,
+                    "torch": torch.__version__,
+                    "scale": args.scale,
+                    "clock": "thread_time" if args.cpu_time else "wall",
+                    "threads": torch.get_num_threads(),
+                    "points": args.points,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def trained_mlp():
     for epoch in range(8):
         perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(epoch))
         for i in range(0, len(X), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             F.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()
@@ -72,13 +72,13 @@ def reference_min_max(net, loader):
         count[0] += 1
         vs, o = [], 0
         for p in params:
-            vs.append(torch.from_numpy(vec[o:o + p.numel()]).view_as(p).float())
+            vs.append(torch.from_numpy(vec[o : o + p.numel()]).view_as(p).float())
             o += p.numel()
         net.zero_grad()
         for x, y in loader:
             loss = F.cross_entropy(net(x), y)
             g = torch.autograd.grad(loss, params, create_graph=True)
-            sum((gi * v).sum() for gi, v in zip(g, vs)).backward()
+            sum((gi * v).sum() for gi, v in zip(g, vs, strict=True)).backward()
         return np.concatenate([p.grad.detach().numpy().ravel() for p in params]).astype(np.float64)
 
     top = eigsh(LinearOperator((n, n), matvec=hvp), k=1, tol=1e-2)[0][0]
@@ -101,14 +101,30 @@ def main() -> None:
     r = f"-0.5:0.5:{a.grid}"
     grid = Grid.parse(x=r, y=r)
     pts = grid.points()
-    info = {"torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "grid": [a.grid, a.grid], "samples": int(X.shape[0]), "params": "weights (dim > 1)"}
+    info = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "grid": [a.grid, a.grid],
+        "samples": int(X.shape[0]),
+        "params": "weights (dim > 1)",
+    }
     print(" ".join(f"{k}={v}" for k, v in info.items()))
 
     # exact values (tight Lanczos) at every point, not timed
     ev = Evaluator(model, {"train": (X, y)}, batch_size=128, progress=False)
-    exact = np.array([cv.extreme_eigenvalues(ev, point={k: v.detach() for k, v in plane(torch.as_tensor(c)).items()},
-                                             params="weights", tol=1e-8, max_iter=400)[:2] for c in pts])
+    exact = np.array(
+        [
+            cv.extreme_eigenvalues(
+                ev,
+                point={k: v.detach() for k, v in plane(torch.as_tensor(c)).items()},
+                params="weights",
+                tol=1e-8,
+                max_iter=400,
+            )[:2]
+            for c in pts
+        ]
+    )
 
     out = {"info": info}
     for tol in (1e-3, 1e-2):
@@ -117,9 +133,12 @@ def main() -> None:
         ds = convexity(plane, ev, grid, tol=tol, params="weights", progress=False)
         secs = time.perf_counter() - t0
         got = np.stack([ds.lambda_min.values.reshape(-1), ds.lambda_max.values.reshape(-1)], 1)
-        out[f"modescape_tol{tol:g}"] = {"seconds": secs, "hvp": int(ds.n_hvp.sum()),
-                                        "max_rel_err_max": float(np.max(np.abs(got[:, 1] - exact[:, 1]) / np.abs(exact[:, 1]))),
-                                        "max_err_min_over_max": float(np.max(np.abs(got[:, 0] - exact[:, 0]) / np.abs(exact[:, 1])))}
+        out[f"modescape_tol{tol:g}"] = {
+            "seconds": secs,
+            "hvp": int(ds.n_hvp.sum()),
+            "max_rel_err_max": float(np.max(np.abs(got[:, 1] - exact[:, 1]) / np.abs(exact[:, 1]))),
+            "max_err_min_over_max": float(np.max(np.abs(got[:, 0] - exact[:, 0]) / np.abs(exact[:, 1]))),
+        }
     net = copy.deepcopy(model)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=128, shuffle=False)
     names = dict(net.named_parameters())
@@ -134,13 +153,21 @@ def main() -> None:
         n_hvp += n
     secs = time.perf_counter() - t0
     got = np.array(res)
-    out["reference"] = {"seconds": secs, "hvp": n_hvp,
-                        "max_rel_err_max": float(np.max(np.abs(got[:, 1] - exact[:, 1]) / np.abs(exact[:, 1]))),
-                        "max_err_min_over_max": float(np.max(np.abs(got[:, 0] - exact[:, 0]) / np.abs(exact[:, 1])))}
-    print(f"{'':22s} {'seconds':>8s} {'HVPs':>6s} {'max rel err lambda_max':>24s} {'max err lambda_min / lambda_max':>32s}")
+    out["reference"] = {
+        "seconds": secs,
+        "hvp": n_hvp,
+        "max_rel_err_max": float(np.max(np.abs(got[:, 1] - exact[:, 1]) / np.abs(exact[:, 1]))),
+        "max_err_min_over_max": float(np.max(np.abs(got[:, 0] - exact[:, 0]) / np.abs(exact[:, 1]))),
+    }
+    print(
+        f"{'':22s} {'seconds':>8s} {'HVPs':>6s} {'max rel err lambda_max':>24s}"
+        f" {'max err lambda_min / lambda_max':>32s}"
+    )
     for k in ("modescape_tol0.001", "modescape_tol0.01", "reference"):
         o = out[k]
-        print(f"{k:22s} {o['seconds']:8.2f} {o['hvp']:6d} {o['max_rel_err_max']:24.1e} {o['max_err_min_over_max']:32.1e}")
+        print(
+            f"{k:22s} {o['seconds']:8.2f} {o['hvp']:6d} {o['max_rel_err_max']:24.1e} {o['max_err_min_over_max']:32.1e}"
+        )
     for k in ("modescape_tol0.001", "modescape_tol0.01"):
         print(f"reference / {k}: {out['reference']['seconds'] / out[k]['seconds']:.1f}x")
     if a.json_out:

@@ -48,8 +48,10 @@ def main() -> None:
     data = load_dataset("digits")
     full = {"train": data.train, "test": data.test}
     results = []
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
-          f"device {args.device}, K={args.points}, bn={args.bn}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
+        f"device {args.device}, K={args.points}, bn={args.bn}"
+    )
     print(f"{'model':22s} {'loop s/pt':>10s} {'vmap s/pt':>10s} {'auto s/pt':>10s} {'vmap/loop':>10s} auto chose")
     for label, (name, kw) in MODELS.items():
         torch.manual_seed(0)
@@ -70,7 +72,10 @@ def main() -> None:
                 row["auto_chose"] = ev.mode_chosen
         row["vmap_speedup"] = row["loop"] / row["vmap"]
         results.append(row)
-        print(f"{label:22s} {row['loop']:10.5f} {row['vmap']:10.5f} {row['auto']:10.5f} {row['vmap_speedup']:10.2f} {row['auto_chose']}")
+        print(
+            f"{label:22s} {row['loop']:10.5f} {row['vmap']:10.5f} {row['auto']:10.5f}"
+            f" {row['vmap_speedup']:10.2f} {row['auto_chose']}"
+        )
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"device": args.device, "points": args.points, "results": results}, f, indent=2)

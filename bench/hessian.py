@@ -47,65 +47,23 @@ import torch.nn.functional as F
 
 os.environ.setdefault("MODESCAPE_PROGRESS", "0")
 
+from hessian_peers import (  # noqa: E402
+    Clock,
+    Done,
+    eigenthings_lanczos,
+    eigenthings_op,
+    eigenthings_power,
+    pyhessian_eig,
+    pyhessian_single_batch_eig,
+    sync,
+)
+
 from modescape import curvature as cv  # noqa: E402
 from modescape.evaluate import Evaluator  # noqa: E402
 from modescape.zoo import build_model, load_dataset  # noqa: E402
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Done(Exception):
-    """Raised from inside a tool's product loop once nothing more can be learnt from its run."""
-
-
-class Clock:
-    """Timestamps every Hessian-vector product with the tool's current estimate.
-
-    ``tick(estimate, rule, returned)``: ``rule`` says whether the tool's own stopping rule (tol 1e-3) fires
-    at this product and ``returned`` what the tool would then return. The run is cut short (`Done`) once
-    the rule has fired and the estimate has been within 1e-4 of the reference for three products, or after
-    ``budget`` products.
-    """
-
-    def __init__(self, device, ref: float, budget: int):
-        self.device, self.ref, self.budget = device, ref, budget
-        self.t0 = 0.0
-        self.log: list[tuple[float, float]] = []
-        self.own: dict | None = None
-
-    def start(self):
-        sync(self.device)
-        self.log = []
-        self.own = None
-        self.t0 = time.perf_counter()
-
-    def tick(self, estimate: float, rule: bool = False, returned: float | None = None):
-        sync(self.device)
-        t = time.perf_counter() - self.t0
-        self.log.append((t, float(estimate)))
-        if rule and self.own is None:
-            val = float(estimate if returned is None else returned)
-            self.own = {"value": val, "seconds": t, "hvp": len(self.log),
-                        "rel_error": abs(val - self.ref) / abs(self.ref)}
-        close = len(self.log) >= 3 and all(abs(v - self.ref) <= 1e-4 * abs(self.ref) for _, v in self.log[-3:])
-        if (self.own is not None and close) or len(self.log) >= self.budget:
-            raise Done
-
-    def count_to(self, eps: float) -> int | None:
-        """Products after which the estimate stays within eps (relative) of the reference (None: never)."""
-        ok = None
-        for i, (_, v) in enumerate(self.log):
-            if abs(v - self.ref) <= eps * abs(self.ref):
-                ok = i + 1 if ok is None else ok
-            else:
-                ok = None
-        return ok
-
-
 # -- setups -----------------------------------------------------------------------------------------
+
 
 def digits_mlp(device):
     data = load_dataset("digits")
@@ -116,7 +74,7 @@ def digits_mlp(device):
     for epoch in range(8):
         perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(epoch))
         for i in range(0, len(X), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             F.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()
@@ -142,6 +100,7 @@ def resnet20(device, n, steps=0):
 
 # -- the tools ------------------------------------------------------------------------------------
 
+
 def ours_reference(model, X, y, bs, device, max_iter):
     ev = Evaluator(model, (X, y), batch_size=bs, device=device, progress=False)
     H = cv.Hessian(ev)  # measures the HVP method once per evaluator (a one-off, not timed)
@@ -152,126 +111,15 @@ def ours_reference(model, X, y, bs, device, max_iter):
 def ours_eig(ev, clock, max_iter, start="gradient"):
     """modescape Lanczos; own rule: Ritz residual <= 1e-3 * |theta| (the top value sets the scale here).
     The clock includes building the operator (its retained gradient graph) and the start vector."""
+
     def cb(step, vals, res):
         clock.tick(float(vals[0]), rule=float(res[0]) <= 1e-3 * abs(float(vals[0])))
+
     clock.start()
     try:
         cv.eigenvalues(ev, k=1, which="largest", tol=1e-12, max_iter=max_iter, callback=cb, start=start)
     except Done:
         pass
-
-
-def pyhessian_eig(model, X, y, bs, device, clock, max_iter):
-    """pyhessian power iteration; own rule: |lambda_i - lambda_{i-1}| / (|lambda_{i-1}| + 1e-6) < 1e-3,
-    returning lambda_{i-1} (as its code does)."""
-    from pyhessian import hessian
-
-    batches = [(X[i:i + bs], y[i:i + bs]) for i in range(0, len(X), bs)]
-    h = hessian(model, torch.nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
-    orig = h.dataloader_hv_product
-    prev = [None]
-
-    def logged(v):
-        lam, Hv = orig(v)
-        p = prev[0]
-        rule = p is not None and abs(p - lam) / (abs(p) + 1e-6) < 1e-3
-        prev[0] = lam
-        clock.tick(lam, rule=rule, returned=p)
-        return lam, Hv
-
-    h.dataloader_hv_product = logged
-    torch.manual_seed(0)
-    clock.start()
-    try:
-        h.eigenvalues(maxIter=max_iter, tol=1e-12, top_n=1)
-    except Done:
-        pass
-    model.zero_grad(set_to_none=True)
-
-
-def pyhessian_single_batch_eig(model, X, y, device, clock, max_iter):
-    """pyhessian with all data as its one batch (``data=``), the mode in which it keeps its gradient's
-    graph across products as modescape does; the clock includes that build. Own rule as above."""
-    import sys
-
-    from pyhessian import hessian
-
-    mod = sys.modules["pyhessian.hessian"]
-    orig = mod.hessian_vector_product
-    prev = [None]
-
-    def logged(gradsH, params, v):
-        Hv = orig(gradsH, params, v)
-        lam = float(sum((a * b).sum() for a, b in zip(Hv, v)))
-        p = prev[0]
-        rule = p is not None and abs(p - lam) / (abs(p) + 1e-6) < 1e-3
-        prev[0] = lam
-        clock.tick(lam, rule=rule, returned=p)
-        return Hv
-
-    torch.manual_seed(0)
-    mod.hessian_vector_product = logged
-    clock.start()
-    try:
-        h = hessian(model, torch.nn.CrossEntropyLoss(), data=(X, y), cuda=device.type == "cuda")
-        h.eigenvalues(maxIter=max_iter, tol=1e-12, top_n=1)
-    except Done:
-        pass
-    finally:
-        mod.hessian_vector_product = orig
-        model.zero_grad(set_to_none=True)
-
-
-def eigenthings_op(model, X, y, bs):
-    import hessian_eigenthings as he
-
-    batches = [(X[i:i + bs], y[i:i + bs]) for i in range(0, len(X), bs)]
-    return he.HessianOperator(model, batches, he.supervised_loss(F.cross_entropy), full_dataset=True)
-
-
-class Logged:
-    """An eigenthings operator that timestamps each product; own rule of its power iteration:
-    relative change and relative residual both below 1e-3."""
-
-    def __init__(self, op, clock):
-        self.op, self.clock, self.count, self.prev = op, clock, 0, None
-        self.size, self.device, self.dtype = op.size, op.device, op.dtype
-
-    def matvec(self, v):
-        av = self.op.matvec(v)
-        self.count += 1
-        if self.clock:
-            lam = float(v @ av / (v @ v))
-            res = float((av - lam * v).norm() / v.norm())
-            rule = self.prev is not None and abs(lam - self.prev) / max(abs(lam), 1e-12) < 1e-3 \
-                and res / max(abs(lam), 1e-12) < 1e-3
-            self.prev = lam
-            self.clock.tick(lam, rule=rule)
-        return av
-
-    __call__ = matvec
-
-
-def eigenthings_power(model, X, y, bs, device, clock, max_iter):
-    import hessian_eigenthings as he
-
-    op = Logged(eigenthings_op(model, X, y, bs), clock)
-    clock.start()
-    try:
-        he.power_iteration_one(op, max_iter=max_iter, tol=1e-12, seed=0)
-    except Done:
-        pass
-
-
-def eigenthings_lanczos(model, X, y, bs, device, steps):
-    import hessian_eigenthings as he
-
-    op = Logged(eigenthings_op(model, X, y, bs), None)
-    sync(device)
-    t0 = time.perf_counter()
-    r = he.lanczos(op, k=1, max_iter=steps, which="LA", seed=0)
-    sync(device)
-    return float(r.eigenvalues[0]), time.perf_counter() - t0, op.count
 
 
 def bench_eig(name, model, X, y, bs, device, max_iter, repeats):
@@ -280,8 +128,7 @@ def bench_eig(name, model, X, y, bs, device, max_iter, repeats):
     out.update(reference=ref, hvp_method=H.method, hvp_timings=H.timings)
     clocks: dict[str, Clock] = {}
     for _ in range(repeats):  # interleaved repeats; each tool keeps its fastest run (shared, noisy machines)
-        for tool in ("modescape", "modescape-random-start", "pyhessian", "pyhessian-single-batch",
-                     "eigenthings-power"):
+        for tool in ("modescape", "modescape-random-start", "pyhessian", "pyhessian-single-batch", "eigenthings-power"):
             clock = Clock(device, ref, max_iter)
             if tool == "modescape":
                 ours_eig(H.evaluator, clock, max_iter)
@@ -301,20 +148,35 @@ def bench_eig(name, model, X, y, bs, device, max_iter, repeats):
     per = product_seconds(model, X, y, bs, device, H, repeats)
     out["hvp_seconds"] = per
     # modescape pays once for its operator (the retained gradient graph, which also gives the start vector)
-    key = {"modescape": "modescape", "modescape-random-start": "modescape", "pyhessian": "pyhessian",
-           "pyhessian-single-batch": "pyhessian-single-batch", "eigenthings-power": "eigenthings"}
-    once = {"modescape": per["modescape-build"], "modescape-random-start": per["modescape-build"],
-            "pyhessian-single-batch": per["pyhessian-single-batch-build"]}
-    out["time_to"] = {tool: {eps: (once.get(tool, 0.0) + n * per[key[tool]] if n else None) for eps, n in d.items()}
-                      for tool, d in out["hvp_to"].items()}
+    key = {
+        "modescape": "modescape",
+        "modescape-random-start": "modescape",
+        "pyhessian": "pyhessian",
+        "pyhessian-single-batch": "pyhessian-single-batch",
+        "eigenthings-power": "eigenthings",
+    }
+    once = {
+        "modescape": per["modescape-build"],
+        "modescape-random-start": per["modescape-build"],
+        "pyhessian-single-batch": per["pyhessian-single-batch-build"],
+    }
+    out["time_to"] = {
+        tool: {eps: (once.get(tool, 0.0) + n * per[key[tool]] if n else None) for eps, n in d.items()}
+        for tool, d in out["hvp_to"].items()
+    }
     own = {tool: c.own for tool, c in clocks.items()}
     steps = (own["modescape"] or {}).get("hvp") or 10
     secs = float("inf")
     for _ in range(repeats):
         lam, t, n_hvp = eigenthings_lanczos(model, X, y, bs, device, steps)
         secs = min(secs, t)
-    own["eigenthings-lanczos"] = {"value": lam, "seconds": secs, "hvp": n_hvp, "rel_error": abs(lam - ref) / abs(ref),
-                                  "note": f"max_iter={steps} (no tolerance stop; as many products as modescape)"}
+    own["eigenthings-lanczos"] = {
+        "value": lam,
+        "seconds": secs,
+        "hvp": n_hvp,
+        "rel_error": abs(lam - ref) / abs(ref),
+        "note": f"max_iter={steps} (no tolerance stop; as many products as modescape)",
+    }
     out["own_rule_tol_1e-3"] = own
     return out, H
 
@@ -324,21 +186,27 @@ def product_seconds(model, X, y, bs, device, H, repeats):
     rounds (so that a busy machine slows all tools alike)."""
     from pyhessian import hessian
 
-    batches = [(X[i:i + bs], y[i:i + bs]) for i in range(0, len(X), bs)]
+    batches = [(X[i : i + bs], y[i : i + bs]) for i in range(0, len(X), bs)]
     h = hessian(model, torch.nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
     op = eigenthings_op(model, X, y, bs)
     g = torch.Generator().manual_seed(0)
     v = torch.randn(H.size, generator=g).to(device)
-    vl = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in h.params]), h.params)]
+    vl = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in h.params]), h.params, strict=True)]
     import sys
+
     H_re = cv.Hessian(H.evaluator, retain=False)  # products that recompute the forward and backward passes
     single = lambda: hessian(model, torch.nn.CrossEntropyLoss(), data=(X, y), cuda=device.type == "cuda")  # noqa: E731
     h1 = single()
     hvp1 = sys.modules["pyhessian.hessian"].hessian_vector_product
-    fns = {"modescape": lambda: H.matvec(v), "modescape-build": lambda: cv.Hessian(H.evaluator),
-           "modescape-recompute": lambda: H_re.matvec(v), "pyhessian": lambda: h.dataloader_hv_product(vl),
-           "pyhessian-single-batch": lambda: hvp1(h1.gradsH, h1.params, vl), "pyhessian-single-batch-build": single,
-           "eigenthings": lambda: op.matvec(v)}
+    fns = {
+        "modescape": lambda: H.matvec(v),
+        "modescape-build": lambda: cv.Hessian(H.evaluator),
+        "modescape-recompute": lambda: H_re.matvec(v),
+        "pyhessian": lambda: h.dataloader_hv_product(vl),
+        "pyhessian-single-batch": lambda: hvp1(h1.gradsH, h1.params, vl),
+        "pyhessian-single-batch-build": single,
+        "eigenthings": lambda: op.matvec(v),
+    }
     best = {k: float("inf") for k in fns}
     for fn in fns.values():
         fn()  # warm-up
@@ -374,14 +242,31 @@ def bench_trace(name, model, X, y, bs, device, max_probes, H, sketch, repeats, t
     from pyhessian import hessian
 
     out = {"model": name, "target_rel_stderr": target}
-    batches = [(X[i:i + bs], y[i:i + bs]) for i in range(0, len(X), bs)]
+    batches = [(X[i : i + bs], y[i : i + bs]) for i in range(0, len(X), bs)]
     variants = [("hutchinson", 1), ("hutch++", 1)] + ([("hutchinson", block), ("hutch++", block)] if block > 1 else [])
     for method, b in variants:  # timed from the evaluator: building the operator is part of the work
-        r, secs = timed(lambda: cv.trace(H.evaluator, method=method, rtol=target, min_samples=10, max_samples=max_probes,
-                                         sketch=sketch, seed=0, block=b), device, repeats)
+        r, secs = timed(
+            lambda method=method, b=b: cv.trace(
+                H.evaluator,
+                method=method,
+                rtol=target,
+                min_samples=10,
+                max_samples=max_probes,
+                sketch=sketch,
+                seed=0,
+                block=b,
+            ),
+            device,
+            repeats,
+        )
         out[f"modescape-{method}" + (f"-block{b}" if b > 1 else "")] = {
-            "estimate": r.estimate, "stderr": r.stderr, "probes": r.n_samples, "hvp": r.n_hvp, "seconds": secs,
-            "converged": r.converged}
+            "estimate": r.estimate,
+            "stderr": r.stderr,
+            "probes": r.n_samples,
+            "hvp": r.n_hvp,
+            "seconds": secs,
+            "converged": r.converged,
+        }
     n_hutch = out["modescape-hutchinson"]["probes"]
 
     def py(n, tol):
@@ -392,7 +277,7 @@ def bench_trace(name, model, X, y, bs, device, max_probes, H, sketch, repeats, t
         return samples
 
     for label, n, tol in (("pyhessian", n_hutch, -1.0), ("pyhessian-own-rule", max_probes, 1e-3)):
-        samples, secs = timed(lambda: py(n, tol), device, repeats)
+        samples, secs = timed(lambda n=n, tol=tol: py(n, tol), device, repeats)
         t = torch.tensor(samples, dtype=torch.float64)
         se = float(t.std()) / math.sqrt(len(t)) if len(t) > 1 else float("nan")
         out[label] = {"estimate": float(t.mean()), "stderr": se, "probes": len(t), "hvp": len(t), "seconds": secs}
@@ -400,16 +285,30 @@ def bench_trace(name, model, X, y, bs, device, max_probes, H, sketch, repeats, t
     out["pyhessian-own-rule"]["note"] = "its rule: relative change of the running mean < 1e-3"
     op = eigenthings_op(model, X, y, bs)
     r, secs = timed(lambda: he.hutchinson(op, num_samples=max(2, n_hutch), seed=0), device, repeats)
-    out["eigenthings-hutchinson"] = {"estimate": r.estimate, "stderr": r.stderr, "probes": max(2, n_hutch),
-                                     "hvp": max(2, n_hutch), "seconds": secs}
+    out["eigenthings-hutchinson"] = {
+        "estimate": r.estimate,
+        "stderr": r.stderr,
+        "probes": max(2, n_hutch),
+        "hvp": max(2, n_hutch),
+        "seconds": secs,
+    }
     n_pp = out["modescape-hutch++"]["hvp"]
     r, secs = timed(lambda: he.hutch_plus_plus(op, num_matvecs=n_pp, seed=0), device, repeats)
-    out["eigenthings-hutch++"] = {"estimate": r.estimate, "stderr": r.stderr, "probes": n_pp // 3, "hvp": n_pp,
-                                  "seconds": secs}
+    out["eigenthings-hutch++"] = {
+        "estimate": r.estimate,
+        "stderr": r.stderr,
+        "probes": n_pp // 3,
+        "hvp": n_pp,
+        "seconds": secs,
+    }
     # seconds at equal accuracy from products x interleaved seconds per product (robust to a busy machine)
     for k, o in out.items():
         if isinstance(o, dict) and "hvp" in o:
-            tool = "pyhessian" if k.startswith("pyhessian") else ("eigenthings" if k.startswith("eigenthings") else "modescape")
+            tool = (
+                "pyhessian"
+                if k.startswith("pyhessian")
+                else ("eigenthings" if k.startswith("eigenthings") else "modescape")
+            )
             once = per["modescape-build"] if tool == "modescape" else 0.0
             o["seconds_from_products"] = once + o["hvp"] * per[tool] if "block" not in k else None
     return out
@@ -425,13 +324,29 @@ def main() -> None:
     ap.add_argument("--models", default="mlp,resnet20")
     ap.add_argument("--n-resnet", type=int, default=None, help="ResNet samples (default 16 on cpu, 512 on cuda)")
     ap.add_argument("--max-iter", type=int, default=40, help="products per eigenvalue run at most")
-    ap.add_argument("--trace-max", type=int, default=None,
-                    help="trace probes at most (default 400; 20 for the ResNet on cpu)")
-    ap.add_argument("--sketch", type=int, default=None, help="Hutch++ sketch size (default 10; 5 for the ResNet on cpu)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats, fastest kept (default 2; 1 for the ResNet on cpu)")
-    ap.add_argument("--block", type=int, default=None, help="probes per vectorised product in the blocked rows (default 8; none for the ResNet on cpu)")
-    ap.add_argument("--no-resnet-trace", action="store_true",
-                    help="skip the ResNet trace (its trace at initialisation is near zero: no relative target)")
+    ap.add_argument(
+        "--trace-max", type=int, default=None, help="trace probes at most (default 400; 20 for the ResNet on cpu)"
+    )
+    ap.add_argument(
+        "--sketch", type=int, default=None, help="Hutch++ sketch size (default 10; 5 for the ResNet on cpu)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats, fastest kept (default 2; 1 for the ResNet on cpu)",
+    )
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="probes per vectorised product in the blocked rows (default 8; none for the ResNet on cpu)",
+    )
+    ap.add_argument(
+        "--no-resnet-trace",
+        action="store_true",
+        help="skip the ResNet trace (its trace at initialisation is near zero: no relative target)",
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -440,11 +355,20 @@ def main() -> None:
         import hessian_eigenthings
         import pyhessian  # noqa: F401
     except ImportError as e:
-        raise SystemExit(f"bench/hessian.py compares with pyhessian and hessian-eigenthings ({e}): "
-                         f"pip install -r bench/requirements.txt") from None
-    info = {"torch": torch.__version__, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "pyhessian": "0.1", "hessian_eigenthings": hessian_eigenthings.__version__}
+        raise SystemExit(
+            f"bench/hessian.py compares with pyhessian and hessian-eigenthings ({e}): "
+            f"pip install -r bench/requirements.txt"
+        ) from None
+    info = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "pyhessian": "0.1",
+        "hessian_eigenthings": hessian_eigenthings.__version__,
+    }
     print(" ".join(f"{k}={v}" for k, v in info.items()))
     setups = []
     for m in args.models.split(","):
@@ -462,18 +386,24 @@ def main() -> None:
         repeats = args.repeats or (1 if small_cpu else 2)
         e, H = bench_eig(name, model, X, y, bs, device, args.max_iter, repeats)
         results["eigenvalue"].append(e)
-        print(f"\n== top eigenvalue: {name} ({e['params']} params, n={e['n']}, batch {e['batch']}, "
-              f"reference {e['reference']:.6g}, HVP {e['hvp_method']})")
-        print(f"{'tool':20s} {'HVPs to 1e-3':>12s} {'1e-4':>5s} {'s to 1e-3':>9s} {'1e-4':>7s} | own rule (tol 1e-3): "
-              f"{'HVPs':>4s} {'rel err':>8s}")
+        print(
+            f"\n== top eigenvalue: {name} ({e['params']} params, n={e['n']}, batch {e['batch']}, "
+            f"reference {e['reference']:.6g}, HVP {e['hvp_method']})"
+        )
+        print(
+            f"{'tool':20s} {'HVPs to 1e-3':>12s} {'1e-4':>5s} {'s to 1e-3':>9s} {'1e-4':>7s} | own rule (tol 1e-3): "
+            f"{'HVPs':>4s} {'rel err':>8s}"
+        )
         for tool, o in e["own_rule_tol_1e-3"].items():
             tt, nn = e["time_to"].get(tool, {}), e["hvp_to"].get(tool, {})
             o = o or {}
             never = f">{e['hvp_budget']}" if tool in e["hvp_to"] else "-"
-            print(f"{tool:20s} {fmt(nn.get('0.001'), 'd') if nn.get('0.001') else never:>12s} "
-                  f"{fmt(nn.get('0.0001'), 'd') if nn.get('0.0001') else never:>5s} "
-                  f"{fmt(tt.get('0.001')):>9s} {fmt(tt.get('0.0001')):>7s} | {'':20s} "
-                  f"{fmt(o.get('hvp'), 'd'):>4s} {fmt(o.get('rel_error'), '8.1e'):>8s}")
+            print(
+                f"{tool:20s} {fmt(nn.get('0.001'), 'd') if nn.get('0.001') else never:>12s} "
+                f"{fmt(nn.get('0.0001'), 'd') if nn.get('0.0001') else never:>5s} "
+                f"{fmt(tt.get('0.001')):>9s} {fmt(tt.get('0.0001')):>7s} | {'':20s} "
+                f"{fmt(o.get('hvp'), 'd'):>4s} {fmt(o.get('rel_error'), '8.1e'):>8s}"
+            )
         print("  seconds per product: " + ", ".join(f"{k} {fmt(v)}" for k, v in e["hvp_seconds"].items()))
         us = e["time_to"]["modescape"]
         for peer in ("pyhessian", "pyhessian-single-batch"):
@@ -483,26 +413,58 @@ def main() -> None:
                     print(f"  time to rel. error {eps}: {peer} / modescape = {py[eps] / us[eps]:.2f}x")
         py = e["time_to"]["pyhessian"]
         if py.get("0.0001") is None:
-            print(f"  pyhessian did not reach rel. error 1e-4 within {e['hvp_budget']} products "
-                  f"(modescape: {e['hvp_to']['modescape'].get('0.0001')})")
+            print(
+                f"  pyhessian did not reach rel. error 1e-4 within {e['hvp_budget']} products "
+                f"(modescape: {e['hvp_to']['modescape'].get('0.0001')})"
+            )
         if args.no_resnet_trace and name.startswith("ResNet"):
             continue
-        tr = bench_trace(name, model, X, y, bs, device, args.trace_max or (20 if small_cpu else 400), H,
-                         args.sketch or (5 if small_cpu else 10), repeats, 0.2 if small_cpu else 0.05,
-                         args.block or (1 if small_cpu else 8), e["hvp_seconds"])
+        tr = bench_trace(
+            name,
+            model,
+            X,
+            y,
+            bs,
+            device,
+            args.trace_max or (20 if small_cpu else 400),
+            H,
+            args.sketch or (5 if small_cpu else 10),
+            repeats,
+            0.2 if small_cpu else 0.05,
+            args.block or (1 if small_cpu else 8),
+            e["hvp_seconds"],
+        )
         results["trace"].append(tr)
         print(f"-- trace to a standard error of {tr['target_rel_stderr']:.0%}")
         blk = [k for k in tr if k.startswith("modescape-") and "block" in k]
-        for tool in ("modescape-hutchinson", "modescape-hutch++", *blk, "pyhessian", "pyhessian-own-rule",
-                     "eigenthings-hutchinson", "eigenthings-hutch++"):
+        for tool in (
+            "modescape-hutchinson",
+            "modescape-hutch++",
+            *blk,
+            "pyhessian",
+            "pyhessian-own-rule",
+            "eigenthings-hutchinson",
+            "eigenthings-hutch++",
+        ):
             o = tr[tool]
-            print(f"{tool:28s} {o['estimate']:12.5g} +- {o['stderr']:9.3g}  products {o['hvp']:4d}  "
-                  f"wall {o['seconds']:8.3f} s  products x s/product {fmt(o.get('seconds_from_products'), '8.3f'):>8s} s")
+            print(
+                f"{tool:28s} {o['estimate']:12.5g} +- {o['stderr']:9.3g}  products {o['hvp']:4d}  "
+                f"wall {o['seconds']:8.3f} s  products x s/product {fmt(o.get('seconds_from_products'), '8.3f'):>8s} s"
+            )
         py, pyp = tr["pyhessian"]["seconds"], tr["pyhessian"]["seconds_from_products"]
-        print("  wall clock, pyhessian / " + ", ".join(f"{k} = {py / tr[k]['seconds']:.2f}x"
-                                                        for k in ("modescape-hutchinson", "modescape-hutch++", *blk)))
-        print("  products x s/product, pyhessian / " + ", ".join(
-            f"{k} = {pyp / tr[k]['seconds_from_products']:.2f}x" for k in ("modescape-hutchinson", "modescape-hutch++")))
+        print(
+            "  wall clock, pyhessian / "
+            + ", ".join(
+                f"{k} = {py / tr[k]['seconds']:.2f}x" for k in ("modescape-hutchinson", "modescape-hutch++", *blk)
+            )
+        )
+        print(
+            "  products x s/product, pyhessian / "
+            + ", ".join(
+                f"{k} = {pyp / tr[k]['seconds_from_products']:.2f}x"
+                for k in ("modescape-hutchinson", "modescape-hutch++")
+            )
+        )
     results["total_seconds"] = time.perf_counter() - t_all
     print(f"\ntotal {results['total_seconds']:.1f} s")
     if args.json_out:

@@ -50,17 +50,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from modescape.topology import persistence  # noqa: E402
 
-WELLS = [(-0.55, -0.45, 1.0), (0.5, 0.55, 0.85), (0.45, -0.5, 0.7), (-0.5, 0.5, 0.6), (0.0, 0.05, 0.5),
-         (-0.05, -0.75, 0.4)]
+WELLS = [
+    (-0.55, -0.45, 1.0),
+    (0.5, 0.55, 0.85),
+    (0.45, -0.5, 0.7),
+    (-0.5, 0.5, 0.6),
+    (0.0, 0.05, 0.5),
+    (-0.05, -0.75, 0.4),
+]
 
 
 def surface(kind: str, n: int) -> np.ndarray:
     """The named surface on an n x n grid of [-1, 1]^2, indexed [x, y]."""
     x = np.linspace(-1, 1, n)
     X, Y = np.meshgrid(x, x, indexing="ij")
-    z = 0.3 * (X ** 2 + Y ** 2)
+    z = 0.3 * (X**2 + Y**2)
     for cx, cy, depth in WELLS:
-        z -= depth * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * 0.15 ** 2))
+        z -= depth * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * 0.15**2))
     if kind in ("rough", "noisy"):
         rng = np.random.default_rng(1)
         for _ in range(40):
@@ -85,7 +91,7 @@ def _trained_mlp(data, seed: int):
     for epoch in range(8):
         perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1000 * seed + epoch))
         for i in range(0, len(X), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             F.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()
@@ -168,28 +174,41 @@ print(json.dumps(out))
 
 def find_peer(arg: str | None) -> tuple[str | None, str]:
     """(python that imports landscaper, or None, and the reason when None)."""
-    cands = [arg] if arg else [os.environ.get("LANDSCAPER_PYTHON"), sys.executable,
-                                str(Path(__file__).resolve().parents[1] / ".venv-landscaper/bin/python")]
+    cands = (
+        [arg]
+        if arg
+        else [
+            os.environ.get("LANDSCAPER_PYTHON"),
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / ".venv-landscaper/bin/python"),
+        ]
+    )
     tried = []
     for py in cands:
         if not py or (py != sys.executable and not shutil.which(py) and not Path(py).exists()):
             continue
-        r = subprocess.run([py, "-c", "import landscaper, importlib.metadata as m; print(m.version('landscaper'))"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [py, "-c", "import landscaper, importlib.metadata as m; print(m.version('landscaper'))"],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode == 0:
             return py, r.stdout.strip()
         tried.append(f"{py}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    return None, ("landscaper is not importable (" + "; ".join(tried) + "); install it in its own venv (it pins "
-                  "numpy<2): python -m venv .venv-landscaper && .venv-landscaper/bin/pip install landscaper==1.3.1 "
-                  "torch, then pass --peer-python .venv-landscaper/bin/python")
+    return None, (
+        "landscaper is not importable (" + "; ".join(tried) + "); install it in its own venv (it pins "
+        "numpy<2): python -m venv .venv-landscaper && .venv-landscaper/bin/pip install landscaper==1.3.1 "
+        "torch, then pass --peer-python .venv-landscaper/bin/python"
+    )
 
 
 def run_peer(py: str, arrays: dict[str, np.ndarray], thresholds: dict[str, float], timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "arrays.npz"
         np.savez(path, **arrays)
-        r = subprocess.run([py, "-c", PEER, str(path), json.dumps(thresholds)], capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [py, "-c", PEER, str(path), json.dumps(thresholds)], capture_output=True, text=True, timeout=timeout
+        )
     if r.returncode != 0:
         raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -200,8 +219,12 @@ def main() -> None:
     p.add_argument("--sizes", default="21,41,61,201,501", help="grid sizes n (n x n)")
     p.add_argument("--surfaces", default="wells,rough,noisy")
     p.add_argument("--digits", type=int, default=41, help="also a digits-MLP loss surface of N x N (0: no)")
-    p.add_argument("--digits-plane", default="through", choices=("through", "random"),
-                   help="the plane through three trained MLPs, or a random plane around one")
+    p.add_argument(
+        "--digits-plane",
+        default="through",
+        choices=("through", "random"),
+        help="the plane through three trained MLPs, or a random plane around one",
+    )
     p.add_argument("--threshold", default="1%", help="basin threshold: loss units or P%% of each range")
     p.add_argument("--repeat", type=int, default=3, help="best of R runs for modescape and gudhi")
     p.add_argument("--peer-max", type=int, default=41, help="run landscaper up to this n (it grows ~ n^6)")
@@ -220,8 +243,10 @@ def main() -> None:
     if args.digits:
         t = time.perf_counter()
         digits_ds = digits_surface(args.digits, args.digits_plane)
-        print(f"digits MLP surface ({args.digits_plane} plane) {args.digits}x{args.digits}: trained and swept in "
-              f"{time.perf_counter() - t:.1f} s")
+        print(
+            f"digits MLP surface ({args.digits_plane} plane) {args.digits}x{args.digits}: trained and swept in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
         cases.append(("digits", args.digits, digits_ds["train_loss"].values))
 
     peer, why = find_peer(args.peer_python)
@@ -231,9 +256,9 @@ def main() -> None:
         t_abs = resolve_threshold(args.threshold, float(z.max() - z.min()))
         row = {"surface": kind, "n": n, "threshold": t_abs}
         for nb in (4, 8):
-            s, (topo, tree, basins) = best_of(lambda: ours(z, nb, t_abs), args.repeat)
+            s, (topo, tree, basins) = best_of(lambda z=z, nb=nb, t_abs=t_abs: ours(z, nb, t_abs), args.repeat)
             row[f"ours{nb}_s"], row[f"ours{nb}_minima"], row[f"ours{nb}_basins"] = s, topo.n_minima, basins
-            g, pairs = best_of(lambda: gudhi_pairs(z, nb), args.repeat)
+            g, pairs = best_of(lambda z=z, nb=nb: gudhi_pairs(z, nb), args.repeat)
             mine = sorted((float(b), float(d)) for b, d in topo.pairs())
             row[f"gudhi{nb}_s"] = g
             row[f"gudhi{nb}_basins"] = sum((d - b) > t_abs for b, d in pairs)
@@ -241,7 +266,7 @@ def main() -> None:
         rows.append(row)
 
     if peer is not None:
-        todo = {f"{r['surface']}_{r['n']}": z for r, (_, n, z) in zip(rows, cases) if n <= args.peer_max}
+        todo = {f"{r['surface']}_{r['n']}": z for r, (_, n, z) in zip(rows, cases, strict=True) if n <= args.peer_max}
         thr = {f"{r['surface']}_{r['n']}": r["threshold"] for r in rows}
         for key in sorted(todo, key=lambda k: todo[k].size):  # one subprocess per array: a timeout loses one
             try:
@@ -251,25 +276,37 @@ def main() -> None:
                 continue
             for r in rows:
                 if f"{r['surface']}_{r['n']}" == key:
-                    r.update({"landscaper_s": res["total_s"], "landscaper_tree_s": res["tree_s"],
-                              "landscaper_msc_s": res["msc_s"], "landscaper_minima": res["minima"],
-                              "landscaper_basins": res["basins"]})
+                    r.update(
+                        {
+                            "landscaper_s": res["total_s"],
+                            "landscaper_tree_s": res["tree_s"],
+                            "landscaper_msc_s": res["msc_s"],
+                            "landscaper_minima": res["minima"],
+                            "landscaper_basins": res["basins"],
+                        }
+                    )
 
-    head = (f"{'surface':8} {'n':>4} | {'ours 4':>8} {'ours 8':>8} {'gudhi 4':>8} {'gudhi 8':>8} {'landscaper':>10} "
-            f"{'ratio':>7} | {'minima 4/8':>11} {'basins: ours4 ours8 gudhi4 gudhi8 lsc':>38} | pairs=gudhi")
-    print(f"\ntimes in seconds (best of {args.repeat}; landscaper once); ratio = landscaper / ours 4; basins: "
-          f"persistence > threshold ({args.threshold} of the range)")
+    head = (
+        f"{'surface':8} {'n':>4} | {'ours 4':>8} {'ours 8':>8} {'gudhi 4':>8} {'gudhi 8':>8} {'landscaper':>10} "
+        f"{'ratio':>7} | {'minima 4/8':>11} {'basins: ours4 ours8 gudhi4 gudhi8 lsc':>38} | pairs=gudhi"
+    )
+    print(
+        f"\ntimes in seconds (best of {args.repeat}; landscaper once); ratio = landscaper / ours 4; basins: "
+        f"persistence > threshold ({args.threshold} of the range)"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         lsc = r.get("landscaper_s")
         ratio = f"{lsc / r['ours4_s']:7.0f}" if lsc else f"{'-':>7}"
-        print(f"{r['surface']:8} {r['n']:4d} | {r['ours4_s']:8.4f} {r['ours8_s']:8.4f} {r['gudhi4_s']:8.4f} "
-              f"{r['gudhi8_s']:8.4f} {(f'{lsc:10.2f}' if lsc else 'skipped'.rjust(10))} {ratio} | "
-              f"{r['ours4_minima']:5d}/{r['ours8_minima']:<5d} "
-              f"{r['ours4_basins']:>14d} {r['ours8_basins']:>5d} {r['gudhi4_basins']:>6d} {r['gudhi8_basins']:>6d} "
-              f"{str(r.get('landscaper_basins', '-')):>5} | "
-              f"{'yes' if r['pairs4_equal'] and r['pairs8_equal'] else 'NO'}")
+        print(
+            f"{r['surface']:8} {r['n']:4d} | {r['ours4_s']:8.4f} {r['ours8_s']:8.4f} {r['gudhi4_s']:8.4f} "
+            f"{r['gudhi8_s']:8.4f} {(f'{lsc:10.2f}' if lsc else 'skipped'.rjust(10))} {ratio} | "
+            f"{r['ours4_minima']:5d}/{r['ours8_minima']:<5d} "
+            f"{r['ours4_basins']:>14d} {r['ours8_basins']:>5d} {r['gudhi4_basins']:>6d} {r['gudhi8_basins']:>6d} "
+            f"{str(r.get('landscaper_basins', '-')):>5} | "
+            f"{'yes' if r['pairs4_equal'] and r['pairs8_equal'] else 'NO'}"
+        )
     if peer is None:
         print(f"landscaper skipped: {why}")
     elif any(r["n"] > args.peer_max for r in rows):
@@ -278,15 +315,23 @@ def main() -> None:
     if agree:
         same4 = sum(r["landscaper_basins"] == r["ours4_basins"] for r in agree)
         same8 = sum(r["landscaper_basins"] == r["ours8_basins"] for r in agree)
-        print(f"basin counts equal to landscaper's: {same4}/{len(agree)} (4-neighbourhood), "
-              f"{same8}/{len(agree)} (8-neighbourhood)")
+        print(
+            f"basin counts equal to landscaper's: {same4}/{len(agree)} (4-neighbourhood), "
+            f"{same8}/{len(agree)} (8-neighbourhood)"
+        )
     print(f"pairs identical to gudhi's: {sum(r['pairs4_equal'] and r['pairs8_equal'] for r in rows)}/{len(rows)}")
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_average_1min": load, "python": platform.python_version(),
-            "numpy": np.__version__, "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": load,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(f"machine: {meta}")
 
     if args.figures:
@@ -294,14 +339,27 @@ def main() -> None:
 
         figs = []
         if digits_ds is not None:
-            what = "the plane through three digits MLPs (seeds 0, 1, 2)" if args.digits_plane == "through" else \
-                "a filter-normalised random plane around a digits MLP"
-            figs.append((persistence(digits_ds, "train_loss"), "topology_digits.png",
-                         f"train loss on {what}, {args.digits}x{args.digits}"))
+            what = (
+                "the plane through three digits MLPs (seeds 0, 1, 2)"
+                if args.digits_plane == "through"
+                else "a filter-normalised random plane around a digits MLP"
+            )
+            figs.append(
+                (
+                    persistence(digits_ds, "train_loss"),
+                    "topology_digits.png",
+                    f"train loss on {what}, {args.digits}x{args.digits}",
+                )
+            )
         n = 201
         x = np.linspace(-1, 1, n)
-        figs.append((persistence(surface("rough", n), coords={"x": x, "y": x}), "topology_rough.png",
-                     f"the 'rough' surface of bench/topology.py ({n}x{n}): six wells and a random Fourier series"))
+        figs.append(
+            (
+                persistence(surface("rough", n), coords={"x": x, "y": x}),
+                "topology_rough.png",
+                f"the 'rough' surface of bench/topology.py ({n}x{n}): six wells and a random Fourier series",
+            )
+        )
         for topo, name, title in figs:
             print(f"figure: {plot_topology_panel(topo, Path(args.figures) / name, title=title)}")
     if args.json_out:

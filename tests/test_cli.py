@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from modescape import io
 from modescape.zoo import build_model
 
@@ -45,7 +45,7 @@ def test_help_everywhere(capsys):
 def one_line_error(capsys, argv, pattern):
     code, out, err = run_cli(argv, capsys)
     assert code == 2, (out, err)
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "Traceback" not in err
     assert len(lines) == 1 or "Usage" in err, err
     assert pattern in err, err
@@ -56,15 +56,20 @@ def test_user_errors(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["eval", tmp_path / "missing.safetensors"], "not found")
     one_line_error(capsys, ["train", "--out", tmp_path / "x", "--model", "nopkg_zz:factory"], "cannot import module")
     one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "imagenet"], "unknown dataset")
-    one_line_error(capsys, ["eval", run_dir / "final.safetensors", "--model-args", "width=32"],
-                   "has shape [16, 64]; the model expects [32, 64]")
+    one_line_error(
+        capsys,
+        ["eval", run_dir / "final.safetensors", "--model-args", "width=32"],
+        "has shape [16, 64]; the model expects [32, 64]",
+    )
     state = io.load_tensors(run_dir / "final.safetensors")
     state[next(iter(state))][0] = float("nan")
     io.save_tensors(tmp_path / "nan.safetensors", state)
     (tmp_path / "nan.json").write_text((run_dir / "final.json").read_text())
     one_line_error(capsys, ["eval", tmp_path / "nan.safetensors"], "NaN")
     one_line_error(capsys, ["eval", run_dir / "final.safetensors", "--bn", "fresh"], "unknown --bn")
-    one_line_error(capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist")
+    one_line_error(
+        capsys, ["train", "--out", tmp_path / "x", "--data", "mnist", "--data-root", tmp_path / "nodata"], "mnist"
+    )
 
 
 @pytest.mark.slow
@@ -73,12 +78,27 @@ def test_interpolate_ends_range_errors_and_mismatched_inputs(run_dir, tmp_path, 
     (not an emoji); a folder as --out, two architectures, an unknown variable: one clear line each."""
     final = run_dir / "final.safetensors"
     # interpolate reports A and B even when the grid misses t = 0 and t = 1
-    code, out, err = run_cli(["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors",
-                              "--steps", "4", "--range", "-0.5:1.5", "--out", tmp_path / "line", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "interpolate",
+            final,
+            run_dir / "checkpoints" / "epoch-000.safetensors",
+            "--steps",
+            "4",
+            "--range",
+            "-0.5:1.5",
+            "--out",
+            tmp_path / "line",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads(out)
     summary = summary.get("summary", summary)
-    assert summary["train_loss_at_A"] == pytest.approx(json.loads((run_dir / "final.json").read_text())["metrics"]["train_loss"], rel=1e-5)
+    assert summary["train_loss_at_A"] == pytest.approx(
+        json.loads((run_dir / "final.json").read_text())["metrics"]["train_loss"], rel=1e-5
+    )
     # a range error shows the format, not an emoji
     err = one_line_error(capsys, ["surface", final, "--x", "-1:1", "--y", "-1:1:3", "--out", tmp_path / "s"], "A:B:N")
     assert "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in err
@@ -106,23 +126,29 @@ def test_values_the_parsers_accept_but_methods_cannot_use(run_dir, tmp_path, cap
     leftover folders; --params restricts --per groups; an overflowing loss is named."""
     final = run_dir / "final.safetensors"
     for argv, pattern in (
-            (["surface", final, "--x", "0:0:1", "--y", "-1:1:5"], "at least 2 distinct values"),
-            (["surface", final, "--x", "1:1:5", "--y", "-1:1:5"], "at least 2 distinct values"),
-            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--convexity", "-1"], "--convexity"),
-            (["surface", final, "--x=-1:1:100000000", "--y", "-1:1:3"], "at most"),
-            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--batch-size", "0"], "--batch-size"),
-            (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--data", "spirals"], "cannot run on data"),
-            (["interpolate", final, final], "same weights"),
-            (["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors", "--steps", "0"], "--steps"),
-            (["trajectory", run_dir, "--steps", "0"], "--steps")):
+        (["surface", final, "--x", "0:0:1", "--y", "-1:1:5"], "at least 2 distinct values"),
+        (["surface", final, "--x", "1:1:5", "--y", "-1:1:5"], "at least 2 distinct values"),
+        (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--convexity", "-1"], "--convexity"),
+        (["surface", final, "--x=-1:1:100000000", "--y", "-1:1:3"], "at most"),
+        (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--batch-size", "0"], "--batch-size"),
+        (["surface", final, "--x", "-1:1:3", "--y", "-1:1:3", "--data", "spirals"], "cannot run on data"),
+        (["interpolate", final, final], "same weights"),
+        (["interpolate", final, run_dir / "checkpoints" / "epoch-000.safetensors", "--steps", "0"], "--steps"),
+        (["trajectory", run_dir, "--steps", "0"], "--steps"),
+    ):
         out = tmp_path / "new" / "deeper"
         one_line_error(capsys, [*argv, "--out", out], pattern)
         assert not (tmp_path / "new").exists(), argv  # the folder it made for --out is gone again
-    for argv, pattern in ((["--top-k", "100000"], "more than the"), (["--density", "--probes", "0"], "--probes"),
-                          (["--tol", "-1"], "positive"), (["--per", "0"], "at least 1")):
+    for argv, pattern in (
+        (["--top-k", "100000"], "more than the"),
+        (["--density", "--probes", "0"], "--probes"),
+        (["--tol", "-1"], "positive"),
+        (["--per", "0"], "at least 1"),
+    ):
         one_line_error(capsys, ["hessian", final, "--n-train", "50", *argv], pattern)
-    code, out, err = run_cli(["hessian", final, "--n-train", "50", "--params", "biases", "--per", "layer",
-                              "--top-k", "1", "--json"], capsys)
+    code, out, err = run_cli(
+        ["hessian", final, "--n-train", "50", "--params", "biases", "--per", "layer", "--top-k", "1", "--json"], capsys
+    )
     assert code == 0, err
     groups = json.loads(out)["groups"]
     assert {g: e["size"] for g, e in groups.items()} == {"fc0": 16, "out": 10}
@@ -146,8 +172,23 @@ def test_runs_are_portable_across_working_directories(tmp_path, capsys, monkeypa
     work = tmp_path / "work"
     make_mnist(work / "data" / "mnist", n_train=40, n_test=20)
     monkeypatch.chdir(work)
-    code, _, err = run_cli(["train", "--data", "mnist", "--data-root", "data/mnist", "--epochs", "1",
-                            "--model-args", "depth=1,width=8", "--out", "runs/m", "--json"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            "mnist",
+            "--data-root",
+            "data/mnist",
+            "--epochs",
+            "1",
+            "--model-args",
+            "depth=1,width=8",
+            "--out",
+            "runs/m",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     side = json.loads((work / "runs" / "m" / "final.json").read_text())
     assert Path(side["data"]["root"]).is_absolute() and side["data"]["root_relative"] == "../../data/mnist"
@@ -161,6 +202,7 @@ def test_runs_are_portable_across_working_directories(tmp_path, capsys, monkeypa
     code, out, err = run_cli(["eval", tmp_path / "moved" / "runs" / "m" / "final.safetensors", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)[0]["test_loss"] == first["test_loss"]
-    code, _, err = run_cli(["eval", tmp_path / "moved" / "runs" / "m" / "final.safetensors", "--data-root",
-                            tmp_path / "nowhere"], capsys)
+    code, _, err = run_cli(
+        ["eval", tmp_path / "moved" / "runs" / "m" / "final.safetensors", "--data-root", tmp_path / "nowhere"], capsys
+    )
     assert code == 2 and "nowhere" in err  # the override is used, and named when it is wrong

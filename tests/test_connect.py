@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch.optim.swa_utils import update_bn
 
 from modescape import space as sp
@@ -20,8 +21,6 @@ from modescape.families.curves import Bezier, PolyChain
 from modescape.paths import evaluate_path
 from modescape.train import TrainConfig, epoch_order, train
 from modescape.zoo import build_model
-
-from conftest import run_cli
 
 
 def _mlp(split, seed, **args):
@@ -92,7 +91,9 @@ def test_segment_and_summary_recomputed_independently(digits, minima):
             x, y = digits.test
             out = net(x)
             assert res.metrics["test_loss"][i].item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-4)
-            assert res.metrics["test_error"][i].item() == pytest.approx((out.argmax(1) != y).double().mean().item(), abs=1e-9)
+            assert res.metrics["test_error"][i].item() == pytest.approx(
+                (out.argmax(1) != y).double().mean().item(), abs=1e-9
+            )
     s = res.summary()
     length = math.sqrt(sum(float(((pb[k] - pa[k]).double() ** 2).sum()) for k in pa))
     assert s["length"] == pytest.approx(length, rel=1e-5)
@@ -108,8 +109,14 @@ def test_bn_recompute_along_path_equals_update_bn(digits):
     a, b, c = (_mlp(digits, s, width=16, norm="bn") for s in (0, 1, 2))
     space = sp.WeightSpace(a)
     curve = PolyChain([space.point(a), space.point(c), space.point(b)])
-    ev = Evaluator(a, {"train": digits.train, "test": digits.test}, metrics=("loss", "error"), bn="recompute",
-                   batch_size=256, mode="vmap")
+    ev = Evaluator(
+        a,
+        {"train": digits.train, "test": digits.test},
+        metrics=("loss", "error"),
+        bn="recompute",
+        batch_size=256,
+        mode="vmap",
+    )
     res = evaluate_path(curve, ev, n_points=5)
     x, y = digits.test
     loader = [(xb,) for xb in digits.train[0].split(256)]
@@ -123,7 +130,9 @@ def test_bn_recompute_along_path_equals_update_bn(digits):
         with torch.no_grad():
             out = net(x)
         assert res.metrics["test_loss"][i].item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-4, abs=1e-5)
-        assert res.metrics["test_error"][i].item() == pytest.approx((out.argmax(1) != y).double().mean().item(), abs=1e-9)
+        assert res.metrics["test_error"][i].item() == pytest.approx(
+            (out.argmax(1) != y).double().mean().item(), abs=1e-9
+        )
 
 
 @pytest.mark.slow
@@ -193,7 +202,7 @@ def _hand_fge(model, x, y, lr, wd, bs, seed, epochs):
     for epoch in range(epochs):
         order = epoch_order(x.shape[0], seed, epoch)
         for i in range(0, x.shape[0], bs):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             opt.zero_grad()
             F.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
@@ -281,16 +290,18 @@ def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
     from modescape.train import momentum_of
 
     m = _mlp(digits, 0, width=16)
-    train(m, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, wd=5e-4, seed=0), out=tmp_path / "run",
-          progress=False)
+    train(
+        m, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, wd=5e-4, seed=0), out=tmp_path / "run", progress=False
+    )
     ckpt = tmp_path / "run" / "final.safetensors"
     buffers, why = momentum_of(ckpt, m)
     assert buffers is not None and "restored" in why
     assert set(buffers) == {n for n, _ in m.named_parameters()}
     assert all(float(b.abs().max()) > 0 for b in buffers.values())
     lr, wd, bs, seed = 0.01, 5e-4, 256, 3
-    res = fge(m, ckpt, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed,
-              momentum_buffers=buffers)
+    res = fge(
+        m, ckpt, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed, momentum_buffers=buffers
+    )
     zero = fge(m, ckpt, digits, cycle=2, lr=(lr, lr), epochs=1, wd=wd, batch_size=bs, seed=seed)
 
     net = copy.deepcopy(m)
@@ -300,7 +311,7 @@ def test_fge_restores_the_training_runs_momentum(digits, tmp_path):
     x, y = digits.train
     order = epoch_order(x.shape[0], seed, 0)
     for i in range(0, x.shape[0], bs):
-        idx = order[i:i + bs]
+        idx = order[i : i + bs]
         opt.zero_grad()
         F.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
@@ -320,13 +331,16 @@ def test_cli_connect_path_fge(tmp_path, capsys):
     ckpts = []
     for seed in (0, 1):
         out = tmp_path / f"run{seed}"
-        code, _, err = run_cli(["train", "--out", out, "--epochs", "2", "--model-args", "depth=1,width=16",
-                                "--seed", seed, "--json"], capsys)
+        code, _, err = run_cli(
+            ["train", "--out", out, "--epochs", "2", "--model-args", "depth=1,width=16", "--seed", seed, "--json"],
+            capsys,
+        )
         assert code == 0, err
         ckpts.append(out / "final.safetensors")
     cdir = tmp_path / "curve"
-    code, out, err = run_cli(["connect", *ckpts, "--out", cdir, "--epochs", "1", "--points", "5",
-                              "--plane-points", "4", "--json"], capsys)
+    code, out, err = run_cli(
+        ["connect", *ckpts, "--out", cdir, "--epochs", "1", "--points", "5", "--plane-points", "4", "--json"], capsys
+    )
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert set(summary) == {"bezier", "segment"} and summary["segment"]["points"] == 5
@@ -342,10 +356,12 @@ def test_cli_connect_path_fge(tmp_path, capsys):
     code, out, err = run_cli(["path", *ckpts, "--points", "5", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["summary"]["segment"]["test_loss"]["max"] == pytest.approx(
-        summary["segment"]["test_loss"]["max"], rel=1e-6)
+        summary["segment"]["test_loss"]["max"], rel=1e-6
+    )
     fdir = tmp_path / "fge"
-    code, out, err = run_cli(["fge", ckpts[0], "--cycle", "2", "--epochs", "2", "--lr", "0.05:0.001",
-                              "--out", fdir, "--json"], capsys)
+    code, out, err = run_cli(
+        ["fge", ckpts[0], "--cycle", "2", "--epochs", "2", "--lr", "0.05:0.001", "--out", fdir, "--json"], capsys
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert [m["members"] for m in rep["members"]] == [1] and (fdir / "snapshot-01.safetensors").exists()
@@ -354,10 +370,12 @@ def test_cli_connect_path_fge(tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out)["momentum"].startswith("zero")
     # user errors: one line, exit status 2
-    for argv, pattern in ((["fge", ckpts[0], "--lr", "fast"], "A1:A2"),
-                          (["fge", ckpts[0], "--cycle", "3"], "even"),
-                          (["path", tmp_path], "not a curve folder"),
-                          (["connect", *ckpts, "--out", tmp_path / "c2", "--curve", "spline"], "unknown curve")):
+    for argv, pattern in (
+        (["fge", ckpts[0], "--lr", "fast"], "A1:A2"),
+        (["fge", ckpts[0], "--cycle", "3"], "even"),
+        (["path", tmp_path], "not a curve folder"),
+        (["connect", *ckpts, "--out", tmp_path / "c2", "--curve", "spline"], "unknown curve"),
+    ):
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and pattern in err and "Traceback" not in err, err
 
@@ -391,12 +409,29 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(src=src))
     env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.safetensors")], env=env,
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(tmp_path / "two.safetensors")], env=env, capture_output=True, text=True,
-                         timeout=180)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "two.safetensors"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     c1, m1 = load_curve(tmp_path / "one.safetensors")
     c2, m2 = load_curve(tmp_path / "two.safetensors")

@@ -48,8 +48,8 @@ def dense_reference(model: nn.Module, data, train_bn: bool = False, names=None) 
 
     def f(flat):
         ps, o = {k: v.detach() for k, v in params.items()}, 0
-        for n, s in zip(names, shapes):
-            ps[n] = flat[o:o + s.numel()].reshape(s)
+        for n, s in zip(names, shapes, strict=True):
+            ps[n] = flat[o : o + s.numel()].reshape(s)
             o += s.numel()
         return F.cross_entropy(functional_call(mod, (ps, bufs), (X,)), y)
 
@@ -74,8 +74,9 @@ def plain_case():
     return m, data, dense_reference(m, data)
 
 
-@pytest.mark.parametrize("method,retain", [("double-backward", True), ("double-backward", False),
-                                           ("forward-over-reverse", False)])
+@pytest.mark.parametrize(
+    "method,retain", [("double-backward", True), ("double-backward", False), ("forward-over-reverse", False)]
+)
 @pytest.mark.parametrize("case", ["bn_case", "plain_case"])
 def test_dense_hessian_matches_autograd_with_unequal_batches(case, method, retain, request):
     m, data, ref = request.getfixturevalue(case)
@@ -180,13 +181,16 @@ def test_train_mode_bn_policy_differentiates_batch_statistics():
 def test_lanczos_eigenvalues_match_eigh(case, which, request):
     m, data, ref = request.getfixturevalue(case)
     lam, vecs = torch.linalg.eigh(ref)
-    order = {"largest": lam.argsort(descending=True), "smallest": lam.argsort(),
-             "magnitude": lam.abs().argsort(descending=True)}[which]
+    order = {
+        "largest": lam.argsort(descending=True),
+        "smallest": lam.argsort(),
+        "magnitude": lam.abs().argsort(descending=True),
+    }[which]
     r = cv.eigenvalues(m, data, k=3, which=which, tol=1e-8)
     assert bool(r.converged.all())
     assert rel(r.values, lam[order[:3]]) < 1e-4
     # Ritz vectors are eigenvectors: ||H y - lambda y|| small
-    for val, y in zip(r.values, r.vectors):
+    for val, y in zip(r.values, r.vectors, strict=True):
         assert float((ref @ y - val * y).norm()) < 1e-4 * float(lam.abs().max())
     assert r.n_hvp < ref.shape[0]  # far fewer products than a dense Hessian
 
@@ -274,9 +278,11 @@ def test_blockwise_blocks_are_diagonal_blocks(plain_case):
     sizes = [p.numel() for p in m.parameters()]
     out = cv.blockwise(cv.eigenvalues, m, data, by="layer", k=1, tol=1e-9)
     assert set(out) == {"fc0", "fc1", "out"}
-    offs = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+    offs = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist(), strict=False))  # starts: one more than names
     for layer, r in out.items():
-        idx = torch.cat([torch.arange(offs[n], offs[n] + s) for n, s in zip(names, sizes) if n.startswith(layer + ".")])
+        idx = torch.cat(
+            [torch.arange(offs[n], offs[n] + s) for n, s in zip(names, sizes, strict=True) if n.startswith(layer + ".")]
+        )
         block = ref[idx][:, idx]
         assert abs(float(r.values[0]) - float(torch.linalg.eigvalsh(block)[-1])) < 1e-4 * float(block.abs().max())
     tr = cv.blockwise(cv.trace, m, data, by="block", method="hutch++", sketch=200)
@@ -289,7 +295,7 @@ def test_parameter_filters(bn_case):
     assert H.names == ("fc0.weight", "fc1.weight", "out.weight")
     names = [n for n, _ in m.named_parameters()]
     sizes = [p.numel() for p in m.parameters()]
-    start = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+    start = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist(), strict=False))  # starts: one more than names
     idx = torch.cat([torch.arange(start[n], start[n] + m.get_parameter(n).numel()) for n in H.names])
     assert rel(H.dense(), ref[idx][:, idx]) < 1e-10
     assert cv.Hessian(m, data, params="norm0").names == ("norm0.weight", "norm0.bias")
@@ -299,6 +305,7 @@ def test_parameter_filters(bn_case):
 
 
 # -- a quadratic with a known spectrum ------------------------------------------------------------
+
 
 def quadratic(spectrum: torch.Tensor, seed: int = 0):
     """A model and data whose mean loss is exactly 0.5 w^T A w with A = Q diag(spectrum) Q^T.
@@ -390,20 +397,22 @@ class WithSpare(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("method,retain", [("double-backward", True), ("double-backward", False),
-                                           ("forward-over-reverse", False)])
+@pytest.mark.parametrize(
+    "method,retain", [("double-backward", True), ("double-backward", False), ("forward-over-reverse", False)]
+)
 def test_unused_parameters_get_zero_curvature(method, retain):
     m, data = WithSpare(), tiny_data()
     ref = dense_reference(m, data, names=["fc.weight", "fc.bias"])
     H = cv.Hessian(m, data, batch_size=17, method=method, retain=retain)
     dense = H.dense()
-    used = torch.cat([torch.full((n,), name != "spare") for name, n in zip(H.names, H.numels)])
+    used = torch.cat([torch.full((n,), name != "spare") for name, n in zip(H.names, H.numels, strict=True)])
     assert int(used.sum()) == ref.shape[0] < H.size
     assert rel(dense[used][:, used], ref) < 1e-10
     assert float(dense[~used].abs().max()) == 0.0 and float(dense[:, ~used].abs().max()) == 0.0
 
 
 # -- GGN and empirical Fisher -----------------------------------------------------------------------
+
 
 def dense_ggn_and_fisher(model: nn.Module, data):
     """G = (1/N) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i and F = (1/N) sum_i g_i g_i^T, from full Jacobians."""
@@ -414,7 +423,7 @@ def dense_ggn_and_fisher(model: nn.Module, data):
     sizes, shapes = [params[n].numel() for n in names], [params[n].shape for n in names]
 
     def outputs(flat):
-        ps = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+        ps = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
         return functional_call(model.eval(), (ps, dict(model.named_buffers())), (X,))
 
     J = torch.autograd.functional.jacobian(outputs, flat0)  # [N, C, P]
@@ -472,13 +481,18 @@ def test_lanczos_hutchpp_and_slq_accept_every_operator(ggn_case, kind):
 def test_products_match_curvlinops():
     """Our Hessian, GGN and empirical Fisher against curvlinops' operators (CrossEntropyLoss, mean)."""
     import curvlinops  # installed by `make test` (see the Makefile: without its backpack dependency)
+
     m, (X, y) = tiny_mlp("none"), tiny_data()
-    batches = [(X[i:i + 17], y[i:i + 17]) for i in range(0, N, 17)]
+    batches = [(X[i : i + 17], y[i : i + 17]) for i in range(0, N, 17)]
     loss = nn.CrossEntropyLoss(reduction="mean")
-    v = torch.randn(sum(p.numel() for p in m.parameters()), dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(5))
-    for kind, cls in (("hessian", curvlinops.HessianLinearOperator), ("ggn", curvlinops.GGNLinearOperator),
-                      ("fisher", curvlinops.EFLinearOperator)):
+    v = torch.randn(
+        sum(p.numel() for p in m.parameters()), dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
+    for kind, cls in (
+        ("hessian", curvlinops.HessianLinearOperator),
+        ("ggn", curvlinops.GGNLinearOperator),
+        ("fisher", curvlinops.EFLinearOperator),
+    ):
         theirs = cls(m, loss, list(m.parameters()), batches) @ v
         ours = cv.curvature_operator(kind, m, (X, y), batch_size=17).matvec(v)
         assert rel(ours, theirs) < 1e-10, kind
@@ -520,12 +534,25 @@ def test_data_parallel_products_under_torchrun_match_one_process(tmp_path):
     script = tmp_path / "curv.py"
     script.write_text(DDP_CURVATURE.format(src=str(Path(__file__).resolve().parents[1] / "src")))
     env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env, capture_output=True,
-                         text=True, timeout=180)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.json")], env=env, capture_output=True, text=True, timeout=180
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
-                         timeout=240)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "two.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     r1, r2 = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     for kind in ("hessian", "ggn", "fisher"):

@@ -60,8 +60,9 @@ def test_bezier_matches_bernstein_formula(n):
     out = curve(torch.tensor(ts))
     for i, t in enumerate(ts):
         for k in pts[0]:
-            ref = sum(math.comb(n - 1, j) * t ** j * (1 - t) ** (n - 1 - j) * pts[j][k].double().numpy()
-                      for j in range(n))
+            ref = sum(
+                math.comb(n - 1, j) * t**j * (1 - t) ** (n - 1 - j) * pts[j][k].double().numpy() for j in range(n)
+            )
             np.testing.assert_allclose(out[k][i].detach().numpy(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -99,7 +100,7 @@ def test_gradients_reach_only_inner_bends(cls):
     assert not curve.anchor(0).requires_grad and not curve.anchor(4).requires_grad
     ts = torch.tensor([0.1, 0.45, 0.8], dtype=torch.float64)
     point = curve(ts)
-    loss = sum((v ** 2).sum() for v in point.values())
+    loss = sum((v**2).sum() for v in point.values())
     loss.backward()
     for j in (1, 2, 3):
         g = curve.anchor(j).grad
@@ -110,7 +111,7 @@ def test_gradients_reach_only_inner_bends(cls):
     a = curve.coefficients(ts[:, None]).float()  # [3, 5]
     flat = curve.flat(ts).detach()  # [3, D]
     for j in (1, 2, 3):
-        torch.testing.assert_close(curve.anchor(j).grad, 2 * (a[:, j:j + 1] * flat).sum(0))
+        torch.testing.assert_close(curve.anchor(j).grad, 2 * (a[:, j : j + 1] * flat).sum(0))
 
 
 def test_errors():
@@ -122,3 +123,31 @@ def test_errors():
     with pytest.raises(UserError, match="unknown curve"):
         curve_class("spline")
     assert curve_class("Bezier") is Bezier
+
+
+@pytest.mark.parametrize("cls", [Bezier, PolyChain])
+@pytest.mark.parametrize("n", [3, 5])
+def test_flat_matches_one_product_and_its_gradient(cls, n):
+    """The split product (cached endpoints + inner bends) gives coefficients @ W, for K points and for
+    one, with the gradient of the plain product; the training penalty's gradient is wd * w."""
+    from modescape.train import half_squared_norm
+
+    curve = cls(_points(n, seed=3))
+    ts = torch.tensor([0.0, 0.17, 0.5, 0.93, 1.0], dtype=torch.float64)
+    w = torch.stack([curve.anchor(j).detach() for j in range(n)]).double()
+    a = curve.coefficients(ts[:, None])
+    torch.testing.assert_close(curve.flat(ts).double(), a @ w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(curve.flat(0.17).double(), (a @ w)[1], rtol=1e-6, atol=1e-6)
+    g = torch.Generator().manual_seed(5)
+    r = torch.randn(len(ts), w.shape[1], generator=g)
+    ((curve.flat(ts) * r).sum() + 0.3 * half_squared_norm(curve.flat(0.5))).backward()
+    w_half = (curve.coefficients(torch.tensor([[0.5]], dtype=torch.float64)) @ w)[0]
+    a_half = curve.coefficients(torch.tensor([[0.5]], dtype=torch.float64))[0]
+    for j in range(1, n - 1):  # independent: d/dw_j of sum_k r_k . w(t_k) + 0.3 * 0.5 ||w(0.5)||^2
+        ref = (a[:, j : j + 1] * r.double()).sum(0) + 0.3 * a_half[j] * w_half
+        torch.testing.assert_close(curve.anchor(j).grad.double(), ref, rtol=1e-5, atol=1e-6)
+    assert curve.anchor(0).grad is None and curve.anchor(n - 1).grad is None
+    # a changed endpoint is seen (the cached stack follows the buffer's version)
+    with torch.no_grad():
+        curve.anchor(0).add_(1.0)
+    torch.testing.assert_close(curve.flat(0.0), curve.anchor(0).detach())

@@ -60,6 +60,7 @@ def test_biasbn_zeroes_bias_and_norm_params_and_keeps_buffers():
 def test_biasbn_zeroes_every_tensor_of_dim_at_most_one_as_the_reference():
     """The reference's rule is by shape (``if d.dim() <= 1: d.fill_(0)``): a PReLU slope vector, which is
     neither a bias nor a norm parameter, is zeroed too; a 2-d tensor named ``bias`` is not."""
+
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()

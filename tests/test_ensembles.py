@@ -7,11 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from modescape import train as tr
-from modescape.ensembles import (budget_epochs, calibration_error, deep_ensemble, ensemble_metrics, evaluate_ensemble,
-                                 fge, reliability)
+from modescape.ensembles import (
+    budget_epochs,
+    calibration_error,
+    deep_ensemble,
+    ensemble_metrics,
+    evaluate_ensemble,
+    fge,
+    reliability,
+)
 from modescape.errors import UserError
 from modescape.zoo import build_model
 
@@ -64,8 +71,7 @@ def test_ensemble_metrics_equal_a_numpy_recomputation(k):
 
 def test_ece_by_hand_and_its_reliability_bins():
     # confidences 0.9 (right), 0.9 (wrong), 0.65 (right), 0.25 (right): bins 13 = (13/15, 14/15], 9 and 3
-    probs = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.65, 0.35, 0.0], [0.25, 0.24, 0.51]],
-                         dtype=torch.float64)
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.65, 0.35, 0.0], [0.25, 0.24, 0.51]], dtype=torch.float64)
     probs[3] = torch.tensor([0.25, 0.24, 0.23], dtype=torch.float64)  # ECE reads max p only
     y = torch.tensor([0, 0, 0, 0])
     want = 0.5 * abs(0.5 - 0.9) + 0.25 * abs(1 - 0.65) + 0.25 * abs(1 - 0.25)
@@ -104,8 +110,13 @@ def runs(digits, tmp_path_factory):
     for seed, epochs in ((0, 2), (1, 3)):
         torch.manual_seed(seed)
         m = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=16)
-        tr.train(m, digits, tr.TrainConfig(epochs=epochs, batch_size=128, seed=seed), out=out / f"r{seed}",
-                 meta={"data": digits.meta})
+        tr.train(
+            m,
+            digits,
+            tr.TrainConfig(epochs=epochs, batch_size=128, seed=seed),
+            out=out / f"r{seed}",
+            meta={"data": digits.meta},
+        )
         paths.append(out / f"r{seed}" / "final.safetensors")
         models.append(m)
     return paths, models
@@ -146,12 +157,16 @@ def test_cli_ensemble(runs, tmp_path, capsys):
     assert code == 0, err
     rep = json.loads(out)
     assert rep["budget"]["epochs"] == 5 and rep["metrics"]["members"] == 2 and len(rep["members"]) == 2
-    assert {"ensemble.json", "ensemble.png", "reliability.png", "members"} <= {p.name for p in (tmp_path / "e").iterdir()}
+    assert {"ensemble.json", "ensemble.png", "reliability.png", "members"} <= {
+        p.name for p in (tmp_path / "e").iterdir()
+    }
     code, out2, err = run_cli(["ensemble", *paths, "--out", tmp_path / "e", "--json"], capsys)
     assert code == 0 and json.loads(out2)["metrics"] == rep["metrics"]
     code, out, err = run_cli(["ensemble", *paths], capsys)
     assert code == 0 and "ensemble" in out and "budget" in out
-    for argv, pattern in ((["ensemble", paths[0], tmp_path / "missing.safetensors"], "not found"),
-                          (["ensemble", paths[0], "--bn", "fresh"], "--bn")):
+    for argv, pattern in (
+        (["ensemble", paths[0], tmp_path / "missing.safetensors"], "not found"),
+        (["ensemble", paths[0], "--bn", "fresh"], "--bn"),
+    ):
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and pattern in err, err

@@ -18,8 +18,11 @@ BATCH = 64
 
 def tiny(name):
     torch.manual_seed(1)
-    args = {"mlp": dict(depth=2, width=16, norm="bn"), "cnn": dict(width=4, norm="bn"),
-            "resnet": dict(depth=8, width=1, norm="bn")}[name]
+    args = {
+        "mlp": dict(depth=2, width=16, norm="bn"),
+        "cnn": dict(width=4, norm="bn"),
+        "resnet": dict(depth=8, width=1, norm="bn"),
+    }[name]
     m = build_model(name, (1, 8, 8), 10, **args).double()
     # non-trivial running statistics so that 'running' differs from the others
     for mod in m.modules():
@@ -38,7 +41,9 @@ def perturbed_points(m, k=3):
     ws = sp.WeightSpace(m)
     p0 = ws.point(m)
     g = torch.Generator().manual_seed(7)
-    return [{n: v + 0.05 * i * torch.randn(v.shape, generator=g, dtype=v.dtype) for n, v in p0.items()} for i in range(k)]
+    return [
+        {n: v + 0.05 * i * torch.randn(v.shape, generator=g, dtype=v.dtype) for n, v in p0.items()} for i in range(k)
+    ]
 
 
 def reference(m, points, x, y, policy, bn_x=None):
@@ -49,14 +54,14 @@ def reference(m, points, x, y, policy, bn_x=None):
         mm = copy.deepcopy(m)
         mm.load_state_dict({**mm.state_dict(), **p})
         if policy == "recompute":
-            update_bn([bn_x[i:i + BATCH] for i in range(0, bn_x.shape[0], BATCH)], mm)
+            update_bn([bn_x[i : i + BATCH] for i in range(0, bn_x.shape[0], BATCH)], mm)
         mm.train() if policy == "train" else mm.eval()
         loss = correct = 0.0
         with torch.no_grad():
             for i in range(0, x.shape[0], BATCH):
-                out = mm(x[i:i + BATCH])
-                loss += F.cross_entropy(out, y[i:i + BATCH], reduction="sum").item()
-                correct += (out.argmax(1) == y[i:i + BATCH]).sum().item()
+                out = mm(x[i : i + BATCH])
+                loss += F.cross_entropy(out, y[i : i + BATCH], reduction="sum").item()
+                correct += (out.argmax(1) == y[i : i + BATCH]).sum().item()
         rows.append([loss / x.shape[0], correct / x.shape[0]])
     return torch.tensor(rows, dtype=torch.float64)
 
@@ -99,7 +104,7 @@ def test_recompute_buffers_equal_update_bn():
         for i, p in enumerate(pts):
             mm = copy.deepcopy(m)
             mm.load_state_dict({**mm.state_dict(), **p})
-            update_bn([x[j:j + BATCH] for j in range(0, 130, BATCH)], mm)
+            update_bn([x[j : j + BATCH] for j in range(0, 130, BATCH)], mm)
             for n, b in mm.named_buffers():
                 assert torch.allclose(bufs[n][i].to(b.dtype), b, atol=1e-10), n
 
@@ -154,7 +159,7 @@ class _Batches:
 
     def __iter__(self):
         for i in range(0, self.x.shape[0], self.bs):
-            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+            yield self.x[i : i + self.bs], self.y[i : i + self.bs]
 
 
 def test_iterables_without_a_dataset_give_the_same_metrics():
@@ -166,7 +171,7 @@ def test_iterables_without_a_dataset_give_the_same_metrics():
     m = tiny("mlp")
     x, y = data(100)
     want = Evaluator(m, (x, y), batch_size=BATCH)([sp.WeightSpace(m).point(m)])
-    gen = ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, 100, BATCH))
+    gen = ((x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, 100, BATCH))
     got = Evaluator(m, gen)([sp.WeightSpace(m).point(m)])
     torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=1e-12)
     streamed = make_source(_Batches(x, y, BATCH), budget_bytes=1000)
@@ -174,7 +179,7 @@ def test_iterables_without_a_dataset_give_the_same_metrics():
     got = Evaluator(m, streamed)([sp.WeightSpace(m).point(m)])
     torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=1e-12)
     assert float(got["loss"][0]) > 0  # the old n = -1 flipped the sign
-    gen = ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, 100, BATCH))
+    gen = ((x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, 100, BATCH))
     with pytest.raises(UserError, match="one-shot iterator"):
         make_source(gen, budget_bytes=1000)
 

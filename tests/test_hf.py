@@ -8,8 +8,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are built from configs: nothing may be downloaded
 import transformers  # noqa: E402,F401  (the `hf` extra; `make test` installs it)
-
 from conftest import run_cli  # noqa: E402
+
 from modescape import curvature as cv  # noqa: E402
 from modescape import hf, io, sharpness  # noqa: E402
 from modescape import space as sp  # noqa: E402
@@ -43,11 +43,22 @@ def test_models_are_built_from_a_config_and_return_logits(add):
     assert model(x).shape == (4, add.num_classes)  # the last position's logits: a tensor, not a ModelOutput
     every = gpt2(add, output="all")
     torch.testing.assert_close(every(x)[:, -1], gpt2(add)(x))
-    assert model.modescape_spec == {"name": "hf:gpt2", "args": {**SMALL, "output": "last"}, "input_shape": [3],
-                                    "num_classes": add.num_classes}
+    assert model.modescape_spec == {
+        "name": "hf:gpt2",
+        "args": {**SMALL, "output": "last"},
+        "input_shape": [3],
+        "num_classes": add.num_classes,
+    }
     torch.manual_seed(0)
-    bert = hf.build("bert", add.input_shape, add.num_classes, num_hidden_layers=1, hidden_size=16,
-                    num_attention_heads=2, intermediate_size=32)
+    bert = hf.build(
+        "bert",
+        add.input_shape,
+        add.num_classes,
+        num_hidden_layers=1,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     assert bert(x).shape == (4, add.num_classes) and bert.model.config.pad_token_id is None
     with pytest.raises(UserError, match="unknown argument 'n_layers'"):
         gpt2(add, n_layers=2)
@@ -75,8 +86,7 @@ def test_surface_curve_hessian_and_sharpness_through_the_adapter(add):
     ev = Evaluator(a, {"train": add.train, "test": add.test})
     dx, dy = random_directions(a, 2, normalization="filter", seed=0)
     ds = sweep(Plane(ev.point0, dx, dy), ev, {"x": "-1:1:3", "y": "0:1:2"})
-    assert float(ds["train_loss"].sel(x=0.0, y=0.0)) == pytest.approx(float(ev([ev.point0])["train_loss"][0]),
-                                                                        rel=1e-5)
+    assert float(ds["train_loss"].sel(x=0.0, y=0.0)) == pytest.approx(float(ev([ev.point0])["train_loss"][0]), rel=1e-5)
     run = train_curve(a, a, b, add, epochs=1, batch_size=8, lr=0.01)
     mid = run.family(torch.tensor([[0.5]], dtype=torch.float64))
     assert torch.isfinite(ev(mid)["train_loss"]).all()
@@ -86,15 +96,23 @@ def test_surface_curve_hessian_and_sharpness_through_the_adapter(add):
         dense = op.dense().double()
         top = torch.linalg.eigvalsh(0.5 * (dense + dense.T))[-1]
         assert cv.eigenvalues(op, k=1, tol=1e-6).values[0] == pytest.approx(float(top), rel=1e-3)
-    res = sharpness.measure_all(a, add.train, measures=["keskar", "filter_1d"],
-                                options={"keskar": {"steps": 2}, "filter_1d": {"n_points": 5}})
+    res = sharpness.measure_all(
+        a, add.train, measures=["keskar", "filter_1d"], options={"keskar": {"steps": 2}, "filter_1d": {"n_points": 5}}
+    )
     assert res["keskar"] >= 0 and res["filter_1d"] >= 0
 
 
 def test_bert_hessian_through_the_adapter(add):
     torch.manual_seed(0)
-    bert = hf.build("bert", add.input_shape, add.num_classes, num_hidden_layers=1, hidden_size=8,
-                    num_attention_heads=2, intermediate_size=16)
+    bert = hf.build(
+        "bert",
+        add.input_shape,
+        add.num_classes,
+        num_hidden_layers=1,
+        hidden_size=8,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
     res = cv.eigenvalues(bert, add.train, k=2, params="model.bert.encoder.layer.0.output", tol=1e-5)
     assert res.converged.all() and res.values[0] >= res.values[1]
 
@@ -122,20 +140,62 @@ def test_gpt2_spec_preserves_the_function_and_a_planted_permutation_is_recovered
     inv = invert(perms)
     assert all(torch.equal(found[p], inv[p]) for p in spec.sizes)
     with pytest.raises(UserError, match="GPT-2 family"):
-        infer_spec(hf.build("bert", add.input_shape, add.num_classes, num_hidden_layers=1, hidden_size=8,
-                            num_attention_heads=2, intermediate_size=16))
+        infer_spec(
+            hf.build(
+                "bert",
+                add.input_shape,
+                add.num_classes,
+                num_hidden_layers=1,
+                hidden_size=8,
+                num_attention_heads=2,
+                intermediate_size=16,
+            )
+        )
     assert sp.WeightSpace(model).numel > 0
 
 
 @pytest.mark.slow
 def test_cli_trains_hf_gpt2_and_measures_its_ggn(tmp_path, capsys):
-    code, out, err = run_cli(["train", "--out", tmp_path, "--model", "hf:gpt2", "--model-args",
-                              "n_layer=1,n_embd=16,n_head=2", "--data", "modular-add", "--data-args", "p=5",
-                              "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--optimizer", "adamw",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--out",
+            tmp_path,
+            "--model",
+            "hf:gpt2",
+            "--model-args",
+            "n_layer=1,n_embd=16,n_head=2",
+            "--data",
+            "modular-add",
+            "--data-args",
+            "p=5",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.01",
+            "--optimizer",
+            "adamw",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run_cli(["hessian", tmp_path / "final.safetensors", "--curvature", "ggn", "--top-k", "1",
-                              "--params", "model.transformer.h.0.mlp.c_proj", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "hessian",
+            tmp_path / "final.safetensors",
+            "--curvature",
+            "ggn",
+            "--top-k",
+            "1",
+            "--params",
+            "model.transformer.h.0.mlp.c_proj",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     import json
 

@@ -26,7 +26,7 @@ def test_round_trip(tmp_path):
     assert path.exists() and (tmp_path / "a.json").exists()
     m2, meta = io.load_model(path)
     assert meta["seed"] == 3 and meta["model"]["name"] == "cnn" and meta["versions"]["torch"] == torch.__version__
-    for (k, a), (k2, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+    for (k, a), (k2, b) in zip(m.state_dict().items(), m2.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     assert len(meta["weights_hash"]) == 16
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
@@ -35,7 +35,9 @@ def test_round_trip(tmp_path):
 def test_pt_state_dict_loads_and_pickled_code_is_refused(tmp_path):
     m = net()
     torch.save(m.state_dict(), tmp_path / "ok.pt")
-    m2, _ = io.load_model(tmp_path / "ok.pt", model="cnn", model_args={"width": "4"}, data_shape=(1, 8, 8), num_classes=10)
+    m2, _ = io.load_model(
+        tmp_path / "ok.pt", model="cnn", model_args={"width": "4"}, data_shape=(1, 8, 8), num_classes=10
+    )
     assert torch.equal(m2.state_dict()[next(iter(m.state_dict()))], next(iter(m.state_dict().values())))
 
     marker = tmp_path / "pwned"
@@ -57,7 +59,9 @@ def test_pt_state_dict_loads_and_pickled_code_is_refused(tmp_path):
 
 def test_mismatch_names_first_key_and_shapes(tmp_path):
     path = io.save_checkpoint(tmp_path / "a.safetensors", net())
-    with pytest.raises(UserError, match=r"tensor 'conv0\.weight' has shape \[4, 1, 3, 3\]; the model expects \[8, 1, 3, 3\]"):
+    with pytest.raises(
+        UserError, match=r"tensor 'conv0\.weight' has shape \[4, 1, 3, 3\]; the model expects \[8, 1, 3, 3\]"
+    ):
         io.load_model(path, model="cnn", model_args={"width": "8"}, data_shape=(1, 8, 8), num_classes=10)
 
 
@@ -106,7 +110,8 @@ def test_import_specs(tmp_path, monkeypatch):
     (tmp_path / "mymodels.py").write_text(
         "import torch\n"
         "def small(width=3):\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, int(width)))\n"
-        "NOT_CALLABLE = 1\n")
+        "NOT_CALLABLE = 1\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     m = io.build_from_spec({"name": "mymodels:small", "args": {"width": 5}})
     assert m[1].out_features == 5

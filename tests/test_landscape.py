@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SWEEP_SCRIPT_HEAD
 from torch import nn
 from torch.func import functional_call
 
@@ -25,8 +26,6 @@ from modescape.families import Line, Plane, PlaneThrough
 from modescape.landscape import Grid, convexity, parse_range, sweep
 from modescape.store import load
 from modescape.zoo import build_model, load_dataset
-
-from conftest import SWEEP_SCRIPT_HEAD
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -139,7 +138,7 @@ def test_plane_through_three_models_reports_their_coordinates(small):
     mc = fam.model_coords.numpy()
     ev = Evaluator(net, {"train": tr}, progress=False)
     ds = sweep(fam, ev, {"x": mc[:, 0], "y": np.unique(mc[:, 1])}, progress=False)
-    for p, (x, y) in zip((a, b, c), mc):
+    for p, (x, y) in zip((a, b, c), mc, strict=True):
         np.testing.assert_allclose(float(ds.train_loss.sel(x=x, y=y)), direct(net, p, *tr)[0], rtol=1e-5)
 
 
@@ -159,7 +158,7 @@ def test_convexity_map_matches_dense_hessian(digits):
         flat = torch.cat([p[n].reshape(-1) for n in names]).double()
 
         def loss(v):
-            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(v, sizes), shapes)}
+            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(v, sizes), shapes, strict=True)}
             return F.cross_entropy(functional_call(net.double(), parts, (x.double(),)), y)
 
         ev_ = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
@@ -189,12 +188,25 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT.format(src=SRC))
     env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.zarr")], env=env, capture_output=True,
-                         text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.zarr")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(tmp_path / "two.zarr")], env=env, capture_output=True, text=True,
-                         timeout=180)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "two.zarr"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr")
     assert b.attrs["complete"] and a.attrs["settings_hash"] == b.attrs["settings_hash"]
@@ -224,20 +236,53 @@ def test_plots_and_cli(tmp_path, digits):
     io.save_checkpoint(tmp_path / "a.safetensors", init, meta)
     io.save_checkpoint(tmp_path / "b.safetensors", net, meta)
     runner = CliRunner()
-    r = runner.invoke(app, ["surface", str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "s"),
-                            "--x", "-1:1:4", "--y", "0:1:3", "--vtk", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "surface",
+            str(tmp_path / "b.safetensors"),
+            "--out",
+            str(tmp_path / "s"),
+            "--x",
+            "-1:1:4",
+            "--y",
+            "0:1:3",
+            "--vtk",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = tmp_path / "s"
-    for f in ("result.zarr", "train_loss_contour.png", "train_loss_contourf.png", "train_loss_heatmap.png",
-              "train_loss_surface.png", "landscape.html", "train_loss.vtk", "summary.json"):
+    for f in (
+        "result.zarr",
+        "train_loss_contour.png",
+        "train_loss_contourf.png",
+        "train_loss_heatmap.png",
+        "train_loss_surface.png",
+        "landscape.html",
+        "train_loss.vtk",
+        "summary.json",
+    ):
         assert (out / f).exists(), f
     html = (out / "landscape.html").read_text()
     assert "Plotly" in html and '<script src="http' not in html  # self-contained
     assert (out / "train_loss.vtk").read_text().startswith("# vtk DataFile")
     ds = load(out)
     assert ds.attrs["command"].startswith("modescape") and ds.attrs["seed"] == 0 and ds.attrs["model_hash"]
-    r = runner.invoke(app, ["interpolate", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
-                            "--out", str(tmp_path / "i"), "--steps", "5", "--range", "0:1"])
+    r = runner.invoke(
+        app,
+        [
+            "interpolate",
+            str(tmp_path / "a.safetensors"),
+            str(tmp_path / "b.safetensors"),
+            "--out",
+            str(tmp_path / "i"),
+            "--steps",
+            "5",
+            "--range",
+            "0:1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     line = load(tmp_path / "i")
     np.testing.assert_allclose(line.t.values, np.linspace(0, 1, 5))
@@ -255,8 +300,11 @@ def test_convexity_map_on_a_parameter_filter(digits):
     origin = sp.WeightSpace(net).point(net)
     dx, dy = random_directions(net, 2, seed=0)
     ev = Evaluator(net.double(), {"train": (x.double(), y)}, progress=False)
-    plane = Plane({k: v.double() for k, v in origin.items()}, {k: v.double() for k, v in dx.items()},
-                  {k: v.double() for k, v in dy.items()})
+    plane = Plane(
+        {k: v.double() for k, v in origin.items()},
+        {k: v.double() for k, v in dx.items()},
+        {k: v.double() for k, v in dy.items()},
+    )
     ds = convexity(plane, ev, {"x": "0:0.5:2", "y": "0:0:1"}, tol=1e-10, params="weights", progress=False)
     assert ds.attrs["params"] == "weights"
     names = [n for n in origin if origin[n].dim() > 1]
@@ -264,8 +312,8 @@ def test_convexity_map_on_a_parameter_filter(digits):
         p = plane(torch.tensor([xv, 0.0], dtype=torch.float64))
         sizes, shapes = [p[n].numel() for n in names], [p[n].shape for n in names]
 
-        def loss(flat):  # the weights free, the biases fixed at p
-            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+        def loss(flat, p=p, sizes=sizes, shapes=shapes):  # the weights free, the biases fixed at p
+            parts = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
             return F.cross_entropy(functional_call(net, {**p, **parts}, (x.double(),)), y)
 
         flat = torch.cat([p[n].reshape(-1) for n in names])
@@ -276,6 +324,7 @@ def test_convexity_map_on_a_parameter_filter(digits):
 
 
 # -- lines and planes between BatchNorm models carry each model's statistics ---------------------------
+
 
 @pytest.fixture(scope="module")
 def bn_runs(tmp_path_factory):
@@ -289,8 +338,14 @@ def bn_runs(tmp_path_factory):
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
         net = build_model("mlp", split.input_shape, 10, depth=1, width=16, norm="bn")
-        train(net, split, TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=seed), out=root / f"r{seed}",
-              meta={"data": split.meta}, progress=False)
+        train(
+            net,
+            split,
+            TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=seed),
+            out=root / f"r{seed}",
+            meta={"data": split.meta},
+            progress=False,
+        )
         out.append(root / f"r{seed}" / "final.safetensors")
     return out
 
@@ -308,8 +363,9 @@ def test_interpolate_between_bn_models_ends_exactly_at_each(bn_runs, bn, tmp_pat
     code, out, err = run_cli(["eval", a, b, "--bn", bn, "--json"], capsys)
     assert code == 0, err
     own = {r["checkpoint"]: r for r in json.loads(out)}
-    code, out, err = run_cli(["interpolate", a, b, "--range", "0:1:5", "--bn", bn, "--out", tmp_path / "line",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        ["interpolate", a, b, "--range", "0:1:5", "--bn", bn, "--out", tmp_path / "line", "--json"], capsys
+    )
     assert code == 0, err
     summary = json.loads(out)
     ds = load(tmp_path / "line" / "result.zarr")
@@ -351,8 +407,13 @@ def test_results_carry_the_checkpoints_weights_hash(bn_runs, tmp_path):
     net, meta = io.load_model(bn_runs[0])
     ev = Evaluator(net, {"train": (torch.randn(20, 1, 8, 8), torch.zeros(20, dtype=torch.long))}, progress=False)
     d = random_directions(net, 2, seed=0)
-    ds = sweep(Plane(sp.WeightSpace(net).point(net), *d), ev, {"x": "0:1:2", "y": "0:1:2"},
-               store=tmp_path / "r.zarr", progress=False)
+    ds = sweep(
+        Plane(sp.WeightSpace(net).point(net), *d),
+        ev,
+        {"x": "0:1:2", "y": "0:1:2"},
+        store=tmp_path / "r.zarr",
+        progress=False,
+    )
     assert ds.attrs["model_hash"] == meta["weights_hash"]
     assert ds.attrs["threads"] == torch.get_num_threads() and ds.attrs["device"] == "cpu"
     assert {"modescape", "torch", "numpy", "xarray"} <= set(ds.attrs["versions"])
@@ -367,22 +428,39 @@ def test_surface_along_hessian_eigenvectors_with_topology(tmp_path, capsys):
     import json
 
     from conftest import run_cli
+
     from modescape import io
 
     torch.manual_seed(0)  # tanh: a smooth loss, so finite differences converge to the Hessian (ReLU kinks add to them)
     net = build_model("mlp", (1, 8, 8), 10, depth=1, width=8, activation="tanh")
     io.save_checkpoint(tmp_path / "m.safetensors", net, {"data": {"name": "digits", "args": {}}})
-    code, out, err = run_cli(["surface", tmp_path / "m.safetensors", "--directions", "hessian:0,1", "--topology",
-                              "--x", "-0.02:0.02:5", "--y", "-0.02:0.02:3", "--out", tmp_path / "h", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "surface",
+            tmp_path / "m.safetensors",
+            "--directions",
+            "hessian:0,1",
+            "--topology",
+            "--x",
+            "-0.02:0.02:5",
+            "--y",
+            "-0.02:0.02:3",
+            "--out",
+            tmp_path / "h",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads(out)
     ds = load(tmp_path / "h")
     lam = ds.attrs["directions"]["eigenvalues"]
     assert lam[0] >= lam[1] and ds.attrs["axis_labels"][0].startswith("Hessian eigenvector 0")
     loss = ds.train_loss.sel(y=0.0).values  # x = -0.02, -0.01, 0, 0.01, 0.02 along the top eigenvector
-    second = (loss[3] - 2 * loss[2] + loss[1]) / 0.01 ** 2
+    second = (loss[3] - 2 * loss[2] + loss[1]) / 0.01**2
     assert second == pytest.approx(lam[0], rel=0.02)
     assert summary["topology"]["n_minima"] >= 1 and (tmp_path / "h" / "topology.json").exists()
-    code, _, err = run_cli(["surface", tmp_path / "m.safetensors", "--directions", "eigen", "--out", tmp_path / "z"],
-                           capsys)
+    code, _, err = run_cli(
+        ["surface", tmp_path / "m.safetensors", "--directions", "eigen", "--out", tmp_path / "z"], capsys
+    )
     assert code == 2 and "unknown directions" in err

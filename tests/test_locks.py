@@ -30,8 +30,12 @@ HOLDER = textwrap.dedent("""
 
 def hold(kind: str, target: Path) -> subprocess.Popen:
     """A process holding ``locks.<kind>(target)`` (a light one: the lock module imports no torch)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(src=SRC), kind, str(target)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(src=SRC), kind, str(target)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -43,8 +47,10 @@ def test_a_second_process_is_refused_until_the_holder_is_killed(tmp_path):
     try:
         with pytest.raises(UserError) as err:
             locks.lock_out(out)
-        assert str(err.value) == (f"--out {out} is in use by another modescape process (pid {proc.pid}): "
-                                  f"wait for it to finish, or choose another --out")
+        assert str(err.value) == (
+            f"--out {out} is in use by another modescape process (pid {proc.pid}): "
+            f"wait for it to finish, or choose another --out"
+        )
         with pytest.raises(UserError, match="in use"):  # waiting a little is not enough either
             locks.lock_out(out, wait=0.3)
     finally:
@@ -96,8 +102,10 @@ def test_a_locked_store_is_refused_before_anything_is_written(tmp_path):
     try:
         with pytest.raises(UserError) as err:
             run_units(grid, ["v"], measure, store, {"k": 1}, rows=2, progress=False)
-        assert str(err.value) == (f"result {store} is in use by another modescape process (pid {proc.pid}): "
-                                  f"wait for it to finish, or write to another folder")
+        assert str(err.value) == (
+            f"result {store} is in use by another modescape process (pid {proc.pid}): "
+            f"wait for it to finish, or write to another folder"
+        )
         assert not store.exists()
     finally:
         proc.kill()
@@ -122,8 +130,13 @@ def test_a_forked_child_does_not_hold_or_remove_its_parents_lock(tmp_path):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert (tmp_path / locks.LOCK_NAME).read_text().split()[0] == str(os.getpid())
-        proc = subprocess.run([sys.executable, "-c", HOLDER.format(src=SRC), "lock_out", str(tmp_path)],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", HOLDER.format(src=SRC), "lock_out", str(tmp_path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr  # still held by this process
     finally:
         lock.release()

@@ -35,26 +35,36 @@ def line_ds(checkpoints=(RUN_A, RUN_B)) -> xr.Dataset:
     t = np.linspace(-0.5, 1.5, 21)
     bump = np.exp(-((t - 0.5) ** 2) / 0.05)
     # losses that differ only in the 4th decimal: matplotlib's default would write them as offset + 1e-4 ticks
-    return xr.Dataset({"train_loss": ("t", 2.3001 + 3e-4 * bump), "test_loss": ("t", 2.3003 + 3e-4 * bump),
-                       "train_accuracy": ("t", 0.9 - 0.1 * bump), "test_accuracy": ("t", 0.88 - 0.1 * bump)},
-                      coords={"t": t},
-                      attrs={"checkpoints": list(checkpoints),
-                             "models": {"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}})
+    return xr.Dataset(
+        {
+            "train_loss": ("t", 2.3001 + 3e-4 * bump),
+            "test_loss": ("t", 2.3003 + 3e-4 * bump),
+            "train_accuracy": ("t", 0.9 - 0.1 * bump),
+            "test_accuracy": ("t", 0.88 - 0.1 * bump),
+        },
+        coords={"t": t},
+        attrs={"checkpoints": list(checkpoints), "models": {"labels": ["A", "B"], "coords": [[0.0, 0.0], [1.0, 0.0]]}},
+    )
 
 
 def plane_ds(span: str = "decades", checkpoints=(RUN_A,)) -> xr.Dataset:
     x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 7)
     gx, gy = np.meshgrid(x, y, indexing="ij")
     if span == "decades":  # positive and more than a decade: log levels
-        z = 0.0213 * np.exp(3.0 * (gx ** 2 + gy ** 2))
+        z = 0.0213 * np.exp(3.0 * (gx**2 + gy**2))
     else:  # a narrow band around 2.3
-        z = 2.3001 + 3e-4 * (gx ** 2 + gy ** 2)
+        z = 2.3001 + 3e-4 * (gx**2 + gy**2)
     labels = ["A", "B", "C"][: len(checkpoints)] if len(checkpoints) > 1 else ["model"]
     coords = [[0.0, 0.0], [0.5, 0.2], [-0.3, 0.6]][: len(labels)]
-    return xr.Dataset({"train_loss": (("x", "y"), z), "test_loss": (("x", "y"), 1.1 * z),
-                       "train_accuracy": (("x", "y"), 1 - 0.1 * gx ** 2)},
-                      coords={"x": x, "y": y},
-                      attrs={"checkpoints": list(checkpoints), "models": {"labels": labels, "coords": coords}})
+    return xr.Dataset(
+        {
+            "train_loss": (("x", "y"), z),
+            "test_loss": (("x", "y"), 1.1 * z),
+            "train_accuracy": (("x", "y"), 1 - 0.1 * gx**2),
+        },
+        coords={"x": x, "y": y},
+        attrs={"checkpoints": list(checkpoints), "models": {"labels": labels, "coords": coords}},
+    )
 
 
 def path_result(name: str, bump: float) -> object:
@@ -73,10 +83,10 @@ def plane_result():
 
     x, y = torch.linspace(-2, 22, 13, dtype=torch.float64), torch.linspace(-4, 8, 7, dtype=torch.float64)
     gx, gy = torch.meshgrid(x, y, indexing="ij")
-    err = 0.015 + 0.2 * torch.exp(-((gx - 10) ** 2) / 40) * torch.exp(-(gy ** 2) / 8)
+    err = 0.015 + 0.2 * torch.exp(-((gx - 10) ** 2) / 40) * torch.exp(-(gy**2) / 8)
     bends = torch.tensor([[0.0, 0.0], [10.0, 5.0], [20.0, 0.0]], dtype=torch.float64)
     s = torch.linspace(0, 1, 21, dtype=torch.float64)[:, None]
-    curve = (1 - s) ** 2 * bends[0] + 2 * s * (1 - s) * bends[1] + s ** 2 * bends[2]
+    curve = (1 - s) ** 2 * bends[0] + 2 * s * (1 - s) * bends[1] + s**2 * bends[2]
     return PlaneResult(x, y, {"test_error": err}, bends, curve, "recompute")
 
 
@@ -85,16 +95,29 @@ def correlation(n_measures: int = 13, n_runs: int = 8):
 
     rng = np.random.default_rng(0)
     measures = [f"measure_{k:02d}" for k in range(n_measures)]
-    rows = [{"run": f"runs/r{i}", "gap": float(rng.random()), **{m: float(rng.random()) for m in measures}}
-            for i in range(n_runs)]
+    rows = [
+        {"run": f"runs/r{i}", "gap": float(rng.random()), **{m: float(rng.random()) for m in measures}}
+        for i in range(n_runs)
+    ]
     tau = {m: (float(rng.uniform(-1, 1)), 0.5) for m in measures}
     return Correlation(rows, tau, measures, "test_error - train_error")
 
 
 def fge_result():
-    members = [{"epoch": 2 * m, "members": m, "single_accuracy": 0.983 + 0.0005 * (m % 2), "single_nll": 0.0522,
-                "accuracy": 0.9833 + 0.0004 * m, "nll": 0.0522 - 0.0009 * m, "brier": 0.02, "ece": 0.01,
-                "disagreement": 0.01} for m in range(1, 6)]
+    members = [
+        {
+            "epoch": 2 * m,
+            "members": m,
+            "single_accuracy": 0.983 + 0.0005 * (m % 2),
+            "single_nll": 0.0522,
+            "accuracy": 0.9833 + 0.0004 * m,
+            "nll": 0.0522 - 0.0009 * m,
+            "brier": 0.02,
+            "ece": 0.01,
+            "disagreement": 0.01,
+        }
+        for m in range(1, 6)
+    ]
     return SimpleNamespace(members=members, start={"accuracy": 0.9836, "nll": 0.0516})
 
 
@@ -116,7 +139,7 @@ def is_round(values, log: bool = False) -> bool:
         return True
     step = float(np.min(np.diff(np.sort(v))))
     k = math.floor(math.log10(step))
-    if min(abs(step / 10 ** k - m) for m in (1, 2, 2.5, 5, 10)) > 1e-6:
+    if min(abs(step / 10**k - m) for m in (1, 2, 2.5, 5, 10)) > 1e-6:
         return False
     return bool(np.all(np.abs(v / step - np.round(v / step)) < 1e-6))
 
@@ -129,14 +152,17 @@ def overlaps(a, b) -> bool:
 # titles name the runs
 
 
-@pytest.mark.parametrize("paths, names", [
-    ((RUN_A, RUN_B), ["a", "b"]),
-    (("/x/exp/runs/a/final.safetensors", "/x/exp/runs/b/final.safetensors"), ["a", "b"]),
-    (("x/run1/final.safetensors", "y/run1/final.safetensors"), ["x/run1", "y/run1"]),
-    (("runs/a/epoch-010.safetensors", "runs/a/final.safetensors"), ["epoch-010", "final"]),
-    (("a.safetensors", "b.safetensors", "c.safetensors"), ["a", "b", "c"]),
-    ((RUN_A,), ["a/final"]),
-])
+@pytest.mark.parametrize(
+    "paths, names",
+    [
+        ((RUN_A, RUN_B), ["a", "b"]),
+        (("/x/exp/runs/a/final.safetensors", "/x/exp/runs/b/final.safetensors"), ["a", "b"]),
+        (("x/run1/final.safetensors", "y/run1/final.safetensors"), ["x/run1", "y/run1"]),
+        (("runs/a/epoch-010.safetensors", "runs/a/final.safetensors"), ["epoch-010", "final"]),
+        (("a.safetensors", "b.safetensors", "c.safetensors"), ["a", "b", "c"]),
+        ((RUN_A,), ["a/final"]),
+    ],
+)
 def test_run_names_are_the_shortest_that_tell_runs_apart(paths, names):
     assert run_names(paths) == names
     assert len(set(run_names(paths))) == len(paths)
@@ -149,19 +175,30 @@ def test_titles_name_the_runs_compared(tmp_path):
     with capture_figures() as figs:
         plot_line(line_ds(), tmp_path / "line.png")  # from the result's provenance
         plot_line(line_ds(checkpoints=()), tmp_path / "l2.png", labels=["runs/a", "runs/b"])  # strings as given
-        plot_paths([path_result("curve", 0.1), path_result("segment", 1)], tmp_path / "p.png",
-                   labels=(Path(RUN_A), Path(RUN_B)))
+        plot_paths(
+            [path_result("curve", 0.1), path_result("segment", 1)],
+            tmp_path / "p.png",
+            labels=(Path(RUN_A), Path(RUN_B)),
+        )
         plot_plane(plane_result(), tmp_path / "plane.png", labels=(Path(RUN_A), Path(RUN_B)))
-        plot_alignment({"before": path_result("b", 1), "after": path_result("a", 0.1)}, tmp_path / "al.png",
-                       labels=(Path(RUN_A), Path(RUN_B)))
+        plot_alignment(
+            {"before": path_result("b", 1), "after": path_result("a", 0.1)},
+            tmp_path / "al.png",
+            labels=(Path(RUN_A), Path(RUN_B)),
+        )
         plot_fge(fge_result(), tmp_path / "fge.png", label=Path(RUN_A))
-        plot_result(plane_ds(checkpoints=("r/a/final.safetensors", "r/b/final.safetensors", "r/c/final.safetensors")),
-                    tmp_path / "through")
+        plot_result(
+            plane_ds(checkpoints=("r/a/final.safetensors", "r/b/final.safetensors", "r/c/final.safetensors")),
+            tmp_path / "through",
+        )
     texts = []
     for fig in figs:
         if hasattr(fig, "get_axes"):
-            texts.append(" | ".join([fig._suptitle.get_text() if fig._suptitle else ""]
-                                    + [ax.get_title() for ax in fig.get_axes()]))
+            texts.append(
+                " | ".join(
+                    [fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.get_axes()]
+                )
+            )
         else:
             texts.append(fig.layout.title.text)
     assert all("final.safetensors" not in t for t in texts), texts
@@ -184,8 +221,11 @@ def test_every_1d_figure_draws_train_solid_and_test_dashed(tmp_path):
     assert base.split_style("train_loss") == "-" and base.split_style("test_error") == "--"
     with capture_figures() as figs:
         plot_line(line_ds(), tmp_path / "line.png")
-        plot_paths([path_result("curve", 0.1), path_result("segment", 1)], tmp_path / "p.png",
-                   metrics=("train_loss", "test_loss", "test_error"))
+        plot_paths(
+            [path_result("curve", 0.1), path_result("segment", 1)],
+            tmp_path / "p.png",
+            metrics=("train_loss", "test_loss", "test_error"),
+        )
         plot_alignment({"before": path_result("b", 1), "after": path_result("a", 0.1)}, tmp_path / "al.png")
         plot_fge(fge_result(), tmp_path / "fge.png")
         write_html(line_ds(), tmp_path / "line.html")
@@ -372,8 +412,12 @@ def test_fge_figure_shows_members_single_and_ensemble(tmp_path):
     res = fge_result()
     full = FGEResult([], res.members, res.start, [], [])
     with capture_figures() as figs:
-        out = plot_fge(full, tmp_path / "fge.png", label=Path(RUN_A),
-                       baselines={"one model, same budget": {"accuracy": 0.984, "nll": 0.0531}})
+        out = plot_fge(
+            full,
+            tmp_path / "fge.png",
+            label=Path(RUN_A),
+            baselines={"one model, same budget": {"accuracy": 0.984, "nll": 0.0531}},
+        )
         plot_fge(json.loads(json.dumps(full.to_dict())), tmp_path / "fge2.png")  # from fge.json
     assert out.stat().st_size > 0 and (tmp_path / "fge2.png").stat().st_size > 0
     fig = drawn(figs[0])
@@ -382,12 +426,14 @@ def test_fge_figure_shows_members_single_and_ensemble(tmp_path):
     by_label = {ln.get_label(): ln for ln in acc.get_lines()}
     assert list(by_label["FGE ensemble"].get_xdata()) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose(by_label["FGE ensemble"].get_ydata(), [100 * m["accuracy"] for m in res.members])
-    np.testing.assert_allclose(by_label["snapshot alone"].get_ydata(),
-                               [100 * m["single_accuracy"] for m in res.members])
+    np.testing.assert_allclose(
+        by_label["snapshot alone"].get_ydata(), [100 * m["single_accuracy"] for m in res.members]
+    )
     np.testing.assert_allclose(by_label["start model"].get_ydata(), [100 * 0.9836] * 2)
     assert "one model, same budget" in by_label
-    np.testing.assert_allclose({ln.get_label(): ln for ln in nll.get_lines()}["FGE ensemble"].get_ydata(),
-                               [m["nll"] for m in res.members])
+    np.testing.assert_allclose(
+        {ln.get_label(): ln for ln in nll.get_lines()}["FGE ensemble"].get_ydata(), [m["nll"] for m in res.members]
+    )
     assert all(float(t).is_integer() for t in acc.get_xticks())
     assert {t.get_text() for t in fig.legends[0].get_texts()} >= {"FGE ensemble", "snapshot alone", "start model"}
 
@@ -397,8 +443,18 @@ def test_fge_figure_shows_members_single_and_ensemble(tmp_path):
 
 
 def test_old_call_forms_still_work(tmp_path):
-    from modescape.plots import (plot_alignment, plot_correlation, plot_density, plot_line, plot_paths, plot_plane,
-                                 plot_result, plot_surface, plot_swap, write_html)
+    from modescape.plots import (
+        plot_alignment,
+        plot_correlation,
+        plot_density,
+        plot_line,
+        plot_paths,
+        plot_plane,
+        plot_result,
+        plot_surface,
+        plot_swap,
+        write_html,
+    )
 
     assert plot_line(line_ds(), tmp_path / "l.png", "a title").exists()
     assert all(p.exists() for p in plot_surface(plane_ds(), tmp_path, "train_loss", "pre", ("contour",)))
@@ -412,7 +468,7 @@ def test_old_call_forms_still_work(tmp_path):
     from modescape.curvature.spectrum import Density
 
     grid = torch.linspace(-1, 5, 50)
-    d = Density(torch.zeros(2, 3), torch.ones(2, 3) / 3, grid, torch.exp(-grid ** 2), 0.1, 10)
+    d = Density(torch.zeros(2, 3), torch.ones(2, 3) / 3, grid, torch.exp(-(grid**2)), 0.1, 10)
     ax = plot_density(d, tmp_path / "d.png", label=Path(RUN_A))
     assert (tmp_path / "d.png").exists() and "a/final" in ax.get_title()
     assert not list(tmp_path.rglob("*.tmp"))  # every save went through the atomic rename

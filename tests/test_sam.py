@@ -36,13 +36,13 @@ def hand_sam(model, x, y, steps, lr, momentum, wd, rho, scale_of):
 
     for step in range(steps):
         leaves = {n: w[n].clone().requires_grad_(True) for n in names}
-        g = dict(zip(names, torch.autograd.grad(loss_at(leaves), [leaves[n] for n in names])))
+        g = dict(zip(names, torch.autograd.grad(loss_at(leaves), [leaves[n] for n in names]), strict=True))
         t = {n: scale_of(n, w[n]) for n in names}
         tg = {n: g[n] if t[n] is None else t[n] * g[n] for n in names}
-        norm = torch.sqrt(sum((v ** 2).sum() for v in tg.values()))
+        norm = torch.sqrt(sum((v**2).sum() for v in tg.values()))
         e = {n: rho * (g[n] if t[n] is None else t[n] ** 2 * g[n]) / (norm + 1e-12) for n in names}
         up = {n: (w[n] + e[n]).requires_grad_(True) for n in names}
-        g2 = dict(zip(names, torch.autograd.grad(loss_at(up), [up[n] for n in names])))
+        g2 = dict(zip(names, torch.autograd.grad(loss_at(up), [up[n] for n in names]), strict=True))
         for n in names:
             d = g2[n] + wd * w[n]
             buf[n] = d if step == 0 else momentum * buf[n] + d
@@ -59,12 +59,22 @@ def test_sam_two_steps_equal_the_hand_written_update(kind):
         opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr, momentum=momentum, weight_decay=wd)
         scale_of = lambda n, w: None  # noqa: E731
     elif kind == "asam":  # Kwon et al. / SamsungLabs: |w| + eta on weights, 1 on biases
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, scaled=bias_mask(model),
-                  lr=lr, momentum=momentum, weight_decay=wd)
+        opt = SAM(
+            model.parameters(),
+            torch.optim.SGD,
+            rho=rho,
+            adaptive=True,
+            eta=eta,
+            scaled=bias_mask(model),
+            lr=lr,
+            momentum=momentum,
+            weight_decay=wd,
+        )
         scale_of = lambda n, w: None if n.endswith("bias") else w.abs() + eta  # noqa: E731
     else:  # davda54/sam's adaptive rule: |w| on every parameter, no eta
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, adaptive=True, lr=lr, momentum=momentum,
-                  weight_decay=wd)
+        opt = SAM(
+            model.parameters(), torch.optim.SGD, rho=rho, adaptive=True, lr=lr, momentum=momentum, weight_decay=wd
+        )
         scale_of = lambda n, w: w.abs()  # noqa: E731
     expected = hand_sam(copy.deepcopy(model), x, y, 2, lr, momentum, wd, rho, scale_of)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -92,7 +102,7 @@ def test_sam_step_with_a_closure_and_its_state_is_the_base_optimisers():
     F.cross_entropy(model(x), y).backward()
     a.step(lambda: F.cross_entropy(model(x), y).backward())
     sam_step(ref, b, lambda: F.cross_entropy(ref(x), y))
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     sd = a.state_dict()
     assert sd == a.base_optimizer.state_dict() and all("momentum_buffer" in s for s in sd["state"].values())
@@ -132,8 +142,18 @@ def test_trainer_sam_epoch_equals_the_hand_step(digits, adaptive):
         train, test, meta = (x, y), digits.test, {}
 
     start = copy.deepcopy(model)
-    cfg = tr.TrainConfig(epochs=1, batch_size=64, lr=0.1, wd=5e-4, optimizer="sam", momentum=0.9,
-                         schedule="constant", rho=0.1, adaptive=adaptive, eta=0.01)
+    cfg = tr.TrainConfig(
+        epochs=1,
+        batch_size=64,
+        lr=0.1,
+        wd=5e-4,
+        optimizer="sam",
+        momentum=0.9,
+        schedule="constant",
+        rho=0.1,
+        adaptive=adaptive,
+        eta=0.01,
+    )
     tr.train(model, Small, cfg)
     order = tr.epoch_order(64, cfg.seed, 0)
     scale_of = (lambda n, w: None if n.endswith("bias") else w.abs() + 0.01) if adaptive else (lambda n, w: None)

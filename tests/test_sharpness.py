@@ -31,13 +31,13 @@ def test_worst_case_linf_reaches_the_corner_exactly():
     t = sh.target(diag_quadratic(SPEC))
     rho = 0.3
     r = sh.worst_case(t, rho, "linf", "plain", steps=8)
-    assert abs(r["value"] - 0.5 * rho ** 2 * float(SPEC.sum())) < 1e-12
+    assert abs(r["value"] - 0.5 * rho**2 * float(SPEC.sum())) < 1e-12
 
 
 def test_worst_case_l2_is_bounded_by_and_approaches_the_top_eigenvalue():
     t = sh.target(diag_quadratic(SPEC))
     rho = 0.5
-    bound = 0.5 * float(SPEC.max()) * rho ** 2
+    bound = 0.5 * float(SPEC.max()) * rho**2
     r = sh.worst_case(t, rho, "l2", "plain", steps=60)
     assert r["value"] <= bound * (1 + 1e-12)
     assert r["value"] >= 0.95 * bound
@@ -47,7 +47,7 @@ def test_keskar_box_on_a_quadratic():
     t = sh.target(diag_quadratic(SPEC))
     eps = 0.01  # at w = 0 the box is |delta_i| <= eps * (0 + 1)
     r = sh.keskar(t, epsilon=eps, steps=5)
-    assert abs(r["value"] - 100 * 0.5 * eps ** 2 * float(SPEC.sum())) < 1e-10
+    assert abs(r["value"] - 100 * 0.5 * eps**2 * float(SPEC.sum())) < 1e-10
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
@@ -56,7 +56,7 @@ def test_average_case_matches_the_ball_second_moment(norm):
     rho, n = 0.4, 400
     P = SPEC.numel()
     # E[u_i^2]: rho^2 / 3 in the cube [-rho, rho]^P, rho^2 / (P + 2) in the L2 ball
-    second = rho ** 2 / 3 if norm == "linf" else rho ** 2 / (P + 2)
+    second = rho**2 / 3 if norm == "linf" else rho**2 / (P + 2)
     want = 0.5 * float(SPEC.sum()) * second
     r = sh.average_case(t, rho, norm, "plain", samples=n, seed=3)
     assert abs(r["value"] - want) < 4 * r["stderr"]
@@ -87,18 +87,21 @@ def test_magnitude_aware_sigma_scales_noise_by_the_weights():
     w0 = torch.linspace(0.2, 1.2, SPEC.numel(), dtype=torch.float64)
     t = sh.target(ev, None, {"weight": w0.reshape(1, -1)})
     eps, target = 1e-3, 0.05
-    r = sh.pac_bayes_sigma(t, magnitude=True, eps=eps, metric="loss", target_drop=target, tol=1e-3, depth=40,
-                           samples=400)
+    r = sh.pac_bayes_sigma(
+        t, magnitude=True, eps=eps, metric="loss", target_drop=target, tol=1e-3, depth=40, samples=400
+    )
     # drift = 0.5 sum_i l_i (sigma^2 w_i^2 + eps^2) in expectation
-    analytic = math.sqrt((2 * target - float((SPEC * eps ** 2).sum())) / float((SPEC * w0 ** 2).sum()))
+    analytic = math.sqrt((2 * target - float((SPEC * eps**2).sum())) / float((SPEC * w0**2).sum()))
     assert abs(r["sigma"] - analytic) < 0.15 * analytic
     # at w = 0 only eps perturbs: no sigma reaches the target, the bisection runs to the upper end
-    r0 = sh.pac_bayes_sigma(sh.target(ev), magnitude=True, eps=eps, metric="loss", target_drop=target, depth=10,
-                            samples=4)
+    r0 = sh.pac_bayes_sigma(
+        sh.target(ev), magnitude=True, eps=eps, metric="loss", target_drop=target, depth=10, samples=4
+    )
     assert r0["sigma"] > 1.99 and r0["drift"] < target
 
 
 # -- Dinh et al. (2017): a function-preserving rescaling --------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def relu_net():
@@ -147,6 +150,7 @@ def test_filter_curvature_is_the_directional_second_derivative(relu_net):
     t = sh.target(ev)
     r = sh.filter_sharpness(t, 0.1, 3, 1, seed=7)
     from modescape.directions import random_direction
+
     d = random_direction(ev.point0, "filter", "biasbn", seed=7, space=ev.space)
     H = cv.Hessian(ev).dense()
     fd = ev.space.flatten(d)
@@ -174,6 +178,7 @@ def test_measure_all_on_a_bn_mlp():
 
 # -- correlate and the CLI ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from modescape import io
@@ -185,7 +190,9 @@ def runs(tmp_path_factory):
     for i, width in enumerate((3, 5, 8)):
         torch.manual_seed(i)
         m = build_model("mlp", split.input_shape, split.num_classes, depth=1, width=width)
-        io.save_checkpoint(root / f"w{width}" / "final.safetensors", m, {"data": split.meta, "config": {"width": width}})
+        io.save_checkpoint(
+            root / f"w{width}" / "final.safetensors", m, {"data": split.meta, "config": {"width": width}}
+        )
         out.append(root / f"w{width}")
     return out
 
@@ -201,7 +208,7 @@ def test_correlate_table_taus_and_files(runs, tmp_path):
     from modescape.zoo import load_dataset
 
     X, y = load_dataset("digits").train
-    for r, run in zip(res.rows, runs):
+    for r, run in zip(res.rows, runs, strict=True):
         assert abs(r["gap"] - (r["test_error"] - r["train_error"])) < 1e-12
         model, _ = io.load_model(run / "final.safetensors")
         with torch.no_grad():  # the gap uses all training data, not the first n_train samples of the measures
@@ -215,7 +222,7 @@ def test_correlate_table_taus_and_files(runs, tmp_path):
 
     table = list(csv.DictReader(stringio.StringIO(res.to_csv())))
     assert [row["run"] for row in table] == [str(r) for r in runs]
-    for row, r in zip(table, res.rows):
+    for row, r in zip(table, res.rows, strict=True):
         assert float(row["gap"]) == r["gap"] and float(row["worst_l2"]) == r["worst_l2"]
     from modescape.plots import plot_correlation
 
@@ -242,9 +249,28 @@ def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     from conftest import run_cli
 
     ckpt = runs[0] / "final.safetensors"
-    code, out, err = run_cli(["hessian", ckpt, "--top-k", "2", "--n-train", "50", "--trace", "--trace-method",
-                              "hutch++", "--density", "--steps", "10", "--probes", "2", "--out", tmp_path, "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        [
+            "hessian",
+            ckpt,
+            "--top-k",
+            "2",
+            "--n-train",
+            "50",
+            "--trace",
+            "--trace-method",
+            "hutch++",
+            "--density",
+            "--steps",
+            "10",
+            "--probes",
+            "2",
+            "--out",
+            tmp_path,
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     g = res["groups"]["all"]
@@ -257,8 +283,9 @@ def test_cli_hessian_and_sharpness(runs, tmp_path, capsys):
     assert g["eigenvalues"]["values"] == pytest.approx(want.values.tolist(), rel=1e-4)
     assert g["retained_graph"] == (g["hvp_method"] == "double-backward") and g["start"] == "gradient"
     assert (tmp_path / "density.png").exists() and (tmp_path / "hessian.json").exists()
-    code, out, err = run_cli(["hessian", ckpt, "--top-k", "2", "--n-train", "50", "--start", "random", "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        ["hessian", ckpt, "--top-k", "2", "--n-train", "50", "--start", "random", "--json"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["groups"]["all"]["eigenvalues"]["values"] == pytest.approx(want.values.tolist(), rel=1e-4)
     code, out, err = run_cli(["hessian", ckpt, "--start", "ones"], capsys)
@@ -280,8 +307,9 @@ def test_cli_correlate_writes_table_json_and_figure(runs, tmp_path, capsys):
 
     from conftest import run_cli
 
-    code, out, err = run_cli(["correlate", *runs, "--measures", "lambda_max", "--n-train", "60",
-                              "--out", tmp_path / "c", "--json"], capsys)
+    code, out, err = run_cli(
+        ["correlate", *runs, "--measures", "lambda_max", "--n-train", "60", "--out", tmp_path / "c", "--json"], capsys
+    )
     assert code == 0, err
     report = json.loads(out)
     with open(tmp_path / "c" / "correlate.csv") as f:

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from modescape import space as sp
@@ -10,15 +11,34 @@ from modescape.errors import UserError
 
 
 def model():
-    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 5),
-                         nn.LayerNorm(5), nn.Linear(5, 2), nn.GroupNorm(1, 2))
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 5),
+        nn.LayerNorm(5),
+        nn.Linear(5, 2),
+        nn.GroupNorm(1, 2),
+    )
 
 
 def test_roles_and_buffers():
     ws = sp.WeightSpace(model())
-    assert ws.roles == {"0.weight": "weight", "0.bias": "bias", "1.weight": "norm", "1.bias": "norm",
-                        "4.weight": "weight", "4.bias": "bias", "5.weight": "norm", "5.bias": "norm",
-                        "6.weight": "weight", "6.bias": "bias", "7.weight": "norm", "7.bias": "norm"}
+    assert ws.roles == {
+        "0.weight": "weight",
+        "0.bias": "bias",
+        "1.weight": "norm",
+        "1.bias": "norm",
+        "4.weight": "weight",
+        "4.bias": "bias",
+        "5.weight": "norm",
+        "5.bias": "norm",
+        "6.weight": "weight",
+        "6.bias": "bias",
+        "7.weight": "norm",
+        "7.bias": "norm",
+    }
     assert ws.buffer_names == ("1.running_mean", "1.running_var", "1.num_batches_tracked")
     assert ws.numel == sum(p.numel() for p in model().parameters())
 
@@ -75,7 +95,9 @@ def test_lerp_stacked_and_batched_dot():
     for i, t in enumerate(ts.tolist()):
         ref = sp.lerp(a, b, t)
         assert all(torch.allclose(line[n][i], ref[n]) for n in ws.names)
-    assert torch.allclose(sp.batched_dot(line, line), torch.stack([sp.dot(sp.unstack(line)[i], sp.unstack(line)[i]) for i in range(3)]))
+    assert torch.allclose(
+        sp.batched_dot(line, line), torch.stack([sp.dot(sp.unstack(line)[i], sp.unstack(line)[i]) for i in range(3)])
+    )
 
 
 def test_check_names_first_difference():

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import SWEEP_SCRIPT_HEAD
 
 from modescape.errors import UserError
 from modescape.store import CHECKSUMS, DONE, ResultStore, load
-
-from conftest import SWEEP_SCRIPT_HEAD
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 COORDS = {"x": np.linspace(-1, 1, 3), "y": np.linspace(0, 1, 7)}
@@ -118,8 +117,9 @@ def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     assert 3 <= done.sum() < partial.n_units and not partial.attrs["complete"]
     resumed = subprocess.run(run(killed, 0, "auto"), env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    fresh = subprocess.run(run(tmp_path / "fresh.zarr", 0, "shared-vmap"), env=env, capture_output=True, text=True,
-                           timeout=120)
+    fresh = subprocess.run(
+        run(tmp_path / "fresh.zarr", 0, "shared-vmap"), env=env, capture_output=True, text=True, timeout=120
+    )
     assert fresh.returncode == 0, fresh.stderr
     a, b = load(killed), load(tmp_path / "fresh.zarr")
     assert a.attrs["complete"] and a.attrs["eval_mode"] == b.attrs["eval_mode"]
@@ -143,8 +143,11 @@ def plane_sweep():
     split = load_dataset("digits")
     torch.manual_seed(0)
     net = build_model("mlp", split.input_shape, 10, depth=1, width=16)
-    ev = Evaluator(net, {"train": (split.train[0][:200], split.train[1][:200]),
-                         "test": (split.test[0][:100], split.test[1][:100])}, progress=False)
+    ev = Evaluator(
+        net,
+        {"train": (split.train[0][:200], split.train[1][:200]), "test": (split.test[0][:100], split.test[1][:100])},
+        progress=False,
+    )
     plane = Plane(sp.WeightSpace(net).point(net), *random_directions(net, 2, seed=0))
     calls = []
 
@@ -182,8 +185,10 @@ def test_damaged_chunks_are_refused_by_load_then_recomputed_bit_for_bit(tmp_path
         with pytest.raises(UserError) as err:
             load(target)
         msg = str(err.value)
-        assert msg == (f"result {p} is damaged: units 1, 4-5 (points 3-5, 12-17) are missing or corrupt; "
-                       f"rerun the command that made it with the same --out to recompute them")
+        assert msg == (
+            f"result {p} is damaged: units 1, 4-5 (points 3-5, 12-17) are missing or corrupt; "
+            f"rerun the command that made it with the same --out to recompute them"
+        )
     capsys.readouterr()
     calls.clear()
     again = run(p)
@@ -275,8 +280,13 @@ def test_torchrun_with_a_rank_killed_reruns_to_one_process_result(tmp_path):
     script.write_text(KILL_SCRIPT.format(src=SRC))
     env = {**os.environ, "MODESCAPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.zarr"), "run"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.zarr"), "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr
     two = tmp_path / "two.zarr"
     killed = subprocess.run(torchrun + [str(two), "kill"], env=env, capture_output=True, text=True, timeout=180)

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
 from modescape import io
 from modescape import space as sp
 from modescape import train as tr
@@ -56,12 +56,12 @@ def test_swag_moments_equal_their_closed_forms():
     W = torch.stack(ws).double()
     assert swag.n == 7
     torch.testing.assert_close(swag.mean()["w"].double(), W.mean(0), atol=1e-6, rtol=0)  # AveragedModel
-    torch.testing.assert_close(swag.variance(), (W ** 2).mean(0) - W.mean(0) ** 2, atol=1e-9, rtol=0)
+    torch.testing.assert_close(swag.variance(), (W**2).mean(0) - W.mean(0) ** 2, atol=1e-9, rtol=0)
     # deviations: w_i minus the running mean just after w_i, for the last 4 iterates (the reference's)
-    running = [W[:i + 1].mean(0) for i in range(7)]
+    running = [W[: i + 1].mean(0) for i in range(7)]
     dev = torch.stack([W[i] - running[i] for i in range(3, 7)])
     torch.testing.assert_close(swag.deviations.double(), dev, atol=1e-6, rtol=0)
-    want = 0.5 * (torch.diag((W ** 2).mean(0) - W.mean(0) ** 2) + dev.T @ dev / 3)
+    want = 0.5 * (torch.diag((W**2).mean(0) - W.mean(0) ** 2) + dev.T @ dev / 3)
     torch.testing.assert_close(swag.covariance(0.5), want, atol=1e-6, rtol=0)
 
 
@@ -98,6 +98,7 @@ def small_split(digits, n=256):
         train = (digits.train[0][:n], digits.train[1][:n])
         test = digits.test
         meta = {"name": "digits-subset"}
+
     return Split
 
 
@@ -143,8 +144,9 @@ def test_swa_run_resumes_to_the_same_average(digits, tmp_path, monkeypatch):
     def run(out):
         torch.manual_seed(0)
         m = build_model("mlp", digits.input_shape, digits.num_classes, depth=1, width=8)
-        return tr.train(m, small_split(digits), tr.TrainConfig(epochs=4, batch_size=64, swa_start=1, swag_rank=3),
-                        out=out)
+        return tr.train(
+            m, small_split(digits), tr.TrainConfig(epochs=4, batch_size=64, swa_start=1, swag_rank=3), out=out
+        )
 
     full = run(tmp_path / "a")
     real = tr._save_optimizer
@@ -161,8 +163,10 @@ def test_swa_run_resumes_to_the_same_average(digits, tmp_path, monkeypatch):
     resumed = run(tmp_path / "b")
     for k, v in full.swag.state_tensors().items():
         assert torch.equal(v, resumed.swag.state_tensors()[k]), k
-    assert io.read_meta(tmp_path / "a" / "swa.safetensors")["weights_hash"] == \
-        io.read_meta(tmp_path / "b" / "swa.safetensors")["weights_hash"]
+    assert (
+        io.read_meta(tmp_path / "a" / "swa.safetensors")["weights_hash"]
+        == io.read_meta(tmp_path / "b" / "swa.safetensors")["weights_hash"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +199,7 @@ def test_swag_ensemble_is_seeded_cached_and_uses_the_one_evaluation(digits, star
     res = swa(model, ckpt, digits, epochs=3, lr=0.05, start=0, rank=3)
     a = swag_ensemble(model, res.swag, digits, n_samples=3, seed=1, cache=tmp_path / "c", budget_info=res.budget)
     b = swag_ensemble(model, res.swag, digits, n_samples=3, seed=1, cache=tmp_path / "c")
-    assert all(torch.equal(p, q) for p, q in zip(a.probs, b.probs))
+    assert all(torch.equal(p, q) for p, q in zip(a.probs, b.probs, strict=True))
     assert a.budget["epochs"] == 5 and a.kind == "swag" and a.metrics["members"] == 3
     c = swag_ensemble(model, res.swag, digits, n_samples=1, seed=2)
     assert not torch.equal(a.probs[0], c.probs[0])
@@ -211,33 +215,85 @@ def test_swag_ensemble_is_seeded_cached_and_uses_the_one_evaluation(digits, star
 
 @pytest.mark.slow
 def test_cli_swa_swag_train(tmp_path, capsys):
-    code, out, err = run_cli(["train", "--out", tmp_path / "a", "--model-args", "depth=1,width=16", "--epochs", "3",
-                              "--batch-size", "128", "--swa-start", "1", "--swa-lr", "0.02", "--swag-rank", "2",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--out",
+            tmp_path / "a",
+            "--model-args",
+            "depth=1,width=16",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "128",
+            "--swa-start",
+            "1",
+            "--swa-lr",
+            "0.02",
+            "--swag-rank",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert rep["swa_metrics"]["n"] == 2 and (tmp_path / "a" / "swa.safetensors").exists()
-    code, out, err = run_cli(["swa", tmp_path / "a" / "final.safetensors", "--epochs", "2", "--lr", "0.02",
-                              "--rank", "2", "--out", tmp_path / "s", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "swa",
+            tmp_path / "a" / "final.safetensors",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.02",
+            "--rank",
+            "2",
+            "--out",
+            tmp_path / "s",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert rep["budget"] == {"epochs": 5, "start_epochs": 3, "swa_epochs": 2} and rep["n_averaged"] == 2
-    assert {"swa-result.json", "swa.png", "swa.safetensors", "swag.safetensors"} <= {p.name for p in (tmp_path / "s").iterdir()}
-    code, out2, err = run_cli(["swa", tmp_path / "a" / "final.safetensors", "--epochs", "2", "--lr", "0.02",
-                               "--rank", "2", "--out", tmp_path / "s", "--json"], capsys)  # resumes: finished
+    assert {"swa-result.json", "swa.png", "swa.safetensors", "swag.safetensors"} <= {
+        p.name for p in (tmp_path / "s").iterdir()
+    }
+    code, out2, err = run_cli(
+        [
+            "swa",
+            tmp_path / "a" / "final.safetensors",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.02",
+            "--rank",
+            "2",
+            "--out",
+            tmp_path / "s",
+            "--json",
+        ],
+        capsys,
+    )  # resumes: finished
     assert code == 0 and json.loads(out2)["swa"] == rep["swa"]
     code, out, err = run_cli(["swag", tmp_path / "a", "--samples", "2", "--json"], capsys)
     assert code == 0, err
     rep = json.loads(out)
     assert rep["metrics"]["members"] == 2 and rep["budget"]["epochs"] == 3
     assert (tmp_path / "a" / "swag-samples" / "sample-002.safetensors").exists()
-    for argv, pattern in ((["swa", tmp_path / "a" / "final.safetensors", "--epochs", "2", "--start", "2",
-                            "--out", tmp_path / "x"], "--start"),
-                          (["swag", tmp_path / "s" / "checkpoints"], "no swag.safetensors"),
-                          (["swag", tmp_path / "a" / "final.safetensors"], "--out"),
-                          (["swag", tmp_path / "s", "--samples", "0"], "--samples"),
-                          (["train", "--out", tmp_path / "y", "--swa-start", "5", "--epochs", "5"], "--swa-start"),
-                          (["train", "--out", tmp_path / "y", "--adaptive"], "--optimizer sam")):
+    for argv, pattern in (
+        (
+            ["swa", tmp_path / "a" / "final.safetensors", "--epochs", "2", "--start", "2", "--out", tmp_path / "x"],
+            "--start",
+        ),
+        (["swag", tmp_path / "s" / "checkpoints"], "no swag.safetensors"),
+        (["swag", tmp_path / "a" / "final.safetensors"], "--out"),
+        (["swag", tmp_path / "s", "--samples", "0"], "--samples"),
+        (["train", "--out", tmp_path / "y", "--swa-start", "5", "--epochs", "5"], "--swa-start"),
+        (["train", "--out", tmp_path / "y", "--adaptive"], "--optimizer sam"),
+    ):
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and pattern in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -10,12 +10,24 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
+from spec_helpers import MHA, A, Concat, GroupedConv, canon, perm
 from torch import nn
 
 from modescape.errors import UserError
+from modescape.symmetry import (
+    PermutationSpec,
+    activation_matching,
+    apply,
+    example_input,
+    infer_spec,
+    interpolation,
+    invert,
+    random_perms,
+    state_of,
+    ste_matching,
+    weight_matching,
+)
 from modescape.symmetry.probe import Probe
-from modescape.symmetry import (Axis, PermutationSpec, activation_matching, apply, example_input, infer_spec,
-                                interpolation, invert, random_perms, state_of, ste_matching, weight_matching)
 from modescape.zoo import build_model
 
 IMG = (3, 8, 8)
@@ -24,21 +36,10 @@ DIG = (1, 8, 8)
 
 # -- hand-written specs -------------------------------------------------------------------------
 
-def A(name, axis=0, block=1):
-    return Axis(name, axis, block)
-
 
 def norm(prefix, bn=True):
     names = ["weight", "bias"] + (["running_mean", "running_var"] if bn else [])
     return [A(f"{prefix}.{n}") for n in names]
-
-
-def perm(size, *axes):
-    return (size, frozenset(a for group in axes for a in (group if isinstance(group, list) else [group])))
-
-
-def canon(*perms):
-    return frozenset(perms)
 
 
 def mlp_spec(norm_kind):
@@ -49,6 +50,7 @@ def mlp_spec(norm_kind):
         else:
             own += norm(f"norm{i}", bn=norm_kind == "bn")
         return perm(8, own, A(f"{nxt}.weight", 1))
+
     return canon(hidden(0, "fc1"), hidden(1, "out"))
 
 
@@ -57,6 +59,7 @@ def cnn_spec(norm_kind):
         own = [A(f"conv{i}.weight")]
         own += [A(f"conv{i}.bias")] if norm_kind == "none" else norm(f"norm{i}", bn=norm_kind == "bn")
         return perm(size, own, A(f"{nxt}.weight", 1))
+
     return canon(block(0, 4, "conv1"), block(1, 8, "conv2"), block(2, 16, "fc"))
 
 
@@ -74,16 +77,37 @@ def resnet8_spec():
     s1, s2, s3 = "stage1.0", "stage2.0", "stage3.0"
     return canon(
         # residual stream of stage 1: stem, block output, inputs of stage 2
-        perm(16, A("conv.weight"), norm("norm"), A(f"{s1}.conv1.weight", 1), A(f"{s1}.conv2.weight"),
-             norm(f"{s1}.norm2"), A(f"{s2}.conv1.weight", 1), A(f"{s2}.shortcut.0.weight", 1)),
+        perm(
+            16,
+            A("conv.weight"),
+            norm("norm"),
+            A(f"{s1}.conv1.weight", 1),
+            A(f"{s1}.conv2.weight"),
+            norm(f"{s1}.norm2"),
+            A(f"{s2}.conv1.weight", 1),
+            A(f"{s2}.shortcut.0.weight", 1),
+        ),
         perm(16, A(f"{s1}.conv1.weight"), norm(f"{s1}.norm1"), A(f"{s1}.conv2.weight", 1)),
         perm(32, A(f"{s2}.conv1.weight"), norm(f"{s2}.norm1"), A(f"{s2}.conv2.weight", 1)),
         # stream of stage 2: block output and projection shortcut share one permutation
-        perm(32, A(f"{s2}.conv2.weight"), norm(f"{s2}.norm2"), A(f"{s2}.shortcut.0.weight"),
-             norm(f"{s2}.shortcut.1"), A(f"{s3}.conv1.weight", 1), A(f"{s3}.shortcut.0.weight", 1)),
+        perm(
+            32,
+            A(f"{s2}.conv2.weight"),
+            norm(f"{s2}.norm2"),
+            A(f"{s2}.shortcut.0.weight"),
+            norm(f"{s2}.shortcut.1"),
+            A(f"{s3}.conv1.weight", 1),
+            A(f"{s3}.shortcut.0.weight", 1),
+        ),
         perm(64, A(f"{s3}.conv1.weight"), norm(f"{s3}.norm1"), A(f"{s3}.conv2.weight", 1)),
-        perm(64, A(f"{s3}.conv2.weight"), norm(f"{s3}.norm2"), A(f"{s3}.shortcut.0.weight"),
-             norm(f"{s3}.shortcut.1"), A("fc.weight", 1)),
+        perm(
+            64,
+            A(f"{s3}.conv2.weight"),
+            norm(f"{s3}.norm2"),
+            A(f"{s3}.shortcut.0.weight"),
+            norm(f"{s3}.shortcut.1"),
+            A("fc.weight", 1),
+        ),
     )
 
 
@@ -157,8 +181,11 @@ def built(key):
 
 
 @settings(max_examples=12, deadline=None)
-@given(key=st.sampled_from(["mlp-bn", "mlp-ln", "cnn-gn", "vgg-bn", "resnet", "resnet-noskip-gn"]),
-       seed=st.integers(0, 2**31 - 1), train=st.booleans())
+@given(
+    key=st.sampled_from(["mlp-bn", "mlp-ln", "cnn-gn", "vgg-bn", "resnet", "resnet-noskip-gn"]),
+    seed=st.integers(0, 2**31 - 1),
+    train=st.booleans(),
+)
 def test_permuted_model_computes_the_same_function(key, seed, train):
     model, shape, spec = built(key)
     perms = random_perms(spec, seed)
@@ -195,6 +222,7 @@ def test_random_perms_are_seeded():
 
 # -- what fx cannot handle ------------------------------------------------------------------------
 
+
 class Branchy(nn.Module):
     def __init__(self):
         super().__init__()
@@ -226,8 +254,9 @@ def test_unknown_op_names_the_node_and_override_works():
         infer_spec(model, input_shape=(4,))
     spec = infer_spec(model, input_shape=(4,), elementwise=["cumsum"])
     assert spec.canonical() == canon(perm(6, A("fc0.weight"), A("fc0.bias"), A("fc1.weight", 1)))
-    hand = PermutationSpec.from_dict({"permutations": {"h": {"size": 6, "axes": [["fc0.weight", 0], ["fc0.bias", 0],
-                                                                                   ["fc1.weight", 1]]}}})
+    hand = PermutationSpec.from_dict(
+        {"permutations": {"h": {"size": 6, "axes": [["fc0.weight", 0], ["fc0.bias", 0], ["fc1.weight", 1]]}}}
+    )
     assert hand.canonical() == spec.canonical()
 
 
@@ -239,6 +268,7 @@ def test_apply_rejects_a_spec_for_another_model():
 
 
 # -- matching --------------------------------------------------------------------------------------
+
 
 def _params(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -275,8 +305,10 @@ def _objective(spec, a, b, perms):
 
 def test_weight_matching_single_layer_is_the_brute_force_optimum():
     torch.manual_seed(1)
-    net_a, net_b = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), nn.Sequential(
-        nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    net_a, net_b = (
+        nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)),
+        nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)),
+    )
     spec = infer_spec(net_a, input_shape=(3,))
     a, b = _params(net_a), _params(net_b)
     (name,) = spec.sizes
@@ -321,8 +353,9 @@ def test_activation_matching_on_a_bn_resnet_recovers_the_planted_permutation():
         # units that rarely fire (on the same few inputs) are interchangeable on this data: check the others
         acts = [n for n, kind in spec.nodes[p] if kind == "act"]
         values = Probe(model, acts)(a, x)
-        live = torch.stack([(v.transpose(0, 1).reshape(v.shape[1], -1) > 0).double().mean(1) > 0.1
-                            for v in values]).any(0)
+        live = torch.stack(
+            [(v.transpose(0, 1).reshape(v.shape[1], -1) > 0).double().mean(1) > 0.1 for v in values]
+        ).any(0)
         assert live.sum() >= spec.sizes[p] // 2, p
         assert torch.equal(found[p][live], invert(planted)[p][live]), p
 
@@ -331,8 +364,9 @@ def test_ste_matching_keeps_an_exact_match(digits):
     model, _, spec = built("mlp")
     a = state_of(model)
     planted = random_perms(spec, 9)
-    found, info = ste_matching(model, a, apply(spec, a, planted), digits.train, spec=spec, steps=3, lr=1e-4,
-                               return_info=True)
+    found, info = ste_matching(
+        model, a, apply(spec, a, planted), digits.train, spec=spec, steps=3, lr=1e-4, return_info=True
+    )
     assert all(torch.equal(found[p], invert(planted)[p]) for p in spec.sizes)
     assert len(info["losses"]) == 3
 
@@ -343,8 +377,9 @@ def test_activation_matching_cross_moment_recovers_a_planted_permutation(digits)
     spec = infer_spec(model)
     a = state_of(model)
     planted = random_perms(spec, 4)
-    found = activation_matching(model, a, apply(spec, a, planted), digits.train, spec=spec, batch_size=300,
-                                objective="cross-moment")
+    found = activation_matching(
+        model, a, apply(spec, a, planted), digits.train, spec=spec, batch_size=300, objective="cross-moment"
+    )
     assert all(torch.equal(found[p], invert(planted)[p]) for p in spec.sizes)
     with pytest.raises(UserError, match="'correlation' or 'cross-moment'"):
         activation_matching(model, a, a, digits.train, spec=spec, objective="cosine")
@@ -399,8 +434,9 @@ def test_ste_returns_the_permutation_of_the_step_with_the_lowest_loss(digits, mo
         return calls[-1]
 
     monkeypatch.setattr(importlib.import_module("modescape.symmetry.match"), "weight_matching", scripted)
-    found, info = ste_matching(trained, a, apply(spec, a, planted), digits.train, spec=spec, steps=steps, lr=1e-4,
-                               return_info=True)
+    found, info = ste_matching(
+        trained, a, apply(spec, a, planted), digits.train, spec=spec, steps=steps, lr=1e-4, return_info=True
+    )
     assert len(calls) == steps and len(info["losses"]) == steps
     best = int(np.argmin(info["losses"]))
     assert info["best_step"] == best == 1 and info["best_loss"] == min(info["losses"])
@@ -410,6 +446,7 @@ def test_ste_returns_the_permutation_of_the_step_with_the_lowest_loss(digits, mo
 
 # -- inference for models outside the zoo, and the rule table ---------------------------------------
 
+
 def test_model_outside_the_zoo_gets_its_spec_from_data(digits):
     x, y = digits.train[0].flatten(1), digits.train[1]
     torch.manual_seed(0)
@@ -418,8 +455,9 @@ def test_model_outside_the_zoo_gets_its_spec_from_data(digits):
     with pytest.raises(UserError, match="data="):
         infer_spec(model)
     spec = infer_spec(model, data=(x, y))
-    assert spec.canonical() == canon(perm(12, A("0.weight"), A("0.bias"), A("2.weight", 1)),
-                                     perm(10, A("2.weight"), A("2.bias"), A("4.weight", 1)))
+    assert spec.canonical() == canon(
+        perm(12, A("0.weight"), A("0.bias"), A("2.weight", 1)), perm(10, A("2.weight"), A("2.bias"), A("4.weight", 1))
+    )
     a = state_of(model)
     planted = random_perms(spec, 3)
     b = apply(spec, a, planted)
@@ -433,8 +471,15 @@ def test_model_outside_the_zoo_gets_its_spec_from_data(digits):
 def test_example_input_takes_every_data_form(digits):
     x, y = digits.train
     ds = torch.utils.data.TensorDataset(x, y)
-    forms = [(x, y), ds, torch.utils.data.DataLoader(ds, batch_size=7), [(x[:5], y[:5])], {"train": (x, y)},
-             {"test": (x, y)}, digits]
+    forms = [
+        (x, y),
+        ds,
+        torch.utils.data.DataLoader(ds, batch_size=7),
+        [(x[:5], y[:5])],
+        {"train": (x, y)},
+        {"test": (x, y)},
+        digits,
+    ]
     for form in forms:
         assert torch.equal(example_input(form, n=3), x[:3]), type(form).__name__
     for bad in (3, [], torch.utils.data.TensorDataset(x[:0], y[:0])):
@@ -473,6 +518,7 @@ def test_every_rule_in_the_tables_is_exercised(monkeypatch):
         def wrapped(ctx, node):
             used.add(rule.__name__)
             return rule(ctx, node)
+
         return wrapped
 
     for table in (infer.MODULE_RULES, infer.FUNCTION_RULES):
@@ -480,9 +526,13 @@ def test_every_rule_in_the_tables_is_exercised(monkeypatch):
             monkeypatch.setitem(table, key, recording(rule))
     for name in defaults:
         monkeypatch.setattr(infer, name, recording(getattr(infer, name)))
-    for name, shape, args in (("mlp", DIG, dict(depth=2, width=8, norm="bn")), ("cnn", IMG, dict(width=4)),
-                              ("resnet", IMG, dict(depth=8)), ("vgg", IMG, dict(depth=11, width=1)),
-                              ("transformer", (3,), dict(width=8, heads=2))):
+    for name, shape, args in (
+        ("mlp", DIG, dict(depth=2, width=8, norm="bn")),
+        ("cnn", IMG, dict(width=4)),
+        ("resnet", IMG, dict(depth=8)),
+        ("vgg", IMG, dict(depth=11, width=1)),
+        ("transformer", (3,), dict(width=8, heads=2)),
+    ):
         infer.infer_spec(build_model(name, shape, 10, **args))
     for extra in (Concat(), GroupedConv(), MHA()):  # the rules of concatenation, transposes, attention modules
         infer.infer_spec(extra, example=extra.example())
@@ -491,7 +541,8 @@ def test_every_rule_in_the_tables_is_exercised(monkeypatch):
     assert used == every | set(defaults)
     assert spec.canonical() == canon(
         perm(6, A("conv.weight"), A("conv.bias"), A("act.weight"), A("fc0.weight", 1, 64), A("fc1.weight", 1)),
-        perm(8, A("fc0.weight"), A("fc0.bias"), A("fc1.weight"), A("fc1.bias"), A("out.weight", 1)))
+        perm(8, A("fc0.weight"), A("fc0.bias"), A("fc1.weight"), A("fc1.bias"), A("out.weight", 1)),
+    )
     twin = Assorted().eval()
     twin.load_state_dict(apply(spec, model.state_dict(), random_perms(spec, 2)))
     x = torch.randn(5, *DIG)
@@ -510,192 +561,13 @@ class Unknowns(nn.Module):
         return torch.cumsum(h, dim=1)  # a running sum over the channels
 
 
-@pytest.mark.parametrize("how, node, what", [("module", "soft", "module type Softmax is not known"),
-                                             ("function", "cumsum", "an operation not known to act channel-wise")])
+@pytest.mark.parametrize(
+    "how, node, what",
+    [
+        ("module", "soft", "module type Softmax is not known"),
+        ("function", "cumsum", "an operation not known to act channel-wise"),
+    ],
+)
 def test_unknown_ops_on_permuted_channels_raise_naming_the_node(how, node, what):
     with pytest.raises(UserError, match=f"fx node '{node}'.*{what}.*elementwise="):
         infer_spec(Unknowns(how), input_shape=DIG)
-
-
-# -- concatenation, grouped convolutions, GroupNorm groups, attention ----------------------------------
-
-class Concat(nn.Module):
-    """DenseNet-style: a layer reads the concatenation of two feature maps along the channels."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1), nn.Conv2d(7, 5, 1)
-        self.fc = nn.Linear(5, 2)
-
-    def forward(self, x):
-        h1 = torch.relu(self.c1(x))
-        h = torch.cat([h1, torch.relu(self.c2(h1))], dim=1)  # channels 0-3 from c1, 4-6 from c2
-        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
-
-    def example(self):
-        return torch.randn(3, *DIG)
-
-
-class GroupedConv(nn.Module):
-    """GroupNorm with 2 groups of 4, then a convolution with 2 groups, then a 1x1 conv as a Linear on the
-    transposed [B, H*W, C] sequence."""
-
-    def __init__(self):
-        super().__init__()
-        self.c0, self.gn = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8)
-        self.c1 = nn.Conv2d(8, 6, 3, padding=1, groups=2)
-        self.fc = nn.Linear(6, 2)
-
-    def forward(self, x):
-        h = torch.relu(self.c1(torch.relu(self.gn(self.c0(x)))))
-        seq = h.flatten(2).transpose(1, 2)  # [B, H*W, C]: channels last
-        return self.fc(seq).mean(1)
-
-    def example(self):
-        return torch.randn(3, *DIG)
-
-
-class MHA(nn.Module):
-    """nn.MultiheadAttention in a residual block, channels last ([B, T, C] with batch_first)."""
-
-    def __init__(self, batch_first=True, kdim=None):
-        super().__init__()
-        self.batch_first = batch_first
-        self.emb = nn.Linear(4, 8)
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim, bias=True,
-                                          add_bias_kv=kdim is None)
-        self.kv = nn.Linear(4, kdim) if kdim else None
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x):
-        h = self.emb(x)
-        kv = self.kv(x) if self.kv is not None else h
-        if not self.batch_first:
-            h, kv = h.transpose(0, 1), kv.transpose(0, 1)
-        a, _ = self.attn(h, kv, kv, need_weights=False)
-        h = h + a
-        if not self.batch_first:
-            h = h.transpose(0, 1)
-        return self.fc(h).mean(1)
-
-    def example(self):
-        return torch.randn(3, 5, 4)
-
-
-def G(name, axis, block=1, groups=1, offset=0):
-    return Axis(name, axis, block, groups, offset)
-
-
-def _same_function(model, spec, x, seed=3):
-    twin = copy.deepcopy(model)
-    twin.load_state_dict(apply(spec, model.state_dict(), random_perms(spec, seed)))
-    with torch.no_grad():
-        return float((model.eval()(x) - twin.eval()(x)).abs().max())
-
-
-def test_concatenation_along_channels_keeps_each_part_on_its_segment():
-    model = Concat()
-    spec = infer_spec(model, example=model.example())
-    assert spec.canonical() == canon(
-        perm(4, A("c1.weight"), A("c1.bias"), A("c2.weight", 1), G("c3.weight", 1, 1, 1, 0)),
-        perm(3, A("c2.weight"), A("c2.bias"), G("c3.weight", 1, 1, 1, 4)),
-        perm(5, A("c3.weight"), A("c3.bias"), A("fc.weight", 1)))
-    assert _same_function(model, spec, model.example()) <= 1e-5
-    other = copy.deepcopy(model)  # the check can fail: permuting one part's columns alone breaks the function
-    other.c3.weight.data = other.c3.weight.data[:, [1, 0, 2, 3, 4, 5, 6]]
-    with torch.no_grad():
-        assert float((other(model.example()) - model(model.example())).abs().max()) > 1e-4
-
-
-def test_grouped_convolution_and_groupnorm_permute_groups_and_channels_within():
-    model = GroupedConv()
-    with torch.no_grad():
-        model.gn.weight.uniform_(0.5, 1.5)
-        model.gn.bias.normal_()
-    spec = infer_spec(model, example=model.example())
-    inside0 = [G(n, 0, 1, 2) for n in ("c0.weight", "c0.bias", "gn.weight", "gn.bias")]
-    groups = [G(n, 0, 4) for n in ("c0.weight", "c0.bias", "gn.weight", "gn.bias")]
-    assert spec.canonical() == canon(
-        perm(2, *groups, G("c1.weight", 0, 3), G("c1.bias", 0, 3), G("fc.weight", 1, 3)),  # groups as wholes
-        perm(4, *inside0, A("c1.weight", 1)),  # c0's channels inside each group (and c1's inputs of a group)
-        perm(3, G("c1.weight", 0, 1, 2), G("c1.bias", 0, 1, 2), G("fc.weight", 1, 1, 2)))  # c1's within groups
-    assert set(spec.sizes) == {"c0:groups", "c0:within", "c1:within"}
-    assert _same_function(model, spec, model.example()) <= 1e-5
-    assert PermutationSpec.from_dict(spec.to_dict()).canonical() == spec.canonical()
-
-
-@pytest.mark.parametrize("batch_first, kdim", [(True, None), (False, None), (True, 6)])
-def test_multihead_attention_heads_and_within_head_permutations(batch_first, kdim):
-    torch.manual_seed(0)
-    model = MHA(batch_first, kdim)
-    spec = infer_spec(model, example=model.example())
-    assert spec.sizes["attn:heads"] == 2 and spec.sizes["attn:qk"] == 4 and spec.sizes["attn:vo"] == 4
-    if kdim is None:
-        assert spec.canonical() == canon(
-            perm(8, A("emb.weight"), A("emb.bias"), A("attn.in_proj_weight", 1), A("attn.out_proj.weight"),
-                 A("attn.out_proj.bias"), A("fc.weight", 1)),
-            perm(2, *[G(f"attn.in_proj_{t}", 0, 4, 1, o) for t in ("weight", "bias") for o in (0, 8, 16)],
-                 G("attn.bias_k", 2, 4), G("attn.bias_v", 2, 4), G("attn.out_proj.weight", 1, 4)),
-            perm(4, *[G(f"attn.in_proj_{t}", 0, 1, 2, o) for t in ("weight", "bias") for o in (0, 8)],
-                 G("attn.bias_k", 2, 1, 2)),
-            perm(4, G("attn.in_proj_weight", 0, 1, 2, 16), G("attn.in_proj_bias", 0, 1, 2, 16),
-                 G("attn.bias_v", 2, 1, 2), G("attn.out_proj.weight", 1, 1, 2)))
-    else:  # separate key/value inputs: their own permutation on k_proj/v_proj's columns
-        assert A("kv.weight") in spec.axes[spec.layer_perm("kv")]
-        assert G("attn.k_proj_weight", 1) in spec.axes[spec.layer_perm("kv")]
-    assert _same_function(model, spec, model.example()) <= 1e-5
-
-
-def test_zoo_transformer_spec_is_the_residual_stream_mlp_and_heads():
-    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=1, tied=True)
-    spec = infer_spec(model)
-    b = "blocks.0."
-    ln = [A(f"{b}{n}.{s}") for n in ("ln1", "ln2") for s in ("weight", "bias")] + [A("ln_f.weight"), A("ln_f.bias")]
-    heads = [G(f"{b}attn.{p}.{s}", 0, 4) for p in "qkv" for s in ("weight", "bias")] + [G(f"{b}attn.o.weight", 1, 4)]
-    assert spec.canonical() == canon(
-        perm(8, A("tok.weight", 1), A("pos.weight", 1), A("head.weight", 1), *ln,
-             *[A(f"{b}attn.{p}.weight", 1) for p in "qkv"], A(f"{b}attn.o.weight"), A(f"{b}attn.o.bias"),
-             A(f"{b}mlp.fc.weight", 1), A(f"{b}mlp.proj.weight"), A(f"{b}mlp.proj.bias")),  # the residual stream
-        perm(32, A(f"{b}mlp.fc.weight"), A(f"{b}mlp.fc.bias"), A(f"{b}mlp.proj.weight", 1)),  # MLP hidden units
-        perm(2, *heads),  # heads as wholes
-        perm(4, *[G(f"{b}attn.{p}.{s}", 0, 1, 2) for p in "qk" for s in ("weight", "bias")]),  # inside each head
-        perm(4, G(f"{b}attn.v.weight", 0, 1, 2), G(f"{b}attn.v.bias", 0, 1, 2), G(f"{b}attn.o.weight", 1, 1, 2)))
-    assert spec.node_axes and set(spec.node_axes.values()) == {2}  # [B, T, C] values: channels last
-    x = torch.randint(0, 10, (4, 3))
-    assert _same_function(model, spec, x) <= 1e-5
-
-
-def test_activation_matching_on_a_sequence_model_uses_the_last_axis():
-    torch.manual_seed(0)
-    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=1)
-    spec = infer_spec(model)
-    a = state_of(model)
-    perms = random_perms(spec, 4)
-    b = apply(spec, a, perms)
-    x = torch.randint(0, 10, (64, 3))
-    found = activation_matching(model, a, b, (x, torch.zeros(64, dtype=torch.long)))
-    inv = invert(perms)
-    assert torch.equal(found["tok"], inv["tok"]) and torch.equal(found["blocks.0.mlp.fc"], inv["blocks.0.mlp.fc"])
-
-
-def test_shared_axes_are_checked_by_segment():
-    spec = PermutationSpec({"p": 2, "q": 2}, {"p": [G("w", 0, 1, 1, 0)], "q": [G("w", 0, 1, 1, 2)]})
-    w = torch.arange(4.0)
-    out = apply(spec, {"w": w}, {"p": torch.tensor([1, 0]), "q": torch.tensor([1, 0])})
-    assert out["w"].tolist() == [1.0, 0.0, 3.0, 2.0]
-    with pytest.raises(UserError, match="from entry 2"):
-        apply(spec, {"w": torch.arange(3.0)}, {})
-    with pytest.raises(UserError, match="claimed by two permutations"):
-        PermutationSpec({"p": 2, "q": 2}, {"p": [G("w", 0)], "q": [G("w", 0)]})
-
-
-def test_weight_matching_restarts_keep_the_largest_objective():
-    torch.manual_seed(0)
-    model = build_model("transformer", (3,), 10, width=8, heads=2, layers=2)
-    spec = infer_spec(model)
-    a = state_of(model)
-    torch.manual_seed(1)
-    b = state_of(build_model("transformer", (3,), 10, width=8, heads=2, layers=2))
-    singles = [weight_matching(spec, a, b, seed=s, restarts=1, return_info=True)[1]["objective"] for s in range(4)]
-    perms, info = weight_matching(spec, a, b, seed=0, return_info=True)  # 4 restarts: the spec has heads
-    assert info["objective"] == pytest.approx(max(singles), abs=1e-12) and info["restart"] in range(4)

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch.func import functional_call
 
-from conftest import run_cli
 from modescape import io
 from modescape.families.swap import SwapPath
 from modescape.symmetry import Repairer, apply, best_pair, infer_spec, state_of, swap_analysis, swap_path
@@ -26,8 +26,12 @@ def mlp(seed, width=16, depth=2, **kw):
 def layer_stats(model, names, x):
     """Per-channel mean and (population) std of the outputs of the named modules, via forward hooks."""
     seen = {}
-    hooks = [dict(model.named_modules())[n].register_forward_hook(
-        lambda m, i, o, n=n: seen.__setitem__(n, o.detach().double())) for n in names]
+    hooks = [
+        dict(model.named_modules())[n].register_forward_hook(
+            lambda m, i, o, n=n: seen.__setitem__(n, o.detach().double())
+        )
+        for n in names
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -36,6 +40,7 @@ def layer_stats(model, names, x):
 
 
 # -- REPAIR ----------------------------------------------------------------------------------------
+
 
 def test_repair_gives_each_unit_the_interpolated_statistics(digits):
     a_net, b_net = mlp(0), mlp(1)
@@ -66,6 +71,7 @@ def test_repair_leaves_batchnorm_layers_to_the_bn_reset():
 
 # -- swap paths --------------------------------------------------------------------------------------
 
+
 def test_swap_path_ends_and_midpoint():
     net = mlp(0)
     theta = {k: v.detach() for k, v in net.named_parameters()}
@@ -94,8 +100,11 @@ def test_swap_on_a_residual_stream_preserves_the_function():
     spec = infer_spec(net)
     path = swap_path(net, state, "stage2.0.shortcut.0", 0, 3, spec)  # the shortcut names its stream
     assert path.perm == spec.layer_perm("stage2.0.conv2")
-    swapped_buffers = apply(spec, {k: v for k, v in state.items() if k not in path(1.0)},
-                            {path.perm: torch.tensor([3, 1, 2, 0] + list(range(4, spec.sizes[path.perm])))})
+    swapped_buffers = apply(
+        spec,
+        {k: v for k, v in state.items() if k not in path(1.0)},
+        {path.perm: torch.tensor([3, 1, 2, 0] + list(range(4, spec.sizes[path.perm])))},
+    )
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         assert (functional_call(net, {**path(1.0), **swapped_buffers}, (x,)) - net(x)).abs().max() <= 1e-5
@@ -113,7 +122,9 @@ def test_swap_analysis_matches_a_dense_hessian_and_direct_losses(digits):
     path = swap_path(net, theta, "fc0", 0, 2)
     direct = torch.stack([_loss(net, path(float(t)), x, y).detach() for t in res["t"]]).double()
     assert torch.allclose(torch.tensor(res["loss"], dtype=torch.float64), direct, atol=1e-5)
-    chord = (1 - torch.tensor(res["t"], dtype=torch.float64)) * direct[0] + torch.tensor(res["t"], dtype=torch.float64) * direct[-1]
+    chord = (1 - torch.tensor(res["t"], dtype=torch.float64)) * direct[0] + torch.tensor(
+        res["t"], dtype=torch.float64
+    ) * direct[-1]
     assert res["barrier"]["barrier_linear"] == pytest.approx(float((direct - chord).max()), abs=1e-5)
     mid = {k: v.double() for k, v in path(0.5).items()}
     names, shapes = list(mid), [v.shape for v in mid.values()]
@@ -122,8 +133,8 @@ def test_swap_analysis_matches_a_dense_hessian_and_direct_losses(digits):
 
     def f(vec):
         parts, off = {}, 0
-        for n, s in zip(names, shapes):
-            parts[n] = vec[off:off + s.numel()].reshape(s)
+        for n, s in zip(names, shapes, strict=True):
+            parts[n] = vec[off : off + s.numel()].reshape(s)
             off += s.numel()
         return _loss(net64, parts, x.double(), y)
 
@@ -157,6 +168,7 @@ def test_relaxation_keeps_the_units_tied(digits):
     assert res["relaxed"]["loss"] < res["midpoint_loss"]
     from modescape.evaluate import Evaluator
     from modescape.symmetry.swap import relax
+
     spec = infer_spec(net)
     ev = Evaluator(net, (x, y))
     relaxed = relax(ev, swap_path(net, theta, "fc0", 1, 4)(0.5), spec, "fc0", 1, 4, steps=5, lr=0.1)
@@ -165,6 +177,7 @@ def test_relaxation_keeps_the_units_tied(digits):
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -199,12 +212,33 @@ def test_cli_spec_permute_align_swap(checkpoints, capsys):
     aligned, _ = io.load_model(out / "al" / "b_aligned.safetensors")
     assert torch.allclose(aligned.fc0.weight, net_a.fc0.weight, atol=1e-6)
     assert (out / "al" / "interpolation.png").exists() and (out / "al" / "align.json").exists()
-    code, text, err = run_cli(["align", a, b, "--out", out / "al2", "--method", "activations", "--repair",
-                               "--points", "3"], capsys)
+    code, text, err = run_cli(
+        ["align", a, b, "--out", out / "al2", "--method", "activations", "--repair", "--points", "3"], capsys
+    )
     assert code == 0, err
     assert "after+repair" in text
-    code, text, err = run_cli(["swap", a, "--layer", "fc1", "--i", "0", "--j", "1", "--points", "3", "--k", "2",
-                               "--n-eval", "100", "--json", "--out", out / "sw"], capsys)
+    code, text, err = run_cli(
+        [
+            "swap",
+            a,
+            "--layer",
+            "fc1",
+            "--i",
+            "0",
+            "--j",
+            "1",
+            "--points",
+            "3",
+            "--k",
+            "2",
+            "--n-eval",
+            "100",
+            "--json",
+            "--out",
+            out / "sw",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(text)
     assert len(res["loss"]) == 3 and len(res["eigenvalues"]) == 2 and (out / "sw" / "swap.png").exists()
@@ -222,6 +256,7 @@ def test_cli_errors_are_one_line(checkpoints, capsys):
 
 # -- models outside the zoo: the spec's input shape comes from the data ---------------------------------
 
+
 def test_align_and_swap_work_on_a_model_outside_the_zoo():
     """A plain nn.Sequential has no ``modescape_spec``: align, REPAIR and the swap analysis infer its spec
     with the input shape of the data they hold (this failed with "infer_spec needs the shape of one
@@ -229,8 +264,9 @@ def test_align_and_swap_work_on_a_model_outside_the_zoo():
     from modescape.symmetry import align, random_perms
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU(),
-                              torch.nn.Linear(12, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3)
+    )
     x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
     a = state_of(net)
     spec = infer_spec(net, example=x[:2])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -22,8 +23,6 @@ from modescape import space as sp
 from modescape.directions import hessian_directions, parse_directions, random_directions
 from modescape.errors import UserError
 from modescape.topology import neighbourhood_kind, persistence
-
-from conftest import run_cli
 
 
 def gudhi_pairs(a: np.ndarray, kind: str) -> list[tuple[float, float]]:
@@ -50,6 +49,7 @@ def betti0_matches(a: np.ndarray, kind: str) -> None:
 
 # -- correctness against independent computations ---------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["axis", "full"])
 def test_pairs_equal_gudhi_on_random_grids_with_and_without_ties(kind):
     rng = np.random.default_rng(0)
@@ -62,9 +62,14 @@ def test_pairs_equal_gudhi_on_random_grids_with_and_without_ties(kind):
 
 
 @settings(max_examples=60, deadline=None)
-@given(a=hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7),
-                    elements=st.integers(-3, 3).map(float)),
-       kind=st.sampled_from(["axis", "full"]))
+@given(
+    a=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7),
+        elements=st.integers(-3, 3).map(float),
+    ),
+    kind=st.sampled_from(["axis", "full"]),
+)
 def test_betti_numbers_match_connected_components(a, kind):
     betti0_matches(a, kind)
     assert ours(a, kind) == gudhi_pairs(a, kind)
@@ -95,7 +100,7 @@ def wells_grid():
     X, Y = np.meshgrid(x, y, indexing="ij")
     z = np.zeros_like(X)
     for (cx, cy), depth in WELLS:
-        z -= depth * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * 0.05 ** 2))
+        z -= depth * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / (2 * 0.05**2))
     return xr.Dataset({"train_loss": (("x", "y"), z)}, coords={"x": x, "y": y})
 
 
@@ -121,7 +126,7 @@ def test_invariant_to_constants_and_monotone_maps():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 12, size=(23, 17)).astype(float)  # ties: the maps below keep them exactly
     base = persistence(a, threshold=0)
-    for f in (lambda v: v + 7.0, lambda v: v ** 3 + 5 * v, lambda v: 2.0 ** v):
+    for f in (lambda v: v + 7.0, lambda v: v**3 + 5 * v, lambda v: 2.0**v):
         t = persistence(f(a), threshold=0)
         np.testing.assert_array_equal(t.minima, base.minima)
         np.testing.assert_array_equal(t.saddles, base.saddles)
@@ -142,8 +147,9 @@ def test_merge_tree_joins_the_minima_at_their_saddles():
     has = tree.parent >= 0
     assert (tree.value[tree.parent[has]] >= tree.value[has]).all()  # heights grow to the root
     assert all(len(tree.children(v)) == 2 for v in range(tree.n_nodes) if tree.kind[v] == "saddle")
-    assert sorted(tree.value[[v for v in range(tree.n_nodes) if tree.kind[v] == "saddle"]].tolist()) == \
-        sorted(topo.deaths[1:].tolist())
+    assert sorted(tree.value[[v for v in range(tree.n_nodes) if tree.kind[v] == "saddle"]].tolist()) == sorted(
+        topo.deaths[1:].tolist()
+    )
     pruned = topo.merge_tree(None)  # at the result's threshold: one leaf per basin
     assert len(pruned.leaves) == topo.basins and pruned.n_nodes == 2 * topo.basins - 1
     assert persistence(np.arange(5.0)).merge_tree().n_nodes == 1  # one minimum: a lone leaf
@@ -193,6 +199,7 @@ def test_fast_enough_for_large_grids():
 
 # -- figures and the command line ---------------------------------------------------------------------
 
+
 def test_figures_for_lines_and_volumes(tmp_path):  # planes: the CLI test
     from modescape.plots import plot_topology
 
@@ -224,8 +231,9 @@ def test_cli_writes_numbers_and_figures_beside_the_result(tmp_path, capsys):
     assert saved["basins"] == 5 and saved["source"].endswith("result.zarr")
     for name in ("persistence", "merge_tree", "minima"):
         assert (tmp_path / f"train_loss_{name}.png").exists()
-    code, out, _ = run_cli(["topology", tmp_path / "result.zarr", "--metric", "test_loss", "--no-figures",
-                            "--out", tmp_path / "t"], capsys)
+    code, out, _ = run_cli(
+        ["topology", tmp_path / "result.zarr", "--metric", "test_loss", "--no-figures", "--out", tmp_path / "t"], capsys
+    )
     assert code == 0 and "basins with persistence >" in out
     assert (tmp_path / "t" / "topology_test_loss.json").exists() and not list((tmp_path / "t").glob("*.png"))
 
@@ -245,6 +253,7 @@ def test_cli_refuses_an_unfinished_result_in_one_line(tmp_path, capsys):
 
 
 # -- directions: Hessian eigenvectors and exact orthogonality ----------------------------------------
+
 
 def _cos64(a, b) -> float:
     fa = torch.cat([v.double().reshape(-1) for v in a.values()])
@@ -280,7 +289,7 @@ def test_hessian_directions_are_the_eigenvectors_unit_norm_and_unscaled():
     lam, V = torch.linalg.eigh(Hessian(net, data).dense())
     lam, V = lam.flip(0), V.flip(1)  # largest first
     assert hd.eigenvalues == pytest.approx(lam[[0, 2]].tolist(), rel=1e-8)
-    for d, i in zip(hd.directions, hd.indices):
+    for d, i in zip(hd.directions, hd.indices, strict=True):
         v = sp.flatten(d)
         assert float(v.norm()) == pytest.approx(1.0, abs=1e-12)
         assert abs(float(v @ V[:, i])) == pytest.approx(1.0, abs=1e-8)  # the eigenvector itself, up to sign

@@ -1,10 +1,10 @@
 """The trainer: reaches the accuracy the demo promises, resumes bit for bit, schedules as documented."""
 
-
 import pytest
 import torch
 
-from modescape import io, train as tr
+from modescape import io
+from modescape import train as tr
 from modescape.errors import UserError
 from modescape.zoo import build_model
 
@@ -30,7 +30,9 @@ def small_run(split, out, cfg):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "sam"])
 def test_resume_after_crash_is_bit_identical(digits, tmp_path, monkeypatch, optimizer):
-    cfg = tr.TrainConfig(epochs=3, batch_size=128, lr=0.01 if optimizer == "adam" else 0.05, optimizer=optimizer, seed=4)
+    cfg = tr.TrainConfig(
+        epochs=3, batch_size=128, lr=0.01 if optimizer == "adam" else 0.05, optimizer=optimizer, seed=4
+    )
     full, _ = small_run(digits, tmp_path / "a", cfg)
 
     real = tr._save_optimizer
@@ -47,7 +49,7 @@ def test_resume_after_crash_is_bit_identical(digits, tmp_path, monkeypatch, opti
     assert not (tmp_path / "b" / "final.safetensors").exists()
     resumed, hist = small_run(digits, tmp_path / "b", cfg)
     assert [h["epoch"] for h in hist.epochs] == [1, 2, 3]
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -80,7 +82,9 @@ def test_schedules():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
     for step in range(50):
-        assert tr.learning_rate(cfg, step // 5, step % 5, 5) == pytest.approx(sched.get_last_lr()[0], rel=1e-9, abs=1e-12)
+        assert tr.learning_rate(cfg, step // 5, step % 5, 5) == pytest.approx(
+            sched.get_last_lr()[0], rel=1e-9, abs=1e-12
+        )
         opt.step()
         sched.step()
     step = tr.TrainConfig(epochs=9, lr=0.1, schedule="step", gamma=0.5)

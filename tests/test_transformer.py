@@ -8,9 +8,9 @@ import importlib
 import pytest
 import torch
 import torch.fx as fx
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
 from modescape import curvature as cv
 from modescape import directions as D
 from modescape import paths, sharpness
@@ -59,6 +59,7 @@ def trained(add):
 
 # -- the tasks ------------------------------------------------------------------------------------
 
+
 def test_modular_add_holds_every_equation_once_split_by_the_train_fraction(add):
     x = torch.cat([add.train[0], add.test[0]])
     y = torch.cat([add.train[1], add.test[1]])
@@ -88,13 +89,14 @@ def test_char_lm_reads_the_zen_of_python_as_shifted_windows(capsys):
     decode = "".join(chars[int(i)] for i in x[0])
     assert text.startswith(decode)
     cut = int(len(text) * 0.75)
-    assert "".join(chars[int(i)] for i in xt[0]) == text[cut:cut + 16]  # test windows from the last quarter
+    assert "".join(chars[int(i)] for i in xt[0]) == text[cut : cut + 16]  # test windows from the last quarter
     assert split.meta["text_sha256"] == load_dataset("char-lm").meta["text_sha256"]
     with pytest.raises(UserError, match="module"):
         load_dataset("char-lm", text="module:no_such_module_here")
 
 
 # -- the model --------------------------------------------------------------------------------------
+
 
 def test_transformer_outputs_ties_and_traces(add):
     model = tiny(add, tied=True, layers=2)
@@ -122,6 +124,7 @@ def test_causal_attention_ignores_later_positions(add):
 
 
 # -- sequence losses through the Evaluator -----------------------------------------------------------
+
 
 def test_sequence_outputs_give_mean_per_token_loss_and_accuracy():
     split = load_dataset("char-lm", length=8)
@@ -154,12 +157,15 @@ def test_two_dimensional_metrics_are_bit_identical_to_the_plain_formula():
     correct = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, 60, 25):
-            xb, yb = x[i:i + 25], y[i:i + 25]
-            out = torch.stack([torch.func.functional_call(model, {k: v[j] for k, v in pts.items()}, (xb,))
-                               for j in range(3)])
+            xb, yb = x[i : i + 25], y[i : i + 25]
+            out = torch.stack(
+                [torch.func.functional_call(model, {k: v[j] for k, v in pts.items()}, (xb,)) for j in range(3)]
+            )
             k, b = out.shape[:2]
-            per = (torch.logsumexp(out.reshape(k * b, -1), 1)
-                   - out.reshape(k * b, -1).gather(1, yb.repeat(k)[:, None])[:, 0]).reshape(k, b)
+            per = (
+                torch.logsumexp(out.reshape(k * b, -1), 1)
+                - out.reshape(k * b, -1).gather(1, yb.repeat(k)[:, None])[:, 0]
+            ).reshape(k, b)
             loss += per.double().sum(1)
             correct += (out.argmax(-1) == yb).double().sum(1)
     assert torch.equal(got, torch.stack([loss / 60, correct / 60], 1))
@@ -167,35 +173,101 @@ def test_two_dimensional_metrics_are_bit_identical_to_the_plain_formula():
 
 # -- training -------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_trainer_learns_modular_addition_and_checkpoints_every_k_epochs(add, tmp_path):
     model = tiny(add)
-    hist = train(model, add, TrainConfig(epochs=60, batch_size=10_000, lr=1e-2, wd=0.1, optimizer="adamw",
-                                         schedule="constant", save_every=25), out=tmp_path, progress=False)
+    hist = train(
+        model,
+        add,
+        TrainConfig(
+            epochs=60, batch_size=10_000, lr=1e-2, wd=0.1, optimizer="adamw", schedule="constant", save_every=25
+        ),
+        out=tmp_path,
+        progress=False,
+    )
     assert hist.last["train_accuracy"] == 1.0 and hist.last["train_loss"] < 0.1 * hist.epochs[0]["train_loss"]
     saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors"))
-    assert saved == ["epoch-000.safetensors", "epoch-025.safetensors", "epoch-050.safetensors",
-                     "epoch-060.safetensors"]
+    assert saved == ["epoch-000.safetensors", "epoch-025.safetensors", "epoch-050.safetensors", "epoch-060.safetensors"]
 
 
 @pytest.mark.slow
 def test_cli_trains_a_transformer_on_modular_addition_and_a_char_lm(tmp_path, capsys):
-    code, out, err = run_cli(["train", "--out", tmp_path / "add", "--model", "transformer", "--model-args",
-                              "width=16,heads=2", "--data", "modular-add", "--data-args", f"p={P}",
-                              "--epochs", "3", "--batch-size", "1000", "--lr", "0.01", "--optimizer", "adamw",
-                              "--wd", "1", "--schedule", "constant", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--out",
+            tmp_path / "add",
+            "--model",
+            "transformer",
+            "--model-args",
+            "width=16,heads=2",
+            "--data",
+            "modular-add",
+            "--data-args",
+            f"p={P}",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "1000",
+            "--lr",
+            "0.01",
+            "--optimizer",
+            "adamw",
+            "--wd",
+            "1",
+            "--schedule",
+            "constant",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run_cli(["train", "--out", tmp_path / "lm", "--model", "transformer", "--model-args",
-                              "width=16,heads=2,output=all", "--data", "char-lm", "--data-args", "length=8",
-                              "--epochs", "1", "--batch-size", "64", "--lr", "0.003", "--optimizer", "adam",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--out",
+            tmp_path / "lm",
+            "--model",
+            "transformer",
+            "--model-args",
+            "width=16,heads=2,output=all",
+            "--data",
+            "char-lm",
+            "--data-args",
+            "length=8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.003",
+            "--optimizer",
+            "adam",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run_cli(["hessian", tmp_path / "lm" / "final.safetensors", "--top-k", "1",
-                              "--params", "blocks.0.mlp", "--n-train", "32", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "hessian",
+            tmp_path / "lm" / "final.safetensors",
+            "--top-k",
+            "1",
+            "--params",
+            "blocks.0.mlp",
+            "--n-train",
+            "32",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
 
 
 # -- every method on a trained transformer -------------------------------------------------------------
+
 
 def test_filter_normalisation_is_per_row_and_head_normalisation_per_head(trained):
     model = trained[0]
@@ -207,7 +279,10 @@ def test_filter_normalisation_is_per_row_and_head_normalisation_per_head(trained
     heads = head_blocks(infer_spec(model))
     assert heads["blocks.0.attn.q.weight"] == (0, 8) and heads["blocks.0.attn.o.weight"] == (1, 8)
     for name, axis in (("blocks.0.attn.q.weight", 0), ("blocks.0.attn.v.weight", 0), ("blocks.0.attn.o.weight", 1)):
-        per_head = lambda t: t.detach().movedim(axis, 0).reshape(2, -1).norm(dim=1)  # noqa: E731
+
+        def per_head(t, axis=axis):
+            return t.detach().movedim(axis, 0).reshape(2, -1).norm(dim=1)
+
         torch.testing.assert_close(per_head(h[name]), per_head(w[name]))
         assert not torch.allclose(h[name].norm(dim=1), w[name].detach().norm(dim=1))  # not per row
     torch.testing.assert_close(h["tok.weight"], f["tok.weight"])  # outside attention: as filter
@@ -245,6 +320,7 @@ def test_curve_fge_and_swa_on_a_transformer(add, trained):
     res = fge(a, a, add, cycle=2, epochs=4, lr=(0.01, 0.001), batch_size=16)
     assert len(res.snapshots) == 2 and 0.0 <= res.members[-1]["accuracy"] <= 1.0
     import modescape.swa as swa_mod
+
     out = swa_mod.swa(a, a, add, epochs=3, lr=0.005, start=0, batch_size=16, progress=False)
     assert out.n_averaged == 3 and torch.isfinite(torch.tensor(out.metrics["nll"]))
 
@@ -259,8 +335,9 @@ def test_hessian_ggn_fisher_spectra_and_sharpness_on_a_transformer(add, trained)
         want = torch.linalg.eigvalsh(0.5 * (dense + dense.T))[-2:].flip(0)
         got = cv.eigenvalues(op, k=2, tol=1e-6).values
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
-    res = sharpness.measure_all(ev, None, None, measures=["lambda_max", "worst_l2"],
-                                options={"worst_l2": {"rho": 0.05, "steps": 3}})
+    res = sharpness.measure_all(
+        ev, None, None, measures=["lambda_max", "worst_l2"], options={"worst_l2": {"rho": 0.05, "steps": 3}}
+    )
     assert res["lambda_max"] > 0 and res["worst_l2"] >= 0
 
 

@@ -136,7 +136,7 @@ def test_builtin_datasets(name: str, input_shape: tuple[int, ...], num_classes: 
     assert data.meta["split_seed"] == 0
 
     again = load_dataset(name, **SMALL_ARGS[name])
-    for a, b in zip(data.train + data.test, again.train + again.test):
+    for a, b in zip(data.train + data.test, again.train + again.test, strict=True):
         assert torch.equal(a, b)
 
 

@@ -18,7 +18,7 @@ have the same value.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -35,5 +35,4 @@ def barrier(values: Tensor | Sequence[float], t: Tensor | Sequence[float]) -> di
         raise ValueError(f"barrier needs values and t of the same length >= 2; got {v.numel()} and {tt.numel()}")
     start, end = v[0], v[-1]
     chord = (1.0 - tt) * start + tt * end
-    return {"barrier_linear": float((v - chord).max()),
-            "barrier_mean": float(v.max() - 0.5 * (start + end))}
+    return {"barrier_linear": float((v - chord).max()), "barrier_mean": float(v.max() - 0.5 * (start + end))}

@@ -14,10 +14,12 @@ bends (Garipov et al., Figure 1).
 Evaluating the trained curve (and the segment) is `modescape.paths.evaluate_path`; ensembles from one
 run are `modescape.ensembles`.
 
+```python
 >>> run = train_curve(model, a, b, split, kind="bezier", bends=3, epochs=20)
 >>> ev = Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "error"), bn="recompute")
 >>> curve, line = evaluate_path(run.family, ev), evaluate_path((a, b), ev)
 >>> curve.summary()["test_error"]["max"], line.barriers()["test_error"]["barrier_mean"]
+```
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +49,7 @@ CURVE_FORMAT = "modescape-curve/1"
 
 
 # -- learning-rate schedules ------------------------------------------------------------------------
+
 
 def reference_schedule(lr: float, epoch: int, epochs: int) -> float:
     """The curve-training schedule of the reference (0-based ``epoch``): with a = (epoch + 1) / epochs,
@@ -81,8 +85,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 # -- curves: save, load, train ------------------------------------------------------------------------
 
-def save_curve(family: Curve, path: str | Path, meta: Mapping[str, Any] | None = None,
-               optimizer: torch.optim.Optimizer | None = None) -> Path:
+
+def save_curve(
+    family: Curve,
+    path: str | Path,
+    meta: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
     """Write a curve (its bends, the layout, the endpoints' buffers, optional momentum and ``meta``) as
     safetensors."""
     path = Path(path)
@@ -114,7 +123,8 @@ def load_curve(path: str | Path) -> tuple[Curve, dict[str, Any]]:
     bends = [layout.unflatten(tensors[f"bend_{j}"]) for j in range(int(meta["bends"]))]
     ends = [{k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"buffers_{e}/")} for e in "ab"]
     family = curve_class(meta["kind"])(bends, buffers=ends if ends[0] and ends[1] else None)
-    family.momentum = {j: tensors[f"momentum_{j}"] for j in range(1, family.n_bends - 1) if f"momentum_{j}" in tensors}
+    # the optimizer's momentum saved with the curve, as a plain attribute (torch types them Tensor | Module)
+    family.momentum = {j: tensors[f"momentum_{j}"] for j in range(1, family.n_bends - 1) if f"momentum_{j}" in tensors}  # type: ignore[assignment]
     return family, meta
 
 
@@ -128,11 +138,32 @@ class CurveRun:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def train_curve(model: nn.Module, a: Any, b: Any, data: Any, kind: str = "bezier", bends: int = 3,
-                epochs: int = 50, lr: float = 0.015, wd: float = 5e-4, momentum: float = 0.9,
-                batch_size: int = 128, seed: int = 0, init: Sequence[Any] | None = None,
-                checkpoint: str | Path | None = None, stop_after: int | None = None, device=None, dtype=None,
-                loss=None, progress: bool | None = None) -> CurveRun:
+def constant_lr(value: float) -> Callable[[int, int], float]:
+    """A learning-rate function ``(iteration, iterations) -> value`` for one epoch of `sgd_epoch`."""
+    return lambda it, n: value
+
+
+def train_curve(
+    model: nn.Module,
+    a: Any,
+    b: Any,
+    data: Any,
+    kind: str = "bezier",
+    bends: int = 3,
+    epochs: int = 50,
+    lr: float = 0.015,
+    wd: float = 5e-4,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    seed: int = 0,
+    init: Sequence[Any] | None = None,
+    checkpoint: str | Path | None = None,
+    stop_after: int | None = None,
+    device=None,
+    dtype=None,
+    loss=None,
+    progress: bool | None = None,
+) -> CurveRun:
     """Train a curve from ``a`` to ``b`` (modules of ``model``'s architecture, or their states / points)
     on ``data``; the curve carries the endpoints' buffers when both have them.
 
@@ -162,8 +193,16 @@ def train_curve(model: nn.Module, a: Any, b: Any, data: Any, kind: str = "bezier
     family = family.to(device=ev.device, dtype=ev.dtype)
     params = [p for p in family.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=0.0)
-    config = {"kind": family.kind, "bends": family.n_bends, "epochs": epochs, "lr": lr, "wd": wd,
-              "momentum": momentum, "batch_size": batch_size, "seed": seed}
+    config = {
+        "kind": family.kind,
+        "bends": family.n_bends,
+        "epochs": epochs,
+        "lr": lr,
+        "wd": wd,
+        "momentum": momentum,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
 
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -171,12 +210,14 @@ def train_curve(model: nn.Module, a: Any, b: Any, data: Any, kind: str = "bezier
         saved, meta = load_curve(ckpt)
         if meta.get("config") != config:
             diff = [k for k, v in config.items() if meta.get("config", {}).get(k) != v]
-            raise UserError(f"{ckpt} holds a curve trained with other settings ({', '.join(diff)}): "
-                            f"use the same settings to resume, or another checkpoint path")
+            raise UserError(
+                f"{ckpt} holds a curve trained with other settings ({', '.join(diff)}): "
+                f"use the same settings to resume, or another checkpoint path"
+            )
         with torch.no_grad():
             for j in range(family.n_bends):
                 family.anchor(j).copy_(saved.anchor(j))
-        for j, buf in saved.momentum.items():
+        for j, buf in getattr(saved, "momentum", {}).items():
             opt.state[family.anchor(j)]["momentum_buffer"] = buf.to(ev.device, ev.dtype).clone()
         start, history = int(meta["epoch"]), list(meta.get("history", []))
 
@@ -191,16 +232,25 @@ def train_curve(model: nn.Module, a: Any, b: Any, data: Any, kind: str = "bezier
         for epoch in range(start, stop):
             t0 = time.perf_counter()
             lr_e = reference_schedule(lr, epoch, epochs)
-            stats = sgd_epoch(ev, params, opt, make_point, xtr, ytr, epoch, seed, batch_size, wd,
-                              lambda it, n: lr_e, advance)
-            history.append({"epoch": epoch + 1, "lr": lr_e, "train_loss": stats["loss"],
-                            "train_error": stats["error"], "seconds": time.perf_counter() - t0})
+            stats = sgd_epoch(
+                ev, params, opt, make_point, xtr, ytr, epoch, seed, batch_size, wd, constant_lr(lr_e), advance
+            )
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "lr": lr_e,
+                    "train_loss": stats["loss"],
+                    "train_error": stats["error"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if ckpt is not None:
                 save_curve(family, ckpt, {"config": config, "epoch": epoch + 1, "history": history}, opt)
     return CurveRun(family, history, ckpt, config)
 
 
 # -- the plane through a curve's bends -------------------------------------------------------------
+
 
 @dataclass
 class PlaneResult:
@@ -220,20 +270,37 @@ class PlaneResult:
     bn: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"x": self.x.tolist(), "y": self.y.tolist(), "values": {k: v.tolist() for k, v in self.values.items()},
-                "bends": self.bends.tolist(), "curve": self.curve.tolist(), "bn": self.bn}
+        return {
+            "x": self.x.tolist(),
+            "y": self.y.tolist(),
+            "values": {k: v.tolist() for k, v in self.values.items()},
+            "bends": self.bends.tolist(),
+            "curve": self.curve.tolist(),
+            "bn": self.bn,
+        }
 
     def to_xarray(self):
         import xarray as xr
 
-        return xr.Dataset({k: (("x", "y"), v.numpy()) for k, v in self.values.items()},
-                          coords={"x": self.x.numpy(), "y": self.y.numpy()},
-                          attrs={"bn": self.bn, "models": {"labels": ["w0", "w1", "w2"], "coords": self.bends.tolist()},
-                                 "path": self.curve.tolist()})
+        return xr.Dataset(
+            {k: (("x", "y"), v.numpy()) for k, v in self.values.items()},
+            coords={"x": self.x.numpy(), "y": self.y.numpy()},
+            attrs={
+                "bn": self.bn,
+                "models": {"labels": ["w0", "w1", "w2"], "coords": self.bends.tolist()},
+                "path": self.curve.tolist(),
+            },
+        )
 
 
-def evaluate_plane(family: Curve, evaluator: Evaluator, n_points: int = 21, margin: float = 0.25,
-                   curve_points: int = 61, progress: bool | None = None) -> PlaneResult:
+def evaluate_plane(
+    family: Curve,
+    evaluator: Evaluator,
+    n_points: int = 21,
+    margin: float = 0.25,
+    curve_points: int = 61,
+    progress: bool | None = None,
+) -> PlaneResult:
     """Sweep the plane through the three bends of ``family`` on an ``n_points`` x ``n_points`` grid that
     covers the bends with ``margin`` on each side (`landscape.sweep`). A curve carrying its endpoints'
     buffers gives the plane the endpoints' and their mean (the inner bend's), so that every point of the
@@ -247,7 +314,9 @@ def evaluate_plane(family: Curve, evaluator: Evaluator, n_points: int = 21, marg
     w0, w1, w2 = family.bends()
     buffers = None
     if family.carries_buffers:
-        buffers = [family.buffer_anchor(0), family.buffer_anchor(1), family.buffers_at(0.5)]
+        mid_buffers = family.buffers_at(0.5)
+        assert mid_buffers is not None  # a family that carries buffers has them at every t
+        buffers = [family.buffer_anchor(0), family.buffer_anchor(1), mid_buffers]
     plane = PlaneThrough(w0, w2, w1, buffers=buffers)
     bends = plane.model_coords[[0, 2, 1]]  # the (x, y) of w0, w1, w2
     with torch.no_grad():
@@ -266,5 +335,13 @@ def evaluate_plane(family: Curve, evaluator: Evaluator, n_points: int = 21, marg
     return PlaneResult(torch.from_numpy(xs), torch.from_numpy(ys), values, bends, curve, evaluator.bn)
 
 
-__all__ = ["CURVE_FORMAT", "CurveRun", "PlaneResult", "evaluate_plane", "load_curve", "reference_schedule",
-           "save_curve", "train_curve"]
+__all__ = [
+    "CURVE_FORMAT",
+    "CurveRun",
+    "PlaneResult",
+    "evaluate_plane",
+    "load_curve",
+    "reference_schedule",
+    "save_curve",
+    "train_curve",
+]

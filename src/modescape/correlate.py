@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import csv
 import math
-from io import StringIO
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from . import sharpness as sh
 from .errors import UserError
@@ -40,8 +41,12 @@ class Correlation:
     gap: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gap": self.gap, "measures": self.measures, "runs": self.rows,
-                "kendall_tau": {k: {"tau": t, "p_value": p} for k, (t, p) in self.tau.items()}}
+        return {
+            "gap": self.gap,
+            "measures": self.measures,
+            "runs": self.rows,
+            "kendall_tau": {k: {"tau": t, "p_value": p} for k, (t, p) in self.tau.items()},
+        }
 
     def to_csv(self) -> str:
         """One row per run: run, gap, train/test loss and error, every measure."""
@@ -71,7 +76,7 @@ def kendall(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """Kendall's tau-b and its p-value (NaN when fewer than 2 finite pairs or a constant column)."""
     from scipy.stats import kendalltau
 
-    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
     if len(pairs) < 2:
         return float("nan"), float("nan")
     r = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
@@ -84,11 +89,21 @@ def _default_loader(path: Path, device) -> tuple[Any, dict, Any]:
     return load_checkpoint(path, device=device)
 
 
-def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None = None,
-              options: Mapping[str, Mapping[str, Any]] | None = None, gap: str = "error", bn: str = "running",
-              params: str = "all", n_train: int | None = None, batch_size: int | None = None, device=None,
-              seed: int = 0, loader: Callable[[Path, Any], tuple[Any, dict, Any]] | None = None,
-              progress: bool | None = None) -> Correlation:
+def correlate(
+    run_dirs: Sequence[str | Path],
+    *,
+    measures: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    gap: str = "error",
+    bn: str = "running",
+    params: str = "all",
+    n_train: int | None = None,
+    batch_size: int | None = None,
+    device=None,
+    seed: int = 0,
+    loader: Callable[[Path, Any], tuple[Any, dict, Any]] | None = None,
+    progress: bool | None = None,
+) -> Correlation:
     """Measures, gap and Kendall's tau over runs. ``loader(path, device) -> (model, meta, split)`` reads a
     run (default: `modescape.io.load_checkpoint`, the sidecar loader)."""
     if gap not in ("loss", "error"):
@@ -103,19 +118,41 @@ def correlate(run_dirs: Sequence[str | Path], *, measures: Sequence[str] | None 
             ckpt = checkpoint_of(run)
             model, meta, split = load(ckpt, device)
             # the gap on all the data; the measures (many passes each) on the first n_train samples if asked
-            ev = Evaluator(model, {"train": split.train, "test": split.test}, metrics=("loss", "accuracy", "error"),
-                           bn=bn, device=device, batch_size=batch_size, progress=False)
+            ev = Evaluator(
+                model,
+                {"train": split.train, "test": split.test},
+                metrics=("loss", "accuracy", "error"),
+                bn=bn,
+                device=device,
+                batch_size=batch_size,
+                progress=False,
+            )
             point = ev.point0
             base = ev([point]).to_dict()
             g = base[f"test_{gap}"] - base[f"train_{gap}"]
             if n_train is not None:
                 sub = (split.train[0][:n_train], split.train[1][:n_train])
-                ev = Evaluator(model, {"train": sub}, metrics=("loss", "accuracy", "error"), bn=bn, device=device,
-                               batch_size=batch_size, progress=False)
+                ev = Evaluator(
+                    model,
+                    {"train": sub},
+                    metrics=("loss", "accuracy", "error"),
+                    bn=bn,
+                    device=device,
+                    batch_size=batch_size,
+                    progress=False,
+                )
             t = sh.target(ev, None, point, params=params, source="train")
             values = sh.measure_all(t, measures=names, options=options, seed=seed, progress=False)
-            rows.append({"run": str(run), "gap": g, **base, **{k: v for k, v in values.items() if k != "loss"},
-                         "config": meta.get("config", {}), "model": meta.get("model", {})})
+            rows.append(
+                {
+                    "run": str(run),
+                    "gap": g,
+                    **base,
+                    **{k: v for k, v in values.items() if k != "loss"},
+                    "config": meta.get("config", {}),
+                    "model": meta.get("model", {}),
+                }
+            )
             adv(1, info=Path(run).name)
     taus = {m: kendall([r[m] for r in rows], [r["gap"] for r in rows]) for m in names}
     return Correlation(rows, taus, names, gap)

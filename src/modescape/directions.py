@@ -46,8 +46,9 @@ Three kinds, all returned as points (``dict[str, Tensor]`` with the model's para
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -56,10 +57,17 @@ from . import space as sp
 from .checks import IGNORES, NORMALIZATIONS, parse_directions  # noqa: F401  (names and text: the light checks)
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .curvature import CurvatureOperator
+    from .evaluate import Evaluator
+
+# what the direction makers take: a model (its parameters) or a point
+ModelOrPoint = nn.Module | Mapping[str, Tensor]
+
 EPS = 1e-10
 
 
-def _as_point(model_or_point, space: sp.WeightSpace | None) -> sp.Point:
+def _as_point(model_or_point: ModelOrPoint, space: sp.WeightSpace | None) -> sp.Point:
     """The weights as a point (of a model, or a point checked against ``space`` when given)."""
     if isinstance(model_or_point, nn.Module):
         space = space or sp.WeightSpace(model_or_point)
@@ -85,17 +93,24 @@ def _check(normalization: str, ignore: str) -> None:
         raise UserError(f"unknown ignore '{ignore}': use 'biasbn' (zero biases and norm parameters) or 'none'")
 
 
-def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor],
-                        normalization: str = "filter", ignore: str = "biasbn",
-                        heads: Mapping[str, tuple[int, int]] | None = None) -> sp.Point:
+def normalize_direction(
+    direction: Mapping[str, Tensor],
+    weights: Mapping[str, Tensor],
+    normalization: str = "filter",
+    ignore: str = "biasbn",
+    heads: Mapping[str, tuple[int, int]] | None = None,
+) -> sp.Point:
     """Rescale ``direction`` to the size of ``weights`` (see the module docstring); the one home of the
     filter / layer / model / head normalisation. ``heads`` (for ``"head"``): {tensor: (axis, entries per
     head)}. Works in the inputs' dtype and device; returns a new point.
     """
     _check(normalization, ignore)
     if normalization == "head" and heads is None:
-        raise UserError("normalization 'head' needs heads={tensor: (axis, entries per head)}: pass the model, or "
-                        "modescape.symmetry.spec.head_blocks(spec)")
+        raise UserError(
+            "normalization 'head' needs heads={tensor: (axis, entries per head)}: pass the model, or "
+            "modescape.symmetry.spec.head_blocks(spec)"
+        )
+    heads = heads or {}
     out: sp.Point = {}
     for name, d in direction.items():
         w = weights[name]
@@ -119,15 +134,20 @@ def normalize_direction(direction: Mapping[str, Tensor], weights: Mapping[str, T
             out[name] = d.clone()
     if normalization == "model":
         kept = [n for n in out if not ignored(n, weights[n], ignore)]
-        dn = torch.sqrt(sum((out[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
-        wn = torch.sqrt(sum((weights[n] ** 2).sum() for n in kept)) if kept else torch.tensor(0.0)
+        dn = torch.sqrt(cast(Tensor, sum((out[n] ** 2).sum() for n in kept))) if kept else torch.tensor(0.0)
+        wn = torch.sqrt(cast(Tensor, sum((weights[n] ** 2).sum() for n in kept))) if kept else torch.tensor(0.0)
         out = {n: (v * (wn / (dn + EPS)) if n in kept else v) for n, v in out.items()}
     return out
 
 
-def random_direction(model_or_point, normalization: str = "filter", ignore: str = "biasbn", seed: int = 0,
-                     space: sp.WeightSpace | None = None,
-                     heads: Mapping[str, tuple[int, int]] | None = None) -> sp.Point:
+def random_direction(
+    model_or_point: ModelOrPoint,
+    normalization: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    space: sp.WeightSpace | None = None,
+    heads: Mapping[str, tuple[int, int]] | None = None,
+) -> sp.Point:
     """A seeded Gaussian direction, normalised to the weights of ``model_or_point``.
 
     ``model_or_point``: an ``nn.Module`` or a point (checked against ``space`` when given). Returns a point
@@ -144,13 +164,16 @@ def random_direction(model_or_point, normalization: str = "filter", ignore: str 
     return {n: d[n].to(device=weights[n].device, dtype=weights[n].dtype) for n in weights}
 
 
-def _heads(model_or_point, normalization: str, heads):
+def _heads(
+    model_or_point: ModelOrPoint, normalization: str, heads: Mapping[str, tuple[int, int]] | None
+) -> Mapping[str, tuple[int, int]] | None:
     """The head blocks of ``normalization="head"``: given, or from the model's permutation spec."""
     if normalization != "head" or heads is not None:
         return heads
     if not isinstance(model_or_point, nn.Module):
-        raise UserError("normalization 'head' of a point needs heads=modescape.symmetry.spec.head_blocks(spec) "
-                        "(or pass the model)")
+        raise UserError(
+            "normalization 'head' of a point needs heads=modescape.symmetry.spec.head_blocks(spec) (or pass the model)"
+        )
     from .symmetry.infer import infer_spec
     from .symmetry.spec import head_blocks
 
@@ -170,9 +193,16 @@ def orthogonalize(d: Mapping[str, Tensor], against: Mapping[str, Tensor], keep_n
     return out
 
 
-def random_directions(model_or_point, n: int = 2, normalization: str = "filter", ignore: str = "biasbn",
-                      seed: int = 0, orthogonal: bool = False, space: sp.WeightSpace | None = None,
-                      heads: Mapping[str, tuple[int, int]] | None = None) -> list[sp.Point]:
+def random_directions(
+    model_or_point: ModelOrPoint,
+    n: int = 2,
+    normalization: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    orthogonal: bool = False,
+    space: sp.WeightSpace | None = None,
+    heads: Mapping[str, tuple[int, int]] | None = None,
+) -> list[sp.Point]:
     """``n`` directions: direction j uses seed ``seed + j``. With ``orthogonal``, each later direction is
     made orthogonal to the earlier ones (Gram-Schmidt, keeping its norm), in float64.
 
@@ -194,6 +224,7 @@ def random_directions(model_or_point, n: int = 2, normalization: str = "filter",
 
 
 # -- Hessian eigenvectors ------------------------------------------------------------------------
+
 
 @dataclass
 class HessianDirections:
@@ -218,19 +249,38 @@ class HessianDirections:
 
     def labels(self, digits: int = 4) -> list[str]:
         """Axis labels: ``"Hessian eigenvector i (lambda = ...)"``."""
-        return [f"Hessian eigenvector {i} (lambda = {v:.{digits}g})" for i, v in zip(self.indices, self.eigenvalues)]
+        return [
+            f"Hessian eigenvector {i} (lambda = {v:.{digits}g})"
+            for i, v in zip(self.indices, self.eigenvalues, strict=True)
+        ]
 
     def to_dict(self) -> dict:
-        return {"kind": "hessian", "indices": list(self.indices), "which": self.which,
-                "eigenvalues": list(self.eigenvalues), "residuals": list(self.residuals),
-                "converged": list(self.converged), "n_hvp": self.n_hvp, "params": self.params,
-                "labels": self.labels()}
+        return {
+            "kind": "hessian",
+            "indices": list(self.indices),
+            "which": self.which,
+            "eigenvalues": list(self.eigenvalues),
+            "residuals": list(self.residuals),
+            "converged": list(self.converged),
+            "n_hvp": self.n_hvp,
+            "params": self.params,
+            "labels": self.labels(),
+        }
 
 
-def hessian_directions(model, data=None, point: Mapping[str, Tensor] | None = None, *,
-                       indices: Sequence[int] = (0, 1), which: str = "largest", tol: float = 1e-4,
-                       max_iter: int | None = None, seed: int = 0, params: str = "all",
-                       **hessian_kwargs) -> HessianDirections:
+def hessian_directions(
+    model: nn.Module | Evaluator | CurvatureOperator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    indices: Sequence[int] = (0, 1),
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    seed: int = 0,
+    params: str = "all",
+    **hessian_kwargs: Any,
+) -> HessianDirections:
     """Directions along Hessian eigenvectors at ``point`` (default: the model's / evaluator's own).
 
     ``model``: an ``nn.Module`` (with ``data``), an `Evaluator` (``data=None``) or a ready `Hessian`, as in
@@ -247,8 +297,9 @@ def hessian_directions(model, data=None, point: Mapping[str, Tensor] | None = No
         raise UserError(f"eigenvector indices must be distinct and >= 0; got {list(idx)}")
     if params != "all":  # a ready Hessian fixes its own parameters
         hessian_kwargs["params"] = params
-    res = eigenvalues(model, data, point, k=max(idx) + 1, which=which, tol=tol, max_iter=max_iter, seed=seed,
-                      **hessian_kwargs)
+    res = eigenvalues(
+        model, data, point, k=max(idx) + 1, which=which, tol=tol, max_iter=max_iter, seed=seed, **hessian_kwargs
+    )
     H = res.operator
     if res.values.numel() <= max(idx):
         raise UserError(f"only {res.values.numel()} eigenpairs were found; ask for indices below that")
@@ -264,16 +315,26 @@ def hessian_directions(model, data=None, point: Mapping[str, Tensor] | None = No
         basis.append(v)
     dirs = []
     for v in basis:
-        parts = dict(zip(H.names, torch.split(v, H.numels)))
-        full = {n: parts[n].reshape(like[n].shape) if n in parts else torch.zeros(like[n].shape, dtype=torch.float64)
-                for n in H.space.names}
+        parts = dict(zip(H.names, torch.split(v, H.numels), strict=True))
+        full = {
+            n: parts[n].reshape(like[n].shape) if n in parts else torch.zeros(like[n].shape, dtype=torch.float64)
+            for n in H.space.names
+        }
         dirs.append({n: t.to(device=like[n].device, dtype=like[n].dtype) for n, t in full.items()})
-    return HessianDirections(dirs, [float(res.values[i]) for i in idx], idx, which,
-                             [float(res.residuals[i]) for i in idx], [bool(res.converged[i]) for i in idx],
-                             res.n_hvp, params if isinstance(params, str) else ",".join(params))
+    return HessianDirections(
+        dirs,
+        [float(res.values[i]) for i in idx],
+        idx,
+        which,
+        [float(res.residuals[i]) for i in idx],
+        [bool(res.converged[i]) for i in idx],
+        res.n_hvp,
+        params if isinstance(params, str) else ",".join(params),
+    )
 
 
 # -- PCA of a trajectory -------------------------------------------------------------------------
+
 
 @dataclass
 class PCAResult:
@@ -291,8 +352,13 @@ class PCAResult:
     residual: Tensor
 
 
-def pca_directions(points: Sequence[Mapping[str, Tensor]], final: Mapping[str, Tensor] | None = None, n: int = 2,
-                   ignore: str = "none", space: sp.WeightSpace | None = None) -> PCAResult:
+def pca_directions(
+    points: Sequence[Mapping[str, Tensor]],
+    final: Mapping[str, Tensor] | None = None,
+    n: int = 2,
+    ignore: str = "none",
+    space: sp.WeightSpace | None = None,
+) -> PCAResult:
     """Principal directions of ``(points[t] - final)`` (``final`` defaults to the last point).
 
     As in the reference: the difference vectors are centred and their top-``n`` right singular vectors
@@ -308,15 +374,16 @@ def pca_directions(points: Sequence[Mapping[str, Tensor]], final: Mapping[str, T
     names = list(final)
     drop = {k for k in names if ignored(k, final[k], ignore)}
 
-    def flat(p):
-        return torch.cat([(torch.zeros_like(p[k]) if k in drop else p[k]).detach().reshape(-1).cpu().double()
-                          for k in names])
+    def flat(p: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat(
+            [(torch.zeros_like(p[k]) if k in drop else p[k]).detach().reshape(-1).cpu().double() for k in names]
+        )
 
     f = flat(final)
     m = torch.stack([flat(p) - f for p in points])  # [T, D]
     centred = m - m.mean(0, keepdim=True)
     _, s, vt = torch.linalg.svd(centred, full_matrices=False)
-    var = s ** 2
+    var = s**2
     total = var.sum()
     if float(total) == 0.0:
         raise UserError("the checkpoints are all the same point: there is no trajectory to take a PCA of")

@@ -36,8 +36,9 @@ class Context:
 
 def context() -> Context:
     """Rank, world size and local rank from the ``torchrun`` environment (0, 1, 0 without it)."""
-    return Context(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+    return Context(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def active() -> bool:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,9 @@ def cyclic_lr(epoch: int, it: int, iters: int, cycle: int, a1: float, a2: float)
     return a1 * (2.0 * t - 1.0) + a2 * (2.0 - 2.0 * t)
 
 
-def predict_proba(evaluator: Evaluator, point: Mapping[str, Tensor], source: str = "test",
-                  buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+def predict_proba(
+    evaluator: Evaluator, point: Mapping[str, Tensor], source: str = "test", buffers: Mapping[str, Tensor] | None = None
+) -> Tensor:
     """Softmax probabilities [N, C] of ``point`` on a source, with the evaluator's BN policy (under
     ``running``: the point's own ``buffers`` when given, else the model's)."""
     if evaluator.bn == "train":
@@ -60,8 +62,9 @@ def predict_proba(evaluator: Evaluator, point: Mapping[str, Tensor], source: str
     else:
         bufs = evaluator.point_buffers(point, buffers)
     with torch.no_grad():
-        return torch.cat([F.softmax(evaluator.forward(point, bufs, x).double(), -1)
-                          for x, _ in evaluator.sources[source]]).cpu()
+        return torch.cat(
+            [F.softmax(evaluator.forward(point, bufs, x).double(), -1) for x, _ in evaluator.sources[source]]
+        ).cpu()
 
 
 ECE_BINS = 15
@@ -106,10 +109,14 @@ def ensemble_metrics(probs: Sequence[Tensor], targets: Tensor) -> dict[str, floa
     preds = [p.argmax(-1) for p in ps]
     pairs = [(i, j) for i in range(len(ps)) for j in range(i + 1, len(ps))]
     disagree = sum(float((preds[i] != preds[j]).double().mean()) for i, j in pairs) / len(pairs) if pairs else 0.0
-    return {"members": len(ps), "accuracy": float((avg.argmax(-1) == targets).double().mean()),
-            "nll": float(-avg.gather(1, targets[:, None]).clamp_min(1e-40).log().mean()),
-            "brier": float(((avg - onehot) ** 2).sum(-1).mean()), "ece": calibration_error(avg, targets),
-            "disagreement": disagree}
+    return {
+        "members": len(ps),
+        "accuracy": float((avg.argmax(-1) == targets).double().mean()),
+        "nll": float(-avg.gather(1, targets[:, None]).clamp_min(1e-40).log().mean()),
+        "brier": float(((avg - onehot) ** 2).sum(-1).mean()),
+        "ece": calibration_error(avg, targets),
+        "disagreement": disagree,
+    }
 
 
 def ensemble_curve(probs: Sequence[Tensor], targets: Tensor) -> list[dict[str, float]]:
@@ -118,6 +125,7 @@ def ensemble_curve(probs: Sequence[Tensor], targets: Tensor) -> list[dict[str, f
 
 
 # -- training budgets ------------------------------------------------------------------------------
+
 
 def budget_epochs(meta: Mapping[str, Any]) -> int | None:
     """The epochs of training behind a checkpoint, from its sidecar: ``budget.epochs`` when recorded (the
@@ -142,6 +150,7 @@ def budget(epochs: int, start_epochs: int | None, key: str) -> dict[str, Any]:
 
 # -- the one ensemble result -------------------------------------------------------------------------
 
+
 @dataclass
 class EnsembleResult:
     """An ensemble evaluated on the test data (`evaluate_ensemble`).
@@ -164,21 +173,43 @@ class EnsembleResult:
     baselines: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "metrics": self.metrics, "curve": self.curve, "members": self.members,
-                "budget": self.budget, "bn": self.bn, **self.info}
+        return {
+            "kind": self.kind,
+            "metrics": self.metrics,
+            "curve": self.curve,
+            "members": self.members,
+            "budget": self.budget,
+            "bn": self.bn,
+            **self.info,
+        }
 
 
-def evaluate_ensemble(probs: Sequence[Tensor], targets: Tensor, kind: str, budget: Mapping[str, Any] | None = None,
-                      bn: str = "running", labels: Sequence[str] | None = None,
-                      info: Mapping[str, Any] | None = None) -> EnsembleResult:
+def evaluate_ensemble(
+    probs: Sequence[Tensor],
+    targets: Tensor,
+    kind: str,
+    budget: Mapping[str, Any] | None = None,
+    bn: str = "running",
+    labels: Sequence[str] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> EnsembleResult:
     """`EnsembleResult` of members' test probabilities (each [N, C])."""
     labels = list(labels) if labels is not None else [str(i + 1) for i in range(len(probs))]
     members = []
-    for label, p in zip(labels, probs):
+    for label, p in zip(labels, probs, strict=True):
         one = ensemble_metrics([p], targets)
         members.append({"label": label, **{k: one[k] for k in ("accuracy", "nll", "brier", "ece")}})
-    return EnsembleResult(kind, ensemble_metrics(probs, targets), ensemble_curve(probs, targets), members,
-                          dict(budget or {"epochs": None}), bn, list(probs), targets.cpu(), dict(info or {}))
+    return EnsembleResult(
+        kind,
+        ensemble_metrics(probs, targets),
+        ensemble_curve(probs, targets),
+        members,
+        dict(budget or {"epochs": None}),
+        bn,
+        list(probs),
+        targets.cpu(),
+        dict(info or {}),
+    )
 
 
 def cached_probs(cache: str | Path | None, name: str, key: Mapping[str, Any], compute) -> Tensor:
@@ -203,16 +234,27 @@ def cached_probs(cache: str | Path | None, name: str, key: Mapping[str, Any], co
     return probs
 
 
-def deep_ensemble(model: nn.Module, members: Sequence[Any], data: Any, bn: str = "running",
-                  budgets: Sequence[int | None] | None = None, device=None, dtype=None, batch_size: int | None = None,
-                  progress: bool | None = None, cache: str | Path | None = None) -> EnsembleResult:
+def deep_ensemble(
+    model: nn.Module,
+    members: Sequence[Any],
+    data: Any,
+    bn: str = "running",
+    budgets: Sequence[int | None] | None = None,
+    device=None,
+    dtype=None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    cache: str | Path | None = None,
+    precision: str | None = None,
+) -> EnsembleResult:
     """A deep ensemble: independently trained ``members`` (checkpoint paths, modules or state dicts of
     ``model``'s architecture) averaged on the test data of ``data``.
 
     ``bn="running"`` (default) evaluates each member with its own BatchNorm statistics; ``recompute`` with
     fresh ones. The budget is the sum of the members' epochs (``budgets``, else read from each path's
     sidecar; None when any is unknown). ``cache``: a folder where each member's probabilities are kept,
-    so that a rerun continues. ``model`` is not modified.
+    so that a rerun continues. ``precision``: the evaluator's (``"fp32"`` or ``"bf16"``; recorded in
+    ``info``). ``model`` is not modified.
     """
     if len(members) == 0:
         raise UserError("an ensemble needs at least one member")
@@ -220,30 +262,49 @@ def deep_ensemble(model: nn.Module, members: Sequence[Any], data: Any, bn: str =
     (xtr, ytr), test = train_test(data)
     if test is None:
         raise UserError("an ensemble is evaluated on test data: pass a DataSplit or {'train', 'test'}")
-    ev = Evaluator(model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), bn=bn, device=device,
-                   dtype=dtype, batch_size=batch_size)
-    epochs, labels, probs = [], [], []
+    ev = Evaluator(
+        model,
+        {"train": (xtr, ytr), "test": test},
+        metrics=("loss", "accuracy"),
+        bn=bn,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        precision=precision,
+    )
+    epochs, labels, probs, states = [], [], [], []
+    for i, member in enumerate(members):  # every member read and checked before any is evaluated (or cached)
+        meta: dict[str, Any] = {}
+        if isinstance(member, (str, Path)):
+            meta = io.read_meta(member)
+            state = io.load_tensors(member)
+            labels.append(str(member))
+        else:
+            state = member
+            labels.append(f"member {i + 1}")
+        states.append(space.split_state(state, f"ensemble member {labels[-1]}"))
+        if isinstance(member, (str, Path)):
+            io.load_state_into(copy.deepcopy(model), state, source=str(member))  # names, shapes, NaN
+        epochs.append(budgets[i] if budgets is not None else budget_epochs(meta))
     data_key = provenance.data_hash(ev) if cache is not None else None
     with bar("ensemble members", len(members), enabled=progress) as advance:
-        for i, member in enumerate(members):
-            meta: dict[str, Any] = {}
-            if isinstance(member, (str, Path)):
-                meta = io.read_meta(member)
-                state = io.load_tensors(member)
-                labels.append(str(member))
-            else:
-                state = member
-                labels.append(f"member {i + 1}")
-            point, buffers = space.split_state(state, f"ensemble member {labels[-1]}")
-            if isinstance(member, (str, Path)):
-                io.load_state_into(copy.deepcopy(model), state, source=str(member))  # names, shapes, NaN
-            epochs.append(budgets[i] if budgets is not None else budget_epochs(meta))
+        for i, (point, buffers) in enumerate(states):
             key = {"weights": io.tensor_hash({**point, **buffers}), "bn": bn, "data": data_key}
-            probs.append(cached_probs(cache, f"member-{i + 1:03d}", key,
-                                      lambda: predict_proba(ev, point, "test", buffers or None)))
+            if ev.precision != "fp32":  # fp32 keys as before: older caches stay valid
+                key["precision"] = ev.precision
+            probs.append(
+                cached_probs(
+                    cache,
+                    f"member-{i + 1:03d}",
+                    key,
+                    lambda point=point, buffers=buffers: predict_proba(ev, point, "test", buffers or None),
+                )
+            )
             advance(1)
-    total = None if any(e is None for e in epochs) else int(sum(epochs))
-    return evaluate_ensemble(probs, test[1], "deep", {"epochs": total, "members": epochs}, bn, labels)
+    total = None if any(e is None for e in epochs) else int(sum(e for e in epochs if e is not None))
+    return evaluate_ensemble(
+        probs, test[1], "deep", {"epochs": total, "members": epochs}, bn, labels, {"precision": ev.precision}
+    )
 
 
 @dataclass
@@ -260,23 +321,46 @@ class FGEResult:
     buffers: list[sp.Point] = field(default_factory=list, repr=False)
     bn: str = "recompute"
     budget: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "members": self.members, "history": self.history, "bn": self.bn,
-                "budget": self.budget}
+        return {
+            "start": self.start,
+            "members": self.members,
+            "history": self.history,
+            "bn": self.bn,
+            "budget": self.budget,
+            "precision": self.precision,
+        }
 
 
-def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[float, float] = (0.05, 0.0001),
-        epochs: int = 20, wd: float = 1e-4, momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
-        bn: str = "recompute", device=None, dtype=None, progress: bool | None = None,
-        momentum_buffers: Mapping[str, Tensor] | None = None, start_epochs: int | None = None) -> FGEResult:
+def fge(
+    model: nn.Module,
+    checkpoint: Any,
+    data: Any,
+    cycle: int = 4,
+    lr: tuple[float, float] = (0.05, 0.0001),
+    epochs: int = 20,
+    wd: float = 1e-4,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    seed: int = 0,
+    bn: str = "recompute",
+    device=None,
+    dtype=None,
+    progress: bool | None = None,
+    momentum_buffers: Mapping[str, Tensor] | None = None,
+    start_epochs: int | None = None,
+    precision: str | None = None,
+) -> FGEResult:
     """Fast geometric ensembling from a trained network (see the module docstring).
 
     ``checkpoint``: the start (a module, a state or point, or a checkpoint path); ``data``: a DataSplit or
     {"train", "test"}. SGD(momentum) with the L2 penalty 0.5 wd ||w||^2 and `cyclic_lr` at every
     iteration; after the epoch ending each LR minimum (epoch mod cycle = cycle/2 - 1) the point is a
     snapshot. Members are evaluated on the test data with BN policy ``bn``; the ensemble averages their
-    softmax probabilities. ``model`` is not modified. ``momentum_buffers`` (by parameter name, e.g. from
+    softmax probabilities (``precision="bf16"``: the members' forwards in bf16; training stays in the
+    evaluator's dtype). ``model`` is not modified. ``momentum_buffers`` (by parameter name, e.g. from
     `modescape.train.momentum_of`): SGD's momentum at the start, as the reference restores the training
     run's optimiser state; default zero. ``start_epochs``: the epochs that trained the start (read from
     its sidecar when ``checkpoint`` is a path); the result's ``budget`` is those plus ``epochs``.
@@ -295,8 +379,9 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
     (xtr, ytr), test = train_test(data)
     if test is None:
         raise UserError("fge needs test data to evaluate the ensemble: pass a DataSplit or {'train', 'test'}")
-    ev = Evaluator(model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), bn=bn,
-                   device=device, dtype=dtype)
+    ev = Evaluator(
+        model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), bn=bn, device=device, dtype=dtype
+    )
     point = {k: v.to(ev.device, ev.dtype).clone().requires_grad_(True) for k, v in start.items()}
     # the statistics BatchNorm tracks along the run, from the start's own (they stay the model's if none)
     tracked = sp.to(sp.clone(start_buffers or ev.buffers), ev.device, ev.dtype)
@@ -309,18 +394,37 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
     flat_of = lambda: torch.cat([p.reshape(-1) for p in params])  # noqa: E731
 
     def single(p: sp.Point, bufs: sp.Point) -> tuple[dict[str, float], Tensor, sp.Point]:
-        own = bufs if bn != "recompute" else ev.point_buffers(p)
-        pr = predict_proba(ev, p, "test", own)
+        with ev.at_precision(precision or "fp32"):  # the evaluation only: SGD steps stay in ev's dtype
+            own = bufs if bn != "recompute" else ev.point_buffers(p)
+            pr = predict_proba(ev, p, "test", own)
         return ensemble_metrics([pr], test[1]), pr, own
 
     start_metrics, _, _ = single({k: v.detach() for k, v in point.items()}, tracked)
-    snapshots, buffers, probs, members, lrs, history = [], [], [], [], [], []
+    snapshots, buffers, probs, members, history = [], [], [], [], []
+    lrs: list[float] = []
     iters = math.ceil(xtr.shape[0] / batch_size)
     with bar("fge", epochs * iters, enabled=progress) as advance:
         for epoch in range(epochs):
-            stats = sgd_epoch(ev, params, opt, lambda g: (point, flat_of()), xtr, ytr, epoch, seed, batch_size,
-                              wd, lambda it, n: cyclic_lr(epoch, it, n, cycle, a1, a2), advance, lrs,
-                              buffers=tracked if ev.bn_modules else None)
+
+            def lr_at(it: int, n: int, epoch: int = epoch) -> float:
+                return cyclic_lr(epoch, it, n, cycle, a1, a2)
+
+            stats = sgd_epoch(
+                ev,
+                params,
+                opt,
+                lambda g: (point, flat_of()),
+                xtr,
+                ytr,
+                epoch,
+                seed,
+                batch_size,
+                wd,
+                lr_at,
+                advance,
+                lrs,
+                buffers=tracked if ev.bn_modules else None,
+            )
             history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "train_error": stats["error"]})
             if (epoch % cycle) + 1 == cycle // 2:
                 snap = {k: v.detach().clone() for k, v in point.items()}
@@ -329,12 +433,35 @@ def fge(model: nn.Module, checkpoint: Any, data: Any, cycle: int = 4, lr: tuple[
                 buffers.append(sp.clone(own))
                 probs.append(pr)
                 ens = ensemble_metrics(probs, test[1])
-                members.append({"epoch": epoch + 1, "single_accuracy": m["accuracy"], "single_nll": m["nll"],
-                                **ens})
-    return FGEResult(snapshots, members, start_metrics, lrs, history, probs, buffers, bn,
-                     budget(epochs, start_epochs, "fge_epochs"))
+                members.append({"epoch": epoch + 1, "single_accuracy": m["accuracy"], "single_nll": m["nll"], **ens})
+    return FGEResult(
+        snapshots,
+        members,
+        start_metrics,
+        lrs,
+        history,
+        probs,
+        buffers,
+        bn,
+        budget(epochs, start_epochs, "fge_epochs"),
+        precision or "fp32",
+    )
 
 
-__all__ = ["ECE_BINS", "EnsembleResult", "FGEResult", "budget", "budget_epochs", "cached_probs", "calibration_error",
-           "cyclic_lr", "deep_ensemble", "ensemble_curve", "ensemble_metrics", "evaluate_ensemble", "fge",
-           "predict_proba", "reliability"]
+__all__ = [
+    "ECE_BINS",
+    "EnsembleResult",
+    "FGEResult",
+    "budget",
+    "budget_epochs",
+    "cached_probs",
+    "calibration_error",
+    "cyclic_lr",
+    "deep_ensemble",
+    "ensemble_curve",
+    "ensemble_metrics",
+    "evaluate_ensemble",
+    "fge",
+    "predict_proba",
+    "reliability",
+]

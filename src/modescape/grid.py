@@ -9,18 +9,22 @@ command line checks ranges before it imports anything heavy.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .lazy import lazy
 
 np = lazy("numpy")  # imported on first use: the command line starts without loading numpy
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 MAX_POINTS = 4_000_000  # a 2001 x 2001 grid; more is almost surely a typo (and a very long run)
 
 
-def parse_range(text: str | Sequence[float], steps: int | None = None, what: str = "range") -> np.ndarray:
+def parse_range(text: str | Sequence[float], steps: int | None = None, what: str = "range") -> ndarray:
     """``"A:B:N"`` -> N points from A to B inclusive (float64); ``"A:B"`` uses ``steps``; a list is taken as is."""
     if not isinstance(text, str):
         arr = np.asarray(text, dtype=np.float64).reshape(-1)
@@ -36,12 +40,15 @@ def parse_range(text: str | Sequence[float], steps: int | None = None, what: str
         else:
             raise ValueError
     except ValueError:
-        raise UserError(f"{what} '{text}' must look like A:B:N (N points from A to B inclusive), "
-                        f"e.g. -1:1:51") from None
+        raise UserError(
+            f"{what} '{text}' must look like A:B:N (N points from A to B inclusive), e.g. -1:1:51"
+        ) from None
     if n < 1:
         raise UserError(f"{what} '{text}' asks for {n} points; N must be at least 1")
-    if not (np.isfinite(a) and np.isfinite(b)):
+    if not (math.isfinite(a) and math.isfinite(b)):
         raise UserError(f"{what} '{text}' has a non-finite end")
+    if not math.isfinite(b - a):  # e.g. -1e308:1e308: the grid's steps would overflow to inf and NaN
+        raise UserError(f"{what} '{text}' spans more than a float64 can hold: use ends closer together")
     if n == 1 and a != b:
         raise UserError(f"{what} '{text}' asks for 1 point between two different ends: give N >= 2 points")
     if n > MAX_POINTS:
@@ -53,10 +60,10 @@ def parse_range(text: str | Sequence[float], steps: int | None = None, what: str
 class Grid:
     """Coordinates per dimension, in order; points are row-major (the last dimension varies fastest)."""
 
-    coords: dict[str, np.ndarray]
+    coords: dict[str, ndarray]
 
     @classmethod
-    def parse(cls, **ranges: str | Sequence[float]) -> "Grid":
+    def parse(cls, **ranges: str | Sequence[float]) -> Grid:
         """``Grid.parse(x="-1:1:51", y="0:1:11")``; dimensions in keyword order."""
         return cls({d: parse_range(r, what=f"--{d}") for d, r in ranges.items()})
 
@@ -72,7 +79,7 @@ class Grid:
     def size(self) -> int:
         return int(np.prod(self.shape))
 
-    def points(self, first: slice | None = None) -> np.ndarray:
+    def points(self, first: slice | None = None) -> ndarray:
         """[K, d] float64 coordinates in row-major order (optionally of a slice of the first dimension)."""
         axes = [np.asarray(v, dtype=np.float64) for v in self.coords.values()]
         if first is not None:
@@ -96,7 +103,7 @@ def as_grid(grid: Grid | Mapping[str, Any] | str | Sequence[float], dims: Sequen
     return g
 
 
-def auto_range(values: np.ndarray, n: int, margin: float = 0.25) -> np.ndarray:
+def auto_range(values: ndarray, n: int, margin: float = 0.25) -> ndarray:
     """n points covering ``values`` with a relative margin on each side (for planes through models or paths)."""
     lo, hi = float(np.min(values)), float(np.max(values))
     span = hi - lo if hi > lo else max(abs(hi), 1.0)

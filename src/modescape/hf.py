@@ -42,7 +42,8 @@ stores weights as ``[in, out]``, so its axes are the transposes of a Linear's.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,16 +63,35 @@ def _transformers():
 
 def _gpt2(t, vocab: int, length: int):
     cls = t.GPT2Config
-    defaults = dict(vocab_size=vocab, n_positions=length, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0,
-                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    defaults = dict(
+        vocab_size=vocab,
+        n_positions=length,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return cls, defaults, t.GPT2LMHeadModel
 
 
 def _bert(t, vocab: int, length: int):
     cls = t.BertConfig
-    defaults = dict(vocab_size=vocab, max_position_embeddings=length, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=256, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0, type_vocab_size=1, pad_token_id=None)
+    defaults = dict(
+        vocab_size=vocab,
+        max_position_embeddings=length,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        type_vocab_size=1,
+        pad_token_id=None,
+    )
     return cls, defaults, t.BertForMaskedLM
 
 
@@ -99,8 +119,10 @@ class HFModel(nn.Module):
     def permutation_spec(self):
         """The model's `PermutationSpec` (GPT-2 family; `gpt2_spec`)."""
         if self.family != "gpt2":
-            raise UserError(f"no permutation spec is written for Hugging Face family '{self.family}': alignment "
-                            "supports the GPT-2 family (hf:gpt2); write a spec by hand (--spec FILE.json)")
+            raise UserError(
+                f"no permutation spec is written for Hugging Face family '{self.family}': alignment "
+                "supports the GPT-2 family (hf:gpt2); write a spec by hand (--spec FILE.json)"
+            )
         return gpt2_spec(self.model.config, prefix="model.")
 
 
@@ -122,8 +144,9 @@ def _coerce(key: str, value: Any, default: Any, family: str) -> Any:
         if isinstance(default, float):
             return float(text)
     except ValueError:
-        raise UserError(f"argument {key!r} of model 'hf:{family}' must be a {type(default).__name__}, "
-                        f"got {value!r}") from None
+        raise UserError(
+            f"argument {key!r} of model 'hf:{family}' must be a {type(default).__name__}, got {value!r}"
+        ) from None
     for cast in (int, float):
         try:
             return cast(text)
@@ -144,8 +167,10 @@ def build(family: str, input_shape: Sequence[int], num_classes: int, **args: Any
         raise UserError(f"unknown Hugging Face family '{family}': use one of {', '.join(f'hf:{f}' for f in FAMILIES)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 1:
-        raise UserError(f"hf:{family} needs token sequences of shape (T,), got {tuple(input_shape)}: use a sequence "
-                        "task (--data modular-add or char-lm)")
+        raise UserError(
+            f"hf:{family} needs token sequences of shape (T,), got {tuple(input_shape)}: use a sequence "
+            "task (--data modular-add or char-lm)"
+        )
     t = _transformers()
     config_cls, defaults, model_cls = FAMILIES[family](t, int(num_classes), shape[0])
     args = {str(k).replace("-", "_"): v for k, v in args.items()}
@@ -154,15 +179,21 @@ def build(family: str, input_shape: Sequence[int], num_classes: int, **args: Any
     fields = {**defaults}
     for key, value in args.items():
         if not hasattr(reference, key):
-            raise UserError(f"unknown argument {key!r} for model 'hf:{family}': give fields of "
-                            f"transformers.{config_cls.__name__} (e.g. {', '.join(list(defaults)[:5])}) or output")
+            raise UserError(
+                f"unknown argument {key!r} for model 'hf:{family}': give fields of "
+                f"transformers.{config_cls.__name__} (e.g. {', '.join(list(defaults)[:5])}) or output"
+            )
         fields[key] = _coerce(key, value, getattr(reference, key), family)
     config = config_cls(**fields)
     config._attn_implementation = "eager"  # double backward, forward-mode AD and vmap (see module doc)
     model = HFModel(model_cls(config), output, family)
-    model.modescape_spec = {"name": f"hf:{family}", "args": {**{k: fields[k] for k in args}, "output": output},
-                            "input_shape": list(shape),
-                            "num_classes": int(num_classes)}
+    spec = {
+        "name": f"hf:{family}",
+        "args": {**{k: fields[k] for k in args}, "output": output},
+        "input_shape": list(shape),
+        "num_classes": int(num_classes),
+    }
+    model.modescape_spec = spec  # type: ignore[assignment]  # a plain attribute; torch types them Tensor | Module
     return model
 
 
@@ -191,10 +222,18 @@ def gpt2_spec(config: Any, prefix: str = ""):
     for i in range(n_layer):
         b = f"{h}{i}."
         key = f"{b}attn"
-        stream += [Axis(f"{b}ln_1.weight", 0), Axis(f"{b}ln_1.bias", 0), Axis(f"{b}attn.c_attn.weight", 0),
-                   Axis(f"{b}attn.c_proj.weight", 1), Axis(f"{b}attn.c_proj.bias", 0),
-                   Axis(f"{b}ln_2.weight", 0), Axis(f"{b}ln_2.bias", 0), Axis(f"{b}mlp.c_fc.weight", 0),
-                   Axis(f"{b}mlp.c_proj.weight", 1), Axis(f"{b}mlp.c_proj.bias", 0)]
+        stream += [
+            Axis(f"{b}ln_1.weight", 0),
+            Axis(f"{b}ln_1.bias", 0),
+            Axis(f"{b}attn.c_attn.weight", 0),
+            Axis(f"{b}attn.c_proj.weight", 1),
+            Axis(f"{b}attn.c_proj.bias", 0),
+            Axis(f"{b}ln_2.weight", 0),
+            Axis(f"{b}ln_2.bias", 0),
+            Axis(f"{b}mlp.c_fc.weight", 0),
+            Axis(f"{b}mlp.c_proj.weight", 1),
+            Axis(f"{b}mlp.c_proj.bias", 0),
+        ]
         for suffix, size in ((":heads", n_heads), (":qk", head_dim), (":vo", head_dim)):
             if size > 1:
                 sizes[key + suffix], axes[key + suffix] = size, []
@@ -203,14 +242,18 @@ def gpt2_spec(config: Any, prefix: str = ""):
             head_axes(key, inner_perm, f"{b}attn.c_attn.bias", 0, offset)
         head_axes(key, "vo", f"{b}attn.c_proj.weight", 0)  # the output projection reads the heads' values
         sizes[f"{b}mlp"] = mlp_width
-        axes[f"{b}mlp"] = [Axis(f"{b}mlp.c_fc.weight", 1), Axis(f"{b}mlp.c_fc.bias", 0),
-                           Axis(f"{b}mlp.c_proj.weight", 0)]
+        axes[f"{b}mlp"] = [
+            Axis(f"{b}mlp.c_fc.weight", 1),
+            Axis(f"{b}mlp.c_fc.bias", 0),
+            Axis(f"{b}mlp.c_proj.weight", 0),
+        ]
         producers[f"{b}mlp"] = [f"{b}mlp.c_fc"]
     stream += [Axis(f"{t}ln_f.weight", 0), Axis(f"{t}ln_f.bias", 0), Axis(f"{prefix}lm_head.weight", 1)]
     axes["residual"] = stream
     order = ["residual"] + [k for k in sizes if k != "residual"]
-    return PermutationSpec({k: sizes[k] for k in order}, {k: axes[k] for k in order},
-                           {k: producers.get(k, []) for k in order})
+    return PermutationSpec(
+        {k: sizes[k] for k in order}, {k: axes[k] for k in order}, {k: producers.get(k, []) for k in order}
+    )
 
 
 def is_hf_name(name: str | None) -> bool:

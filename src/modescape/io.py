@@ -18,9 +18,10 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from . import provenance
 from . import space as sp
+from .checks import input_file
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -41,12 +43,16 @@ os.umask(_UMASK)
 
 # -- atomic files ----------------------------------------------------------------------------------
 
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; choose a folder you can write to") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -122,7 +128,9 @@ def finite_json(obj: Any) -> Any:
     return value if bad is None else {"value": value, "nonfinite": bad}
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a dict of tensors as safetensors, atomically."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
@@ -131,18 +139,15 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadat
 
 def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read tensors from ``.safetensors`` or (safely) from ``.pt``/``.pth``; clear errors otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"file not found: {path}")
-    if path.is_dir():
-        hint = path / "final.safetensors"
-        raise UserError(f"{path} is a folder: pass a checkpoint file" + (f", e.g. {hint}" if hint.exists() else ""))
+    path = input_file(path, "checkpoint", "final.safetensors")  # present, and a regular file (a FIFO would hang)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({e}): re-save it or pick another file") from None
+            raise UserError(
+                f"{path} is not a readable safetensors file ({e}): re-save it or pick another file"
+            ) from None
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
@@ -163,20 +168,24 @@ def _refusal(path: Path, e: Exception) -> str:
     import re
 
     text = str(e)
-    advice = ("modescape never runs code from a checkpoint, so it was not loaded. Save the weights as safetensors "
-              "(safetensors.torch.save_file(model.state_dict(), ...)) from code you trust and pass that file")
+    advice = (
+        "modescape never runs code from a checkpoint, so it was not loaded. Save the weights as safetensors "
+        "(safetensors.torch.save_file(model.state_dict(), ...)) from code you trust and pass that file"
+    )
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return f"{path} holds pickled Python objects ({found.group(1)}) besides tensors; {advice}"
     if "Weights only load failed" in text:
         detail = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("Unsupported")), "")
-        return f"{path} holds pickled data that is not plain tensors" + (f" ({detail})" if detail else "") + \
-            f"; {advice}"
+        return (
+            f"{path} holds pickled data that is not plain tensors" + (f" ({detail})" if detail else "") + f"; {advice}"
+        )
     first = text.strip().splitlines()[0][:160] if text.strip() else type(e).__name__
     return f"{path} is not a readable PyTorch state dict ({first}): re-save it as safetensors"
 
 
 # -- import specs ----------------------------------------------------------------------------------
+
 
 def resolve_spec(spec: str) -> Callable[..., Any]:
     """``package.module:attribute`` -> the object (a model or data factory)."""
@@ -211,8 +220,11 @@ def call_factory(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: s
         raise UserError(f"{what} rejected its arguments {dict(kwargs)}: {e}") from e
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{what} raised {type(e).__name__}" + (f": {first}" if first else "") +
-                        " (run with --debug for the traceback)") from e
+        raise UserError(
+            f"{what} raised {type(e).__name__}"
+            + (f": {first}" if first else "")
+            + " (run with --debug for the traceback)"
+        ) from e
 
 
 def parse_args(text: str | None) -> dict[str, str]:
@@ -250,7 +262,7 @@ def build_from_spec(model_spec: Mapping[str, Any], input_shape=None, num_classes
         model = call_factory(factory, args, f"model factory '{name}'")
         if not isinstance(model, nn.Module):
             raise UserError(f"model factory '{name}' returned {type(model).__name__}, not an nn.Module")
-        model.modescape_spec = {"name": name, "args": args, "input_shape": shape, "num_classes": classes}
+        model.modescape_spec = {"name": name, "args": args, "input_shape": shape, "num_classes": classes}  # type: ignore[assignment]
         return model
     if not name:
         raise UserError("the checkpoint's sidecar names no model: pass --model NAME or package.module:factory")
@@ -260,6 +272,7 @@ def build_from_spec(model_spec: Mapping[str, Any], input_shape=None, num_classes
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
+
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
@@ -307,10 +320,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.exists():
         return {}
+    input_file(side, "sidecar")  # a regular file: a FIFO would hang the reader
     try:
         return json.loads(side.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{side} is not valid JSON ({e.msg} at line {e.lineno}): restore or delete it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the sidecar {side} ({type(e).__name__}): restore or delete it") from None
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> nn.Module:
@@ -320,14 +336,21 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
     sp.check_compatible(expected, got, what=source)
     bad = sp.is_finite(state)
     if bad is not None:
-        raise UserError(f"{source} tensor '{bad}' has NaN or infinite values: the run diverged; "
-                        f"use an earlier checkpoint")
+        raise UserError(
+            f"{source} tensor '{bad}' has NaN or infinite values: the run diverged; use an earlier checkpoint"
+        )
     model.load_state_dict(dict(state), strict=True)
     return model
 
 
-def load_model(path: str | os.PathLike, model: nn.Module | str | None = None, model_args: Mapping[str, Any] | None = None,
-               device=None, data_shape=None, num_classes=None) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    path: str | os.PathLike,
+    model: nn.Module | str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    device=None,
+    data_shape=None,
+    num_classes=None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint: ``model, meta = load_model(path)``.
 
     The sidecar says how to rebuild the model; ``model`` (a module, a zoo name or an import spec, with
@@ -343,12 +366,18 @@ def load_model(path: str | os.PathLike, model: nn.Module | str | None = None, mo
     else:
         spec = dict(meta.get("model") or {})
         if model is not None:
-            spec = {"name": model, "args": dict(model_args or {}),
-                    "input_shape": spec.get("input_shape", data_shape), "num_classes": spec.get("num_classes", num_classes)}
+            spec = {
+                "name": model,
+                "args": dict(model_args or {}),
+                "input_shape": spec.get("input_shape", data_shape),
+                "num_classes": spec.get("num_classes", num_classes),
+            }
         elif model_args:
             spec["args"] = {**spec.get("args", {}), **model_args}
         if not spec.get("name"):
-            raise UserError(f"{path} has no sidecar saying which model it holds: pass --model NAME or package.module:factory")
+            raise UserError(
+                f"{path} has no sidecar saying which model it holds: pass --model NAME or package.module:factory"
+            )
         module = build_from_spec(spec, data_shape, num_classes)
     load_state_into(module, state, source=str(path))
     if device is not None:
@@ -361,7 +390,7 @@ def load_model(path: str | os.PathLike, model: nn.Module | str | None = None, mo
 DEFAULT_DATA = "digits"
 
 
-def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any] | None = None) -> "DataSplit":
+def load_data(name: str | None, root: str | None = None, args: Mapping[str, Any] | None = None) -> DataSplit:
     """A zoo dataset by name, or a user's ``package.module:factory`` (called with ``**args``)."""
     from .zoo import as_split, load_dataset
 
@@ -406,8 +435,13 @@ def saved_root(saved: Mapping[str, Any], sidecar: Path | None) -> str | None:
     return root
 
 
-def data_from_meta(meta: Mapping[str, Any], data: str | None = None, data_root: str | None = None,
-                   data_args: str | None = None, sidecar: Path | None = None) -> "DataSplit":
+def data_from_meta(
+    meta: Mapping[str, Any],
+    data: str | None = None,
+    data_root: str | None = None,
+    data_args: str | None = None,
+    sidecar: Path | None = None,
+) -> DataSplit:
     """The data a checkpoint was trained on (its sidecar, at ``sidecar`` for a relative data root), unless
     overridden on the command line (``--data``, ``--data-root``, ``--data-args``)."""
     saved = dict(meta.get("data") or {})
@@ -419,13 +453,25 @@ def data_from_meta(meta: Mapping[str, Any], data: str | None = None, data_root: 
     return load_data(name, root, args)
 
 
-def load_checkpoint(path: str | Path, model: str | None = None, model_args: str | None = None,
-                    data: str | None = None, data_root: str | None = None, data_args: str | None = None,
-                    device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any], "DataSplit"]:
+def load_checkpoint(
+    path: str | Path,
+    model: str | None = None,
+    model_args: str | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    data_args: str | None = None,
+    device: torch.device | None = None,
+) -> tuple[nn.Module, dict[str, Any], DataSplit]:
     """``model, meta, split = load_checkpoint(path)``: the model, its sidecar and the data it was
     trained on; ``model``/``data`` (and their arguments, as ``k=v,...`` text) override the sidecar."""
     meta = read_meta(path) if Path(path).exists() else {}
     split = data_from_meta(meta, data, data_root, data_args, sidecar=sidecar_path(path))
-    module, meta = load_model(path, model=model, model_args=parse_args(model_args), device=device,
-                              data_shape=split.input_shape, num_classes=split.num_classes)
+    module, meta = load_model(
+        path,
+        model=model,
+        model_args=parse_args(model_args),
+        device=device,
+        data_shape=split.input_shape,
+        num_classes=split.num_classes,
+    )
     return module, meta, split

@@ -18,8 +18,9 @@ and the convexity map (`convexity`, largest and smallest Hessian eigenvalue at e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,28 +28,30 @@ import xarray as xr
 
 from . import distributed as dd
 from . import io
-from .provenance import data_hash, environment, model_hash
 from . import space as sp
 from .directions import PCAResult, pca_directions
-from .evaluate import Evaluator
-from .families.base import LinearFamily
+from .evaluate import Evaluator, Metrics
+from .families.base import Family, LinearFamily
 from .families.lines import Plane
-from .progress import bar
 from .grid import MAX_POINTS, Grid, as_grid, auto_range, parse_range  # noqa: F401  (the grid API, here too)
+from .progress import bar
+from .provenance import data_hash, environment, model_hash
 from .store import ResultStore, empty_dataset
 
 
-def family_dims(family) -> list[str]:
-    if hasattr(family, "describe"):
-        return list(family.describe()["coords"])
+def family_dims(family: Family) -> list[str]:
+    describe = getattr(family, "describe", None)
+    if describe is not None:
+        return list(describe()["coords"])
     return ["t"] if family.dim == 1 else [f"c{i}" for i in range(family.dim)]
 
 
 def hash_family(family: LinearFamily) -> str:
     """Content hash of what a family contributes to the numbers: its anchors, and the buffers it carries."""
     tensors = {"W": family.matrix().detach()}
-    if family.carries_buffers:
-        tensors["B"] = family.buffers_matrix().detach()
+    buffers = family.buffers_matrix() if family.carries_buffers else None
+    if buffers is not None:
+        tensors["B"] = buffers.detach()
     return io.tensor_hash(tensors)
 
 
@@ -65,10 +68,18 @@ def _default_rows(grid: Grid, numel: int) -> int:
     return max(1, min(max(128, inner) // inner, max(1, cap // inner)))
 
 
-def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | os.PathLike | None = None,
-              settings: Mapping[str, Any] | None = None, attrs: Mapping[str, Any] | None = None,
-              rows: int = 1, progress: bool | None = None, description: str = "sweep",
-              on_create: Callable[[], Mapping[str, Any]] | None = None) -> xr.Dataset:
+def run_units(
+    grid: Grid,
+    names: Sequence[str],
+    measure: Measure,
+    store: str | os.PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    rows: int = 1,
+    progress: bool | None = None,
+    description: str = "sweep",
+    on_create: Callable[[], Mapping[str, Any]] | None = None,
+) -> xr.Dataset:
     """Compute ``measure`` over the grid unit by unit into a Dataset (and a resumable store when given).
 
     Under torchrun, unit u is computed by rank ``u % world``; all ranks return the full result.
@@ -91,7 +102,7 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
             for u in units:
                 sl = slice(u * rows, min((u + 1) * rows, grid.shape[0]))
                 vals = measure(grid.points(sl))
-                out[sl.start * inner:sl.stop * inner] = vals
+                out[sl.start * inner : sl.stop * inner] = vals
                 advance(vals.shape[0])
         out = dd.combine_units(out)
         ds = empty_dataset(grid.coords, names, {**dict(attrs or {}), "complete": True})
@@ -110,8 +121,9 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
             extra = {}
             if not path.exists() and on_create is not None:
                 extra = dict(on_create())
-            st = ResultStore.open_or_create(path, grid.coords, names, settings or {}, {**dict(attrs or {}), **extra},
-                                            unit_rows=rows)
+            st = ResultStore.open_or_create(
+                path, grid.coords, names, settings or {}, {**dict(attrs or {}), **extra}, unit_rows=rows
+            )
         except UserError as e:
             error = e
     # every rank learns whether rank 0 could open the store (else the others would wait or write alone)
@@ -128,9 +140,12 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
 
             console = Console(stderr=True, emoji=False, highlight=False)
             if st.repaired:
-                console.print(f"{path}: {st.describe_units(st.repaired)} "
-                              f"{'was' if len(st.repaired) == 1 else 'were'} missing or corrupt: computing again",
-                              markup=False, soft_wrap=True)
+                console.print(
+                    f"{path}: {st.describe_units(st.repaired)} "
+                    f"{'was' if len(st.repaired) == 1 else 'were'} missing or corrupt: computing again",
+                    markup=False,
+                    soft_wrap=True,
+                )
             console.print(f"resuming: {st.points_done()} of {grid.size} points done", markup=False, soft_wrap=True)
         done = st.done()
         inner = grid.size // grid.shape[0]
@@ -152,9 +167,15 @@ def run_units(grid: Grid, names: Sequence[str], measure: Measure, store: str | o
             lock.release()
 
 
-def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
-          store: str | os.PathLike | None = None, attrs: Mapping[str, Any] | None = None,
-          rows: int | None = None, progress: bool | None = None) -> xr.Dataset:
+def sweep(
+    family: LinearFamily,
+    evaluator: Evaluator,
+    grid: Grid | Mapping[str, Any] | str,
+    store: str | os.PathLike | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    rows: int | None = None,
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Evaluate ``family`` at every grid point with ``evaluator``; returns an ``xarray.Dataset``.
 
     ``grid``: a `Grid`, a dict ``{dim: "A:B:N" | values}`` (dims as the family names them: ``t`` for a
@@ -162,21 +183,32 @@ def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, 
     sweep resumable (rerun with the same path to continue; see `modescape.store`). ``rows``: rows of the
     first dimension per unit (default: about 128 points). Points are made and measured one unit at a
     time, so the K points of a big grid never all exist at once. Variables are the evaluator's metric
-    names (``train_loss``, ``test_accuracy``, ...); attributes hold the BN policy, the evaluation mode,
-    the family, hashes of model, data and family, versions, and ``attrs``.
+    names (``train_loss``, ``test_accuracy``, ...); attributes hold the BN policy, the precision, the evaluation
+    mode, the family, hashes of model, data and family, versions, and ``attrs``.
     """
     dd.init(evaluator.device)  # under torchrun: join the process group (gloo on CPU, nccl on GPU)
     dims = family_dims(family)
     g = as_grid(grid, dims)
-    g = Grid(dict(zip(dims, g.coords.values())))
+    g = Grid(dict(zip(dims, g.coords.values(), strict=True)))
     rows = int(rows) if rows else _default_rows(g, family.layout.numel)
     family_hash = hash_family(family)
-    desc = family.describe() if hasattr(family, "describe") else {"family": type(family).__name__}
-    settings = {"grid": {d: g.coords[d] for d in dims}, "family": desc, "family_hash": family_hash,
-                "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator),
-                "metrics": list(evaluator.names),
-                "bn": evaluator.bn, "dtype": str(evaluator.dtype), "rows": rows}
-    attrs = {**settings, **environment(evaluator.device), **dict(attrs or {})}
+    describe = getattr(family, "describe", None)  # every shipped family has one; a user's may not
+    desc = describe() if describe is not None else {"family": type(family).__name__}
+    settings = {
+        "grid": {d: g.coords[d] for d in dims},
+        "family": desc,
+        "family_hash": family_hash,
+        "model_hash": model_hash(evaluator),
+        "data_hash": data_hash(evaluator),
+        "metrics": list(evaluator.names),
+        "bn": evaluator.bn,
+        "dtype": str(evaluator.dtype),
+        "rows": rows,
+    }
+    precision = getattr(evaluator, "precision", "fp32")
+    if precision != "fp32":  # part of what determines the numbers (fp32 left out: older stores still resume)
+        settings["precision"] = precision
+    attrs = {**settings, "precision": precision, **environment(evaluator.device), **dict(attrs or {})}
     attrs.pop("grid")
 
     def pick_mode() -> dict:
@@ -203,19 +235,34 @@ def sweep(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, 
     def measure(c: np.ndarray) -> np.ndarray:
         return evaluate_coords(family, evaluator, c).values.numpy()
 
-    return run_units(g, list(evaluator.names), measure, store, settings, attrs, rows, progress,
-                     f"{desc['family'].lower()} {'x'.join(map(str, g.shape))}", on_create)
+    return run_units(
+        g,
+        list(evaluator.names),
+        measure,
+        store,
+        settings,
+        attrs,
+        rows,
+        progress,
+        f"{desc['family'].lower()} {'x'.join(map(str, g.shape))}",
+        on_create,
+    )
 
 
-def evaluate_coords(family: LinearFamily, evaluator: Evaluator, coords: np.ndarray):
+def evaluate_coords(family: LinearFamily, evaluator: Evaluator, coords: np.ndarray) -> Metrics:
     """Metrics at family(coords), through the evaluator's family-aware entry point."""
     return evaluator.evaluate_family(family, torch.as_tensor(coords, dtype=torch.float64), progress=False)
 
 
 # -- trajectory plane ----------------------------------------------------------------------------
 
-def trajectory_plane(points: Sequence[Mapping[str, torch.Tensor]], final: Mapping[str, torch.Tensor] | None = None,
-                     ignore: str = "none", space: sp.WeightSpace | None = None) -> tuple[Plane, PCAResult]:
+
+def trajectory_plane(
+    points: Sequence[Mapping[str, torch.Tensor]],
+    final: Mapping[str, torch.Tensor] | None = None,
+    ignore: str = "none",
+    space: sp.WeightSpace | None = None,
+) -> tuple[Plane, PCAResult]:
     """The PCA plane of a trajectory: origin the final point, directions the top-2 principal components
     of ``(checkpoint - final)``. Returns the `Plane` and the `PCAResult` (explained variance, path [T, 2]).
     """
@@ -228,10 +275,20 @@ def trajectory_plane(points: Sequence[Mapping[str, torch.Tensor]], final: Mappin
 CONVEXITY_NAMES = ("lambda_max", "lambda_min", "convexity_ratio")
 
 
-def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[str, Any] | str,
-              store: str | os.PathLike | None = None, source: str | None = None, tol: float = 1e-3,
-              max_iter: int | None = None, seed: int = 0, start: str = "gradient", params: str = "all",
-              attrs: Mapping[str, Any] | None = None, progress: bool | None = None) -> xr.Dataset:
+def convexity(
+    family: LinearFamily,
+    evaluator: Evaluator,
+    grid: Grid | Mapping[str, Any] | str,
+    store: str | os.PathLike | None = None,
+    source: str | None = None,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    start: str = "gradient",
+    params: str = "all",
+    attrs: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Li et al.'s convexity map: at each grid point the largest and smallest Hessian eigenvalues of the
     mean loss on ``source`` (default the evaluator's first), by Lanczos on Hessian-vector products
     (`modescape.curvature.extreme_eigenvalues`: one run, both ends, residuals at most ``tol * max|theta|``),
@@ -246,23 +303,37 @@ def convexity(family: LinearFamily, evaluator: Evaluator, grid: Grid | Mapping[s
     dd.init(evaluator.device)
     dims = family_dims(family)
     g = as_grid(grid, dims)
-    g = Grid(dict(zip(dims, g.coords.values())))
-    settings = {"grid": {d: g.coords[d] for d in dims}, "family_hash": hash_family(family),
-                "model_hash": model_hash(evaluator), "data_hash": data_hash(evaluator), "bn": evaluator.bn,
-                "source": source, "tol": tol, "max_iter": max_iter, "seed": seed, "start": start, "params": params, "what": "convexity"}
+    g = Grid(dict(zip(dims, g.coords.values(), strict=True)))
+    settings = {
+        "grid": {d: g.coords[d] for d in dims},
+        "family_hash": hash_family(family),
+        "model_hash": model_hash(evaluator),
+        "data_hash": data_hash(evaluator),
+        "bn": evaluator.bn,
+        "source": source,
+        "tol": tol,
+        "max_iter": max_iter,
+        "seed": seed,
+        "start": start,
+        "params": params,
+        "what": "convexity",
+    }
     all_attrs = {k: v for k, v in settings.items() if k != "grid"}
-    all_attrs.update({**environment(evaluator.device),
-                      "family": family.describe() if hasattr(family, "describe") else {}, **dict(attrs or {})})
+    all_attrs.update(
+        {**environment(evaluator.device), "family": getattr(family, "describe", dict)(), **dict(attrs or {})}
+    )
 
     def measure(c: np.ndarray) -> np.ndarray:
         out = []
         for row in c:
             point = family(torch.as_tensor(row, dtype=torch.float64))
             point = {k: v.detach().to(evaluator.device, evaluator.dtype) for k, v in point.items()}
-            lo, hi, n = curvature.extreme_eigenvalues(evaluator, point=point, source=source, tol=tol,
-                                                      max_iter=max_iter, seed=seed, start=start, params=params)
+            lo, hi, n = curvature.extreme_eigenvalues(
+                evaluator, point=point, source=source, tol=tol, max_iter=max_iter, seed=seed, start=start, params=params
+            )
             out.append([hi, lo, abs(lo / hi) if hi != 0 else float("nan"), n])
         return np.asarray(out, dtype=np.float64)
 
-    return run_units(g, list(CONVEXITY_NAMES) + ["n_hvp"], measure, store, settings, all_attrs, 1, progress,
-                     "convexity")
+    return run_units(
+        g, list(CONVEXITY_NAMES) + ["n_hvp"], measure, store, settings, all_attrs, 1, progress, "convexity"
+    )

@@ -2,9 +2,9 @@
 
 ``torch`` alone takes about two seconds to import here; ``modescape --help`` and a mistyped argument must
 answer at once. A command module (and the light modules it needs, such as `modescape.grid`) therefore
-binds its heavy modules with `lazy` (``torch = lazy("torch")``): the name is a stand-in that imports the module the first time one of its attributes is
-used, inside a command, after the arguments were checked (as in the scientific Python ecosystem's SPEC 1,
-``lazy_loader``).
+binds its heavy modules with `lazy` (``torch = lazy("torch")``): the name is a stand-in that imports the
+module the first time one of its attributes is used, inside a command, after the arguments were checked
+(as in the scientific Python ecosystem's SPEC 1, ``lazy_loader``).
 """
 
 from __future__ import annotations

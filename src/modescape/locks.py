@@ -55,7 +55,7 @@ class Lock:
         os.close(self.fd)  # closing the only descriptor releases the flock
         self.fd = -1
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,8 +110,9 @@ def acquire(path: str | os.PathLike, what: str, hint: str, wait: bool | float = 
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise UserError(f"cannot create the lock file {path}: {e.strerror or e}; "
-                            f"choose a folder you can write to") from None
+            raise UserError(
+                f"cannot create the lock file {path}: {e.strerror or e}; choose a folder you can write to"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -147,8 +148,7 @@ def lock_out(folder: str | os.PathLike, wait: bool | float = False) -> Lock | No
     if _rank() != 0:
         return None
     folder = Path(folder)
-    return acquire(folder / LOCK_NAME, f"--out {folder}",
-                   "wait for it to finish, or choose another --out", wait)
+    return acquire(folder / LOCK_NAME, f"--out {folder}", "wait for it to finish, or choose another --out", wait)
 
 
 def lock_store(store: str | os.PathLike, wait: bool | float = False) -> Lock | None:
@@ -158,8 +158,12 @@ def lock_store(store: str | os.PathLike, wait: bool | float = False) -> Lock | N
         return None
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
-    return acquire(store.parent / f".{store.name}.lock", f"result {store}",
-                   "wait for it to finish, or write to another folder", wait)
+    return acquire(
+        store.parent / f".{store.name}.lock",
+        f"result {store}",
+        "wait for it to finish, or write to another folder",
+        wait,
+    )
 
 
 def release_all() -> None:

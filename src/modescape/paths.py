@@ -8,15 +8,18 @@ policy; a family between models carries their buffers) and returns a `PathResult
 length and the barriers of `modescape.barrier`, both conventions, each by name. ``interpolate``,
 ``connect``, ``path``, ``align`` and ``swap`` all go through here.
 
+```python
 >>> res = evaluate_path((model_a, model_b), Evaluator(model_a, {"train": tr, "test": te}, bn="recompute"))
 >>> res.barriers()["test_loss"]["barrier_mean"], res.summary()["train_loss"]["max"]
+```
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +33,7 @@ from .families.base import Family, LinearFamily
 from .families.lines import Line
 
 
-def segment(a: nn.Module | Mapping[str, Tensor], b: nn.Module | Mapping[str, Tensor],
-            space: sp.WeightSpace) -> Line:
+def segment(a: nn.Module | Mapping[str, Tensor], b: nn.Module | Mapping[str, Tensor], space: sp.WeightSpace) -> Line:
     """The straight segment (1 - t) a + t b between two models or states (parameters, optionally with
     buffers), carrying both models' buffers when both have them (else none: the evaluator's)."""
     pa, ba = space.split_state(a, "endpoint A")
@@ -68,6 +70,11 @@ class PathResult:
     @property
     def bn(self) -> str:
         return self.metrics.bn
+
+    @property
+    def precision(self) -> str:
+        """The evaluator's precision (``fp32``, ``bf16``)."""
+        return self.metrics.precision
 
     @property
     def length(self) -> float:
@@ -111,23 +118,40 @@ class PathResult:
             dl = self.dl[1:].double()
             integral = float((seg * dl).sum() / dl.sum()) if float(dl.sum()) > 0 else float(v.mean())
             _, unit = self.on_unit(name)
-            out[name] = {"start": float(unit[0]), "end": float(unit[-1]), "min": float(v.min()), "max": float(v.max()),
-                         "mean": float(v.mean()), "int": integral, **bars.get(name, {})}
+            out[name] = {
+                "start": float(unit[0]),
+                "end": float(unit[-1]),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "mean": float(v.mean()),
+                "int": integral,
+                **bars.get(name, {}),
+            }
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "bn": self.bn, "t": self.t.tolist(), "dl": self.dl.tolist(),
-                "metrics": {n: self.metrics[n].tolist() for n in self.metrics.names},
-                "barriers": self.barriers(), "summary": self.summary()}
+        return {
+            "name": self.name,
+            "bn": self.bn,
+            "precision": self.precision,
+            "t": self.t.tolist(),
+            "dl": self.dl.tolist(),
+            "metrics": {n: self.metrics[n].tolist() for n in self.metrics.names},
+            "barriers": self.barriers(),
+            "summary": self.summary(),
+        }
 
-    def to_xarray(self):
+    def to_xarray(self) -> Any:  # an xarray.Dataset (xarray imported on use)
         """The metrics as an ``xarray.Dataset`` over ``t`` (the stored one when there is one)."""
         if self.dataset is not None:
             return self.dataset
         import xarray as xr
 
-        return xr.Dataset({n: ("t", self.metrics[n].numpy()) for n in self.metrics.names},
-                          coords={"t": self.t.numpy()}, attrs={"bn": self.bn, "name": self.name})
+        return xr.Dataset(
+            {n: ("t", self.metrics[n].numpy()) for n in self.metrics.names},
+            coords={"t": self.t.numpy()},
+            attrs={"bn": self.bn, "precision": self.precision, "name": self.name},
+        )
 
 
 def as_path(path: Any, space: sp.WeightSpace) -> tuple[Family, str]:
@@ -146,17 +170,26 @@ def _arc_lengths(family: Family, ts: Tensor, space: sp.WeightSpace) -> Tensor:
     dls, prev = [torch.zeros(1, dtype=torch.float64)], None
     with torch.no_grad():
         for i in range(0, ts.numel(), 64):
-            chunk = ts[i:i + 64]
-            flat = family.flat(chunk) if isinstance(family, LinearFamily) else space.layout.flatten_stacked(family(chunk))
+            chunk = ts[i : i + 64]
+            flat = (
+                family.flat(chunk) if isinstance(family, LinearFamily) else space.layout.flatten_stacked(family(chunk))
+            )
             seq = flat if prev is None else torch.cat([prev, flat])
             dls.append((seq[1:] - seq[:-1]).double().norm(dim=1).cpu())
             prev = flat[-1:]
     return torch.cat(dls)[: ts.numel()]
 
 
-def evaluate_path(path: Any, evaluator: Evaluator, n_points: int = 61, t: Any = None, name: str | None = None,
-                  store: str | os.PathLike | None = None, attrs: Mapping[str, Any] | None = None,
-                  progress: bool | None = None) -> PathResult:
+def evaluate_path(
+    path: Any,
+    evaluator: Evaluator,
+    n_points: int = 61,
+    t: Any = None,
+    name: str | None = None,
+    store: str | os.PathLike | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> PathResult:
     """Evaluate a path at ``n_points`` equally spaced t in [0, 1], or at the values ``t`` (any range).
 
     ``path``: a 1-d family (a `Curve`, a `Line`, a `SwapPath`, a REPAIRed line) or a pair ``(a, b)`` of
@@ -185,12 +218,21 @@ def evaluate_path(path: Any, evaluator: Evaluator, n_points: int = 61, t: Any = 
 
             dataset = sweep(family, evaluator, {"t": ts.numpy()}, store=store, attrs=attrs, progress=progress)
             values = torch.from_numpy(np.stack([dataset[n].values for n in evaluator.names], axis=1))
-            m = Metrics(values, evaluator.names, evaluator.bn, dataset.attrs.get("eval_mode", ""))
+            m = Metrics(
+                values,
+                evaluator.names,
+                evaluator.bn,
+                dataset.attrs.get("eval_mode", ""),
+                dataset.attrs.get("precision", "fp32"),
+            )
         else:
             m = evaluator.evaluate_family(family, ts, progress=progress, description=f"evaluating {label}")
         has_ends = bool((ts == 0).any()) and bool((ts == 1).any())
-        ends = None if has_ends else evaluator.evaluate_family(family, torch.tensor([0.0, 1.0], dtype=torch.float64),
-                                                               progress=False)
+        ends = (
+            None
+            if has_ends
+            else evaluator.evaluate_family(family, torch.tensor([0.0, 1.0], dtype=torch.float64), progress=False)
+        )
     return PathResult(ts, m, dl, label, ends, dataset)
 
 

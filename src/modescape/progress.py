@@ -7,12 +7,12 @@ off (tests do this); they are also off when a caller passes ``enabled=False``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
 _console = Console(stderr=True, emoji=False)
@@ -23,21 +23,31 @@ def enabled_by_default() -> bool:
 
 
 @contextmanager
-def bar(description: str, total: int | None, enabled: bool | None = None) -> Iterator[callable]:
+def bar(description: str, total: int | None, enabled: bool | None = None) -> Iterator[Callable[..., None]]:
     """A context giving ``advance(n=1, **fields)``; draws a rich bar with ETA when enabled."""
     if enabled is None:
         enabled = enabled_by_default()
     if not enabled:
         yield lambda n=1, **_: None
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
     # the finished bar stays: on a terminal as drawn, in a log file as one line with the count and time
     with Progress(*columns, console=_console, transient=False) as prog:
         task = prog.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str | None = None) -> None:
-            prog.update(task, advance=n, **({"info": info} if info is not None else {}))
+            if info is None:
+                prog.update(task, advance=n)
+            else:
+                prog.update(task, advance=n, info=info)
 
         yield advance
 

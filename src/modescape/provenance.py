@@ -32,8 +32,12 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"modescape": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-           "python": platform.python_version()}
+    out = {
+        "modescape": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
     for name in ("xarray", "zarr"):
         module = sys.modules.get(name)
         if module is not None:
@@ -49,8 +53,13 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -66,14 +75,19 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     import torch
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    env: dict[str, Any] = {"versions": versions(), "git_commit": git_commit(), "threads": torch.get_num_threads(),
-                           "device": dev.type, "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+    env: dict[str, Any] = {
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),
+        "device": dev.type,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+    }
     if dev.type == "cuda" and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(dev)
     return env
 
 
-def model_hash(evaluator: "Evaluator") -> str:
+def model_hash(evaluator: Evaluator) -> str:
     """Hash of the evaluator's model (parameters and buffers, named as in its state dict): the
     ``weights_hash`` of the checkpoint it was loaded from, when the dtype is unchanged."""
     from .io import tensor_hash
@@ -81,7 +95,7 @@ def model_hash(evaluator: "Evaluator") -> str:
     return tensor_hash({**evaluator.point0, **evaluator.buffers})
 
 
-def data_hash(evaluator: "Evaluator") -> str:
+def data_hash(evaluator: Evaluator) -> str:
     """Content hash of every data source the evaluator holds (materialised ones; streamed: by name and size)."""
     import torch
 
@@ -89,7 +103,7 @@ def data_hash(evaluator: "Evaluator") -> str:
 
     tensors = {}
     for name, src in evaluator.sources.items():
-        if src.materialised:
+        if src.materialised and src.batches is not None:
             tensors[f"{name}/x"] = torch.cat([b[0].reshape(b[0].shape[0], -1) for b in src.batches])
             tensors[f"{name}/y"] = torch.cat([b[1] for b in src.batches])
         else:

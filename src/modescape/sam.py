@@ -21,14 +21,16 @@ davda54/sam sets every BatchNorm's momentum to 0 for it (``disable_running_stats
 sets ``track_running_stats=False`` instead, which normalises with the batch's statistics in the same way
 and leaves every buffer untouched (``num_batches_tracked`` included, which momentum 0 would still count).
 
+```python
 >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4)
 >>> sam_step(model, opt, lambda: F.cross_entropy(model(x), y))
+```
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,19 +59,33 @@ class SAM(torch.optim.Optimizer):
     `sam_step`. ``state_dict`` is the base optimiser's (the ascent's saved weights last one step only).
     """
 
-    def __init__(self, params, base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, rho: float = 0.05,
-                 adaptive: bool = False, eta: float = 0.0, scaled: Sequence[bool] | None = None, **kwargs):
+    def __init__(
+        self,
+        params,
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.0,
+        scaled: Sequence[bool] | None = None,
+        **kwargs,
+    ):
         if not rho >= 0.0:
             raise UserError(f"SAM's rho must be non-negative, got {rho}")
         if not eta >= 0.0:
             raise UserError(f"ASAM's eta must be non-negative, got {eta}")
-        defaults = dict(rho=rho, adaptive=bool(adaptive), eta=float(eta),
-                        scaled=None if scaled is None else [bool(s) for s in scaled], **kwargs)
+        defaults = dict(
+            rho=rho,
+            adaptive=bool(adaptive),
+            eta=float(eta),
+            scaled=None if scaled is None else [bool(s) for s in scaled],
+            **kwargs,
+        )
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["scaled"] is not None and len(group["scaled"]) != len(group["params"]):
-                raise UserError(f"SAM: 'scaled' has {len(group['scaled'])} entries for "
-                                f"{len(group['params'])} parameters")
+                raise UserError(
+                    f"SAM: 'scaled' has {len(group['scaled'])} entries for {len(group['params'])} parameters"
+                )
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -80,14 +96,14 @@ class SAM(torch.optim.Optimizer):
         if not group["adaptive"]:
             return [None] * len(group["params"])
         scaled = group["scaled"] or [True] * len(group["params"])
-        return [(p.detach().abs() + group["eta"]) if s else None for p, s in zip(group["params"], scaled)]
+        return [(p.detach().abs() + group["eta"]) if s else None for p, s in zip(group["params"], scaled, strict=True)]
 
     @torch.no_grad()
     def grad_norm(self) -> Tensor:
         """||T g||_2 over every parameter with a gradient."""
         norms = []
         for group in self.param_groups:
-            for p, t in zip(group["params"], self._scales(group)):
+            for p, t in zip(group["params"], self._scales(group), strict=True):
                 if p.grad is not None:
                     norms.append((p.grad if t is None else t * p.grad).norm(2))
         if not norms:
@@ -100,7 +116,7 @@ class SAM(torch.optim.Optimizer):
         norm = self.grad_norm()
         for group in self.param_groups:
             factor = group["rho"] / (norm + EPS)
-            for p, t in zip(group["params"], self._scales(group)):
+            for p, t in zip(group["params"], self._scales(group), strict=True):
                 if p.grad is None:
                     continue
                 e = p.grad * factor.to(p) if t is None else t * t * p.grad * factor.to(p)
@@ -121,7 +137,8 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], Tensor] | None = None):
+    # (override: torch's Optimizer.step is overloaded on whether a closure is given; SAM has one signature)
+    def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
         """With gradients at w already computed: ``closure`` runs the second forward-backward at w + e."""
         if closure is None:
             raise UserError("SAM needs a closure that runs a full forward and backward pass (or use sam_step)")
@@ -142,8 +159,7 @@ class SAM(torch.optim.Optimizer):
 def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
     """Inside: BatchNorm layers in train mode normalise with the batch's statistics but update no buffer
     (SAM's second forward; davda54/sam's ``disable_running_stats`` does the same with momentum 0)."""
-    mods = [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     try:
         for m in mods:
             m.track_running_stats = False

@@ -26,8 +26,9 @@ Formulas and defaults are documented in docs/curvature.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +52,15 @@ class Target:
     source: str | None = None
 
 
-def target(model: nn.Module | Evaluator, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
-           params: str | Sequence[str] | None = "all", bn: str | None = None, source: str | None = None) -> Target:
+def target(
+    model: nn.Module | Evaluator | Target,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    params: str | Sequence[str] | None = "all",
+    bn: str | None = None,
+    source: str | None = None,
+) -> Target:
     """Resolve ``(model or evaluator, data, point, params)`` once for several measures."""
     if isinstance(model, Target):
         return model
@@ -81,16 +89,16 @@ def loss_and_grad(t: Target, point: Mapping[str, Tensor]) -> tuple[float, sp.Poi
     """Whole-dataset mean loss at ``point`` and its gradient over the target's names (batch by batch)."""
     params = dict(point)
     leaves = [params[n].detach().requires_grad_(True) for n in t.names]
-    params.update(zip(t.names, leaves))
+    params.update(zip(t.names, leaves, strict=True))
     buffers = t.ev.point_buffers({n: v.detach() for n, v in point.items()})
     total = 0.0
     grads = [torch.zeros_like(x) for x in leaves]
     for w, loss in t.ev.batch_losses(params, buffers, t.source):
         g = torch.autograd.grad(loss, leaves)
         total += w * float(loss.detach())
-        for acc, gi in zip(grads, g):
+        for acc, gi in zip(grads, g, strict=True):
             acc.add_(gi, alpha=w)
-    return total, dict(zip(t.names, grads))
+    return total, dict(zip(t.names, grads, strict=True))
 
 
 def scales(t: Target, kind: str) -> sp.Point:
@@ -115,8 +123,16 @@ def _check_norm(norm: str) -> None:
 
 # -- worst case ------------------------------------------------------------------------------------
 
-def worst_case(t: Target, rho: float, norm: str = "l2", scale: str = "plain", steps: int = 10,
-               step_size: float | None = None, seed: int = 0) -> dict[str, float]:
+
+def worst_case(
+    t: Target,
+    rho: float,
+    norm: str = "l2",
+    scale: str = "plain",
+    steps: int = 10,
+    step_size: float | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """``max_{||u||_p <= rho} L(w + c*u) - L(w)`` by projected gradient ascent.
 
     Starts at a seeded uniform point of the ball of radius rho/10 (so it also leaves an exact critical
@@ -156,13 +172,18 @@ def worst_case(t: Target, rho: float, norm: str = "l2", scale: str = "plain", st
 
 
 def keskar(t: Target, epsilon: float = 1e-3, steps: int = 10, seed: int = 0) -> dict[str, float]:
-    """Keskar et al.'s epsilon-sharpness in percent: ``100 (max_{|d_i| <= eps(|w_i|+1)} L(w+d) - L(w)) / (1 + L(w))``."""
+    """Keskar et al.'s epsilon-sharpness in percent:
+    ``100 (max_{|d_i| <= eps(|w_i|+1)} L(w+d) - L(w)) / (1 + L(w))``."""
     r = worst_case(t, epsilon, "linf", "keskar", steps, seed=seed)
-    return {"value": 100.0 * (r["max_loss"] - r["base"]) / (1.0 + r["base"]), "base": r["base"],
-            "max_loss": r["max_loss"]}
+    return {
+        "value": 100.0 * (r["max_loss"] - r["base"]) / (1.0 + r["base"]),
+        "base": r["base"],
+        "max_loss": r["max_loss"],
+    }
 
 
 # -- average case ----------------------------------------------------------------------------------
+
 
 def uniform_ball(t: Target, rho: float, norm: str, n: int, seed: int) -> list[sp.Point]:
     """``n`` draws of u uniform in the ball ``||u||_p <= rho`` over the target's names (CPU generator)."""
@@ -181,8 +202,9 @@ def uniform_ball(t: Target, rho: float, norm: str, n: int, seed: int) -> list[sp
     return out
 
 
-def average_case(t: Target, rho: float, norm: str = "l2", scale: str = "plain", samples: int = 16,
-                 seed: int = 0) -> dict[str, float]:
+def average_case(
+    t: Target, rho: float, norm: str = "l2", scale: str = "plain", samples: int = 16, seed: int = 0
+) -> dict[str, float]:
     """``E_{u ~ Uniform(B_p(rho))} L(w + c*u) - L(w)``: Monte Carlo mean and standard error."""
     c = scales(t, scale)
     base = float(evaluate(t, [t.point])[0])
@@ -194,9 +216,19 @@ def average_case(t: Target, rho: float, norm: str = "l2", scale: str = "plain", 
 
 # -- PAC-Bayes -------------------------------------------------------------------------------------
 
-def pac_bayes_sigma(t: Target, magnitude: bool = True, eps: float = 1e-3, target_drop: float = 0.1,
-                    metric: str = "accuracy", tol: float = 1e-2, depth: int = 15, samples: int = 10,
-                    upper: float = 2.0, seed: int = 0) -> dict[str, float]:
+
+def pac_bayes_sigma(
+    t: Target,
+    magnitude: bool = True,
+    eps: float = 1e-3,
+    target_drop: float = 0.1,
+    metric: str = "accuracy",
+    tol: float = 1e-2,
+    depth: int = 15,
+    samples: int = 10,
+    upper: float = 2.0,
+    seed: int = 0,
+) -> dict[str, float]:
     """The PAC-Bayes sigma of Jiang et al. (2020), by bisection on [0, upper].
 
     Noise ``u_i = s_i xi_i`` with ``xi ~ N(0, 1)`` and ``s_i = sqrt(sigma^2 w_i^2 + eps^2)`` (magnitude-aware)
@@ -206,15 +238,20 @@ def pac_bayes_sigma(t: Target, magnitude: bool = True, eps: float = 1e-3, target
     Returns ``{"sigma", "flatness" (1/sigma^2), "drift", "base"}``.
     """
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    xis = [{k: torch.randn(t.point[k].shape, generator=gen, dtype=torch.float64).to(t.point[k].device, t.point[k].dtype)
-            for k in t.names} for _ in range(samples)]
+    xis = [
+        {
+            k: torch.randn(t.point[k].shape, generator=gen, dtype=torch.float64).to(t.point[k].device, t.point[k].dtype)
+            for k in t.names
+        }
+        for _ in range(samples)
+    ]
     base = float(evaluate(t, [t.point], metric)[0])
     lo, hi = 0.0, float(upper)
     sigma, drift = hi, float("nan")
     for _ in range(depth):
         sigma = 0.5 * (lo + hi)
         if magnitude:
-            s = {k: torch.sqrt(sigma ** 2 * t.point[k] ** 2 + eps ** 2) for k in t.names}
+            s = {k: torch.sqrt(sigma**2 * t.point[k] ** 2 + eps**2) for k in t.names}
         else:
             s = {k: torch.full_like(t.point[k], sigma) for k in t.names}
         pts = [{k: (t.point[k] + s[k] * xi[k] if k in xi else t.point[k]) for k in t.point} for xi in xis]
@@ -225,13 +262,21 @@ def pac_bayes_sigma(t: Target, magnitude: bool = True, eps: float = 1e-3, target
             hi = sigma
         else:
             lo = sigma
-    return {"sigma": sigma, "flatness": 1.0 / sigma ** 2, "drift": drift, "base": base}
+    return {"sigma": sigma, "flatness": 1.0 / sigma**2, "drift": drift, "base": base}
 
 
 # -- filter-normalised 1D --------------------------------------------------------------------------
 
-def filter_sharpness(t: Target, radius: float = 1.0, n_points: int = 21, n_directions: int = 1, seed: int = 0,
-                     ignore: str = "biasbn", curvature: bool = True) -> dict[str, float]:
+
+def filter_sharpness(
+    t: Target,
+    radius: float = 1.0,
+    n_points: int = 21,
+    n_directions: int = 1,
+    seed: int = 0,
+    ignore: str = "biasbn",
+    curvature: bool = True,
+) -> dict[str, float]:
     """Along filter-normalised Gaussian directions d (seeds ``seed + j``): the rise
     ``max_{a in linspace(-r, r, n_points)} L(w + a d) - L(w)`` and the curvature ``d^T H d``
     (second derivative of ``a -> L(w + a d)`` at 0), each averaged over directions. Only the target's
@@ -277,12 +322,13 @@ MEASURES = tuple(DEFAULTS)
 
 def _run_measure(name: str, t: Target, opts: dict[str, Any], seed: int) -> dict[str, float]:
     if name == "lambda_max":
-        r = cv.eigenvalues(t.ev, None, t.point, k=1, which="largest", params=list(t.names), source=t.source,
-                           seed=seed, **opts)
+        r = cv.eigenvalues(
+            t.ev, None, t.point, k=1, which="largest", params=list(t.names), source=t.source, seed=seed, **opts
+        )
         return {"value": float(r.values[0])}
     if name == "trace":
-        r = cv.trace(t.ev, None, t.point, params=list(t.names), source=t.source, seed=seed, **opts)
-        return {"value": r.estimate, "stderr": r.stderr}
+        tr = cv.trace(t.ev, None, t.point, params=list(t.names), source=t.source, seed=seed, **opts)
+        return {"value": tr.estimate, "stderr": tr.stderr}
     if name == "keskar":
         return keskar(t, seed=seed, **opts)
     if name.startswith(("worst", "adaptive_worst")):
@@ -290,17 +336,25 @@ def _run_measure(name: str, t: Target, opts: dict[str, Any], seed: int) -> dict[
     if name.startswith(("avg", "adaptive_avg")):
         return average_case(t, seed=seed, **opts)
     if name == "pacbayes_mag":
-        r = pac_bayes_sigma(t, seed=seed, **opts)
-        return {"value": r["flatness"], "sigma": r["sigma"], "drift": r["drift"]}
+        pb = pac_bayes_sigma(t, seed=seed, **opts)
+        return {"value": pb["flatness"], "sigma": pb["sigma"], "drift": pb["drift"]}
     if name == "filter_1d":
         return filter_sharpness(t, seed=seed, **opts)
     raise UserError(f"unknown measure '{name}': use any of {', '.join(MEASURES)}")
 
 
-def measure_all(model: nn.Module | Evaluator | Target, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
-                measures: Sequence[str] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
-                params: str | Sequence[str] | None = "all", bn: str | None = None, seed: int = 0,
-                progress: bool | None = None) -> dict[str, float]:
+def measure_all(
+    model: nn.Module | Evaluator | Target,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    measures: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    params: str | Sequence[str] | None = "all",
+    bn: str | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> dict[str, float]:
     """Compute named measures (default: all of `MEASURES`) at a point.
 
     ``options`` overrides defaults per measure, e.g. ``{"worst_l2": {"rho": 0.05}}``. Returns a flat
@@ -344,5 +398,19 @@ def rescale_layers(point: Mapping[str, Tensor], first: str, second: str, alpha: 
     return out
 
 
-__all__ = ["Target", "target", "worst_case", "average_case", "keskar", "pac_bayes_sigma", "filter_sharpness",
-           "measure_all", "MEASURES", "DEFAULTS", "rescale_layers", "loss_and_grad", "uniform_ball", "evaluate"]
+__all__ = [
+    "Target",
+    "target",
+    "worst_case",
+    "average_case",
+    "keskar",
+    "pac_bayes_sigma",
+    "filter_sharpness",
+    "measure_all",
+    "MEASURES",
+    "DEFAULTS",
+    "rescale_layers",
+    "loss_and_grad",
+    "uniform_ball",
+    "evaluate",
+]

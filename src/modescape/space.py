@@ -14,8 +14,9 @@ unflatten, stack) lives here, so that there is one home for each of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +62,7 @@ class Layout:
     shapes: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def of(cls, point: Mapping[str, Tensor]) -> "Layout":
+    def of(cls, point: Mapping[str, Tensor]) -> Layout:
         return cls(tuple(point), tuple(tuple(t.shape) for t in point.values()))
 
     @property
@@ -76,8 +77,9 @@ class Layout:
 
     def flatten(self, point: Mapping[str, Tensor]) -> Tensor:
         """A point -> [D] in layout order (shapes checked; a stacked point goes through `flatten_stacked`)."""
-        check_compatible(dict(zip(self.names, self.shapes)), {k: tuple(v.shape) for k, v in point.items()},
-                            what="point")
+        check_compatible(
+            dict(zip(self.names, self.shapes, strict=True)), {k: tuple(v.shape) for k, v in point.items()}, what="point"
+        )
         return torch.cat([point[n].reshape(-1) for n in self.names])
 
     def flatten_stacked(self, point: Mapping[str, Tensor]) -> Tensor:
@@ -94,7 +96,9 @@ class Layout:
         sizes = [math.prod(shape) for shape in self.shapes]
         lead = tuple(flat.shape[:-1])
         parts = torch.split(flat, sizes, dim=-1)
-        return {name: part.reshape(lead + shape) for name, shape, part in zip(self.names, self.shapes, parts)}
+        return {
+            name: part.reshape(lead + shape) for name, shape, part in zip(self.names, self.shapes, parts, strict=True)
+        }
 
 
 class WeightSpace:
@@ -105,9 +109,9 @@ class WeightSpace:
     Buffers are listed separately (``buffer_entries``) with role ``buffer``.
 
     >>> space = WeightSpace(model)
-    >>> p = space.point(model)            # dict[str, Tensor], detached copies
-    >>> v = space.flatten(p)              # [D]
-    >>> space.unflatten(v)                # back to a point
+    >>> p = space.point(model)  # dict[str, Tensor], detached copies
+    >>> v = space.flatten(p)  # [D]
+    >>> space.unflatten(v)  # back to a point
     """
 
     def __init__(self, model: nn.Module):
@@ -167,8 +171,9 @@ class WeightSpace:
 
     def check(self, point: Mapping[str, Tensor], what: str = "point", stacked: bool = False) -> None:
         """Raise `UserError` naming the first key or shape where ``point`` differs from the layout."""
-        check_compatible(self.shapes, {k: tuple(v.shape[1:] if stacked else v.shape) for k, v in point.items()},
-                         what=what)
+        check_compatible(
+            self.shapes, {k: tuple(v.shape[1:] if stacked else v.shape) for k, v in point.items()}, what=what
+        )
 
     def is_stacked(self, point: Mapping[str, Tensor]) -> bool:
         """True when ``point`` carries a leading batch dimension over the layout's shapes."""
@@ -196,7 +201,12 @@ class WeightSpace:
             raise UserError(f"vector has {vec.shape[-1]} entries; this weight space has {self.numel}")
         return self.layout.unflatten(vec)
 
-    def zeros(self, like: Mapping[str, Tensor] | None = None, device=None, dtype=None) -> Point:
+    def zeros(
+        self,
+        like: Mapping[str, Tensor] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Point:
         """A point of zeros (on ``like``'s device and dtype when given)."""
         if like is not None:
             return {n: torch.zeros_like(like[n]) for n in self.names}
@@ -227,31 +237,39 @@ def check_compatible(expected: Mapping[str, Sequence[int]], got: Mapping[str, Se
     """Compare two name->shape maps; raise `UserError` naming the first differing key and shapes."""
     for name, shape in expected.items():
         if name not in got:
-            raise UserError(f"{what} is missing tensor '{name}' (shape {list(shape)}): "
-                            f"was it saved from a different model?")
+            raise UserError(
+                f"{what} is missing tensor '{name}' (shape {list(shape)}): was it saved from a different model?"
+            )
         if tuple(got[name]) != tuple(shape):
-            raise UserError(f"{what} tensor '{name}' has shape {list(got[name])}; the model expects "
-                            f"{list(shape)}: check the model arguments")
+            raise UserError(
+                f"{what} tensor '{name}' has shape {list(got[name])}; the model expects "
+                f"{list(shape)}: check the model arguments"
+            )
     for name in got:
         if name not in expected:
-            raise UserError(f"{what} has tensor '{name}' that the model does not have: "
-                            f"was it saved from a different model?")
+            raise UserError(
+                f"{what} has tensor '{name}' that the model does not have: was it saved from a different model?"
+            )
 
 
 # -- vector operations on points (plain or stacked; keys follow the first argument) -------------
 # Two points must hold the same tensors with the same shapes: torch would broadcast a [K, ...] stacked
 # point against a plain one, or a [1, n] against an [n], and give a silently wrong result.
 
+
 def same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], op: str = "point operation") -> None:
     """Raise `UserError` unless ``a`` and ``b`` hold the same names with the same shapes."""
     if a.keys() != b.keys():
         extra = sorted(set(a) ^ set(b))
-        raise UserError(f"{op}: the two points hold different tensors (e.g. '{extra[0]}'): they belong to "
-                        f"different models")
+        raise UserError(
+            f"{op}: the two points hold different tensors (e.g. '{extra[0]}'): they belong to different models"
+        )
     for k, v in a.items():
         if v.shape != b[k].shape:
-            raise UserError(f"{op}: tensor '{k}' has shape {list(v.shape)} in one point and {list(b[k].shape)} in "
-                            f"the other: they belong to different models (or one is stacked)")
+            raise UserError(
+                f"{op}: tensor '{k}' has shape {list(v.shape)} in one point and {list(b[k].shape)} in "
+                f"the other: they belong to different models (or one is stacked)"
+            )
 
 
 def add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Point:
@@ -288,13 +306,13 @@ def lerp(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float | Tensor) ->
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """<a, b> summed over all tensors: a scalar."""
     same_layout(a, b, "dot")
-    return sum((a[k] * b[k]).sum() for k in a)
+    return cast(Tensor, sum((a[k] * b[k]).sum() for k in a))  # a point has at least one tensor
 
 
 def batched_dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """Row-wise <a_i, b_i> of two stacked points: [K]."""
     same_layout(a, b, "batched_dot")
-    return sum((a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a)
+    return cast(Tensor, sum((a[k] * b[k]).reshape(a[k].shape[0], -1).sum(1) for k in a))
 
 
 def norm(a: Mapping[str, Tensor]) -> Tensor:
@@ -337,10 +355,12 @@ def clone(a: Mapping[str, Tensor]) -> Point:
     return {k: v.detach().clone() for k, v in a.items()}
 
 
-def to(a: Mapping[str, Tensor], device=None, dtype=None) -> Point:
+def to(a: Mapping[str, Tensor], device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Point:
     """Move a point; integer tensors keep their dtype."""
-    return {k: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
-            for k, v in a.items()}
+    return {
+        k: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
+        for k, v in a.items()
+    }
 
 
 def is_finite(a: Mapping[str, Tensor]) -> str | None:

@@ -21,8 +21,9 @@ reopened to resume, and by `load`. `load` refuses a damaged result with one line
 and points and what to do; reopening marks them not done (`ResultStore.repaired`), so the rerun
 computes exactly them again and keeps the others bit for bit. (A store written before checksums has
 none: there a done unit that fails to decode or reads as NaN throughout counts as damaged, and
-reopening adds the checksums.) Writers take a lock (`modescape.locks`) so two processes never write
-one store.
+reopening adds the checksums.) Coordinates carry checksums as well (attribute ``coord_checksums``): `load`
+refuses a result whose coordinates are lost or corrupt, and reopening rewrites them from the grid. Writers
+take a lock (`modescape.locks`) so two processes never write one store.
 
 ``settings`` (a JSON-able dict of everything that determines the numbers: grid, family, model, data,
 BN policy, evaluation mode) is stored with a hash; reopening with different settings is refused with a
@@ -36,8 +37,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
@@ -49,6 +51,7 @@ FORMAT = "modescape-result/1"
 DONE = "done_units"
 CHECKSUMS = "unit_checksums"
 BOOKKEEPING = (DONE, CHECKSUMS)
+COORD_CHECKSUMS = "coord_checksums"  # attribute: per dimension, the checksum of its coordinates (hex)
 
 
 def unit_checksum(blocks: Sequence[np.ndarray]) -> int:
@@ -63,7 +66,7 @@ def unit_checksum(blocks: Sequence[np.ndarray]) -> int:
 
 
 def _ranges(items: Sequence[tuple[int, int]], limit: int = 8) -> str:
-    """"3, 5-7, ..." from (first, last) pairs; at most ``limit`` shown, then how many more ("and 4 more")."""
+    """ "3, 5-7, ..." from (first, last) pairs; at most ``limit`` shown, then how many more ("and 4 more")."""
     text = [f"{a}" if a == b else f"{a}-{b}" for a, b in items[:limit]]
     if len(items) > limit:
         text.append(f"and {len(items) - limit} more")
@@ -81,26 +84,29 @@ def clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(attrs), default=json_default))
 
 
-def empty_dataset(coords: Mapping[str, np.ndarray], names: Sequence[str], attrs: Mapping[str, Any] | None = None,
-                  fill: float = np.nan) -> xr.Dataset:
+def empty_dataset(
+    coords: Mapping[str, np.ndarray], names: Sequence[str], attrs: Mapping[str, Any] | None = None, fill: float = np.nan
+) -> xr.Dataset:
     """A Dataset with the given coordinates (dims in order) and one float64 variable per name."""
     dims = list(coords)
     shape = tuple(len(coords[d]) for d in dims)
     data = {n: (dims, np.full(shape, fill, dtype=np.float64)) for n in names}
-    return xr.Dataset(data, coords={d: np.asarray(coords[d], dtype=np.float64) for d in dims},
-                      attrs=clean_attrs(attrs or {}))
+    return xr.Dataset(
+        data, coords={d: np.asarray(coords[d], dtype=np.float64) for d in dims}, attrs=clean_attrs(attrs or {})
+    )
 
 
 class ResultStore:
     """A zarr folder holding one result; see the module docstring. Open with `ResultStore.open_or_create`."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r+"):
+    def __init__(self, path: str | os.PathLike, mode: Literal["r", "r+"] = "r+"):
         self.path = Path(path)
         try:
             import zarr
 
-            self.group = zarr.open_group(str(self.path), mode=mode)
-            attrs = dict(self.group.attrs)
+            # Any: zarr types group[name] as Array | Group; every name read here is an array this class wrote
+            self.group: Any = cast(Any, zarr.open_group(str(self.path), mode=mode))
+            attrs: dict[str, Any] = dict(self.group.attrs)
             if attrs.get("format") != FORMAT:
                 raise ValueError(f"format is {attrs.get('format')!r}")
             self.dims: list[str] = list(attrs["dims"])
@@ -117,14 +123,22 @@ class ResultStore:
             raise
         except Exception as e:  # a corrupt or foreign folder: one line, and what to do
             first = str(e).splitlines()[0] if str(e) else "unreadable"
-            raise UserError(f"{self.path} is not a readable modescape result ({type(e).__name__}: {first}): "
-                            f"point at a folder written by interpolate, surface or trajectory, or delete it and rerun") from None
+            raise UserError(
+                f"{self.path} is not a readable modescape result ({type(e).__name__}: {first}): "
+                f"point at a folder written by interpolate, surface or trajectory, or delete it and rerun"
+            ) from None
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike, coords: Mapping[str, np.ndarray], names: Sequence[str],
-                       settings: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
-                       unit_rows: int = 1) -> "ResultStore":
+    def open_or_create(
+        cls,
+        path: str | os.PathLike,
+        coords: Mapping[str, np.ndarray],
+        names: Sequence[str],
+        settings: Mapping[str, Any],
+        attrs: Mapping[str, Any] | None = None,
+        unit_rows: int = 1,
+    ) -> ResultStore:
         """Reopen ``path`` when it holds the same ``settings`` (resuming), else create it.
 
         Creating happens in a temporary folder renamed into place. An existing store with other
@@ -137,22 +151,38 @@ class ResultStore:
             store = cls(path)
             if store.settings_hash != h:
                 old = store.attrs.get("settings", {})
-                diff = sorted(k for k in set(old) | set(settings)
-                              if json.dumps(old.get(k), sort_keys=True, default=json_default)
-                              != json.dumps(settings.get(k), sort_keys=True, default=json_default))
-                raise UserError(f"{path} holds a result made with different settings ({', '.join(diff) or 'unknown'} "
-                                f"differ): use another --out, or delete it to start over")
+                diff = sorted(
+                    k
+                    for k in set(old) | set(settings)
+                    if json.dumps(old.get(k), sort_keys=True, default=json_default)
+                    != json.dumps(settings.get(k), sort_keys=True, default=json_default)
+                )
+                raise UserError(
+                    f"{path} holds a result made with different settings ({', '.join(diff) or 'unknown'} "
+                    f"differ): use another --out, or delete it to start over"
+                )
             store.reopened = True
+            for d in store.damaged_coords():  # a lost or corrupt coordinate chunk: rewritten from the grid
+                store.group[d][:] = np.asarray(coords[d], dtype=np.float64)
             store.repair()
             return store
         dims = list(coords)
         n0 = len(coords[dims[0]])
         rows = max(1, min(int(unit_rows), n0))
         n_units = -(-n0 // rows)
-        all_attrs = {**clean_attrs(attrs or {}), "format": FORMAT, "dims": dims, "metrics": list(names),
-                     "unit_rows": rows, "n_units": n_units, "settings": clean_attrs(settings),
-                     "settings_hash": h, "complete": False,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        all_attrs = {
+            **clean_attrs(attrs or {}),
+            "format": FORMAT,
+            "dims": dims,
+            "metrics": list(names),
+            "unit_rows": rows,
+            "n_units": n_units,
+            "settings": clean_attrs(settings),
+            COORD_CHECKSUMS: {d: f"{unit_checksum([coords[d]]):016x}" for d in dims},
+            "settings_hash": h,
+            "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         ds = empty_dataset(coords, names, all_attrs)
         ds[DONE] = (("unit",), np.zeros(n_units, dtype=np.uint8))
         ds[CHECKSUMS] = (("unit",), np.zeros(n_units, dtype=np.uint64))
@@ -193,7 +223,7 @@ class ResultStore:
 
     def points_done(self) -> int:
         """How many grid points lie in units marked done."""
-        return sum(self.unit_points(u)[1] - self.unit_points(u)[0] + 1 for u in np.flatnonzero(self.done()))
+        return sum(self.unit_points(u)[1] - self.unit_points(u)[0] + 1 for u in np.flatnonzero(self.done()).tolist())
 
     def _vector(self, name: str) -> tuple[np.ndarray, list[int]]:
         """A per-unit bookkeeping array, and the units whose chunk of it cannot be read (those read as 0)."""
@@ -220,7 +250,7 @@ class ResultStore:
         shape = (sl.stop - sl.start,) + self.shape[1:]
         values = np.asarray(values, dtype=np.float64).reshape(int(np.prod(shape)), len(self.names))
         blocks = [values[:, j].reshape(shape) for j in range(len(self.names))]
-        for n, b in zip(self.names, blocks):
+        for n, b in zip(self.names, blocks, strict=True):
             self.group[n][sl] = b
         if self.has_checksums:
             self.group[CHECKSUMS][u] = np.uint64(unit_checksum(blocks))
@@ -265,18 +295,39 @@ class ResultStore:
                     bad.add(u)
             elif all(np.isnan(b).all() for b in blocks):  # no checksums (an older store): a lost chunk reads NaN
                 bad.add(u)
-        bad = sorted(u for u in bad if done[u] or u in bad_marks or complete)  # else: simply not computed yet
-        for u in [*np.flatnonzero(~done), *bad]:
+        damaged = sorted(u for u in bad if done[u] or u in bad_marks or complete)  # else: simply not computed yet
+        for u in [*np.flatnonzero(~done), *damaged]:
             for n in self.names:
                 values[n][self.unit_slice(int(u))] = np.nan
-        return values, done, bad
+        return values, done, damaged
+
+    def damaged_coords(self) -> list[str]:
+        """The dimensions whose coordinates are missing or corrupt: a chunk that does not decode, a length
+        that is not the dimension's, values that do not match the checksum written at creation (a deleted
+        chunk reads as the fill NaN), or, in a store written before those checksums, non-finite values
+        (every grid's coordinates are finite). Reads only."""
+        sums = self.attrs.get(COORD_CHECKSUMS) or {}
+        bad = []
+        for d, n in zip(self.dims, self.shape, strict=True):
+            try:
+                values = np.asarray(self.group[d][:], dtype=np.float64)
+            except Exception:
+                bad.append(d)
+                continue
+            if (
+                values.shape != (n,)
+                or not np.isfinite(values).all()
+                or (d in sums and sums[d] != f"{unit_checksum([values]):016x}")
+            ):
+                bad.append(d)
+        return bad
 
     def damaged(self) -> list[int]:
         """The units marked done whose values are missing or corrupt, sorted (see `scan`). Reads only."""
         return self.scan()[2]
 
     def describe_units(self, units: Sequence[int]) -> str:
-        """"units 3, 5-6 (points 21-27, 35-48)": units, runs of consecutive ones joined, and their flat
+        """ "units 3, 5-6 (points 21-27, 35-48)": units, runs of consecutive ones joined, and their flat
         point indices in row-major grid order, for messages."""
         runs: list[tuple[int, int]] = []
         for u in sorted(int(u) for u in units):
@@ -285,8 +336,10 @@ class ResultStore:
             else:
                 runs.append((u, u))
         word = "unit" if len(units) == 1 else "units"
-        return (f"{word} {_ranges(runs)} "
-                f"(points {_ranges([(self.unit_points(a)[0], self.unit_points(b)[1]) for a, b in runs])})")
+        return (
+            f"{word} {_ranges(runs)} "
+            f"(points {_ranges([(self.unit_points(a)[0], self.unit_points(b)[1]) for a, b in runs])})"
+        )
 
     def repair(self) -> list[int]:
         """Mark the damaged units not done (so a rerun computes them again), clear their values, and mark
@@ -295,8 +348,9 @@ class ResultStore:
         values, done, bad = self.scan()
         changed = False
         if not self.has_checksums:
-            self.group.create_array(CHECKSUMS, shape=(self.n_units,), chunks=(1,), dtype="uint64", fill_value=0,
-                                    dimension_names=["unit"])
+            self.group.create_array(
+                CHECKSUMS, shape=(self.n_units,), chunks=(1,), dtype="uint64", fill_value=0, dimension_names=["unit"]
+            )
             self.has_checksums = changed = True
             for u in set(map(int, np.flatnonzero(done))) - set(bad):
                 blocks = [values[n][self.unit_slice(u)] for n in self.names]
@@ -348,10 +402,18 @@ def load(path: str | os.PathLike) -> xr.Dataset:
     if not p.exists() or (p.is_dir() and not (p / "zarr.json").exists() and not p.name.endswith(".zarr")):
         raise UserError(f"no result at {p}: pass a result.zarr folder or the --out folder of a sweep")
     st = ResultStore(p, mode="r")  # validates, one-line error when corrupt
+    coords = st.damaged_coords()
+    if coords:
+        raise UserError(
+            f"result {p} is damaged: the coordinates of {', '.join(coords)} are missing or corrupt; rerun "
+            f"the command that made it with the same --out to rewrite them"
+        )
     values, _, bad = st.scan()
     if bad:
-        raise UserError(f"result {p} is damaged: {st.describe_units(bad)} {'is' if len(bad) == 1 else 'are'} "
-                        f"missing or corrupt; rerun the command that made it with the same --out to recompute them")
+        raise UserError(
+            f"result {p} is damaged: {st.describe_units(bad)} {'is' if len(bad) == 1 else 'are'} "
+            f"missing or corrupt; rerun the command that made it with the same --out to recompute them"
+        )
     try:  # coordinates and attributes through xarray; the metrics as read and checked above
         ds = xr.open_zarr(str(p), consolidated=False, drop_variables=[*BOOKKEEPING, *st.names]).load()
     except Exception as e:

@@ -23,9 +23,11 @@ of deviation rows actually kept (the reference divides by ``max_num_models - 1``
 iterates were collected); the variance comes from float64 running moments (Welford's update), where the
 reference subtracts two float32 running means (the clamp at 1e-30 is the same).
 
+```python
 >>> hist = train(model, split, TrainConfig(epochs=20, swa_start=10, swa_lr=0.02), out="runs/swa")
 >>> swa_point, swa_buffers = hist.swag.mean(), hist.swa_buffers
 >>> bma = swag_ensemble(model, hist.swag, split, n_samples=30, seed=0)   # EnsembleResult
+```
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,12 +47,19 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 
 from . import io, provenance
 from . import space as sp
-from .space import module_at  # noqa: F401  (part of this module's API too)
-from .ensembles import (EnsembleResult, budget, budget_epochs, cached_probs, ensemble_metrics, evaluate_ensemble,
-                        predict_proba)
+from .ensembles import (
+    EnsembleResult,
+    budget,
+    budget_epochs,
+    cached_probs,
+    ensemble_metrics,
+    evaluate_ensemble,
+    predict_proba,
+)
 from .errors import UserError
 from .evaluate import Evaluator, default_bn
 from .progress import bar
+from .space import module_at  # noqa: F401  (part of this module's API too)
 from .zoo import train_test
 
 ANNEAL = ("cos", "linear")
@@ -70,7 +80,9 @@ def swa_learning_rate(start_lr: float, swa_lr: float, anneal_epochs: int, strate
         raise UserError(f"SWA annealing epochs must be >= 0, got {anneal_epochs}")
     p = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([p], lr=start_lr)
-    sched = SWALR(opt, swa_lr=swa_lr, anneal_epochs=int(anneal_epochs), anneal_strategy=strategy)
+    sched = SWALR(
+        opt, swa_lr=swa_lr, anneal_epochs=int(anneal_epochs), anneal_strategy="cos" if strategy == "cos" else "linear"
+    )  # checked above
     for _ in range(int(k)):
         opt.step()
         sched.step()
@@ -113,7 +125,7 @@ class SWAG:
         self.m2 += delta * (w - self.mean64)
         if self.rank > 0:
             dev = (w - self.mean64).to(self.dtype)[None]
-            self.deviations = torch.cat([self.deviations, dev])[-self.rank:]
+            self.deviations = torch.cat([self.deviations, dev])[-self.rank :]
 
     def _need(self) -> None:
         if self.n == 0:
@@ -148,8 +160,10 @@ class SWAG:
         gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
         k = self.deviations.shape[0]
         if cov and k < 2:
-            raise UserError(f"SWAG's low-rank part needs at least 2 collected iterates (have {k}, rank "
-                            f"{self.rank}): collect more epochs, raise the rank, or sample the diagonal only")
+            raise UserError(
+                f"SWAG's low-rank part needs at least 2 collected iterates (have {k}, rank "
+                f"{self.rank}): collect more epochs, raise the rank, or sample the diagonal only"
+            )
         var = self.variance()
         x = var.sqrt() * torch.randn(n, var.shape[0], generator=gen, dtype=torch.float64).to(self.device)
         if cov:
@@ -169,13 +183,16 @@ class SWAG:
         out.update({"mean64": self.mean64, "m2": self.m2, "deviations": self.deviations})
         return out
 
-    def load_state_tensors(self, tensors: Mapping[str, Tensor]) -> "SWAG":
-        avg = {k[len("averaged."):]: v for k, v in tensors.items() if k.startswith("averaged.")}
+    def load_state_tensors(self, tensors: Mapping[str, Tensor]) -> SWAG:
+        avg = {k[len("averaged.") :]: v for k, v in tensors.items() if k.startswith("averaged.")}
         self.averaged.load_state_dict(avg)
         self.mean64 = tensors["mean64"].to(self.device, torch.float64).clone()
         self.m2 = tensors["m2"].to(self.device, torch.float64).clone()
-        self.deviations = tensors["deviations"].to(self.device, self.dtype).clone()[-self.rank:] if self.rank else \
-            torch.zeros(0, self.space.numel, dtype=self.dtype, device=self.device)
+        self.deviations = (
+            tensors["deviations"].to(self.device, self.dtype).clone()[-self.rank :]
+            if self.rank
+            else torch.zeros(0, self.space.numel, dtype=self.dtype, device=self.device)
+        )
         return self
 
     def settings(self) -> dict[str, Any]:
@@ -184,12 +201,15 @@ class SWAG:
     def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
         """Write the SWAG state as one safetensors file (atomically), with ``meta`` in its header."""
         path = Path(path)
-        io.save_tensors(path, self.state_tensors(),
-                        {"format": SWAG_FORMAT, "meta": io.json_dumps({**dict(meta or {}), **self.settings()})})
+        io.save_tensors(
+            path,
+            self.state_tensors(),
+            {"format": SWAG_FORMAT, "meta": io.json_dumps({**dict(meta or {}), **self.settings()})},
+        )
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> tuple["SWAG", dict[str, Any]]:
+    def load(cls, path: str | Path, model: nn.Module) -> tuple[SWAG, dict[str, Any]]:
         """``(swag, meta)`` from a file written by `save` (``model``: the architecture)."""
         from safetensors import safe_open
 
@@ -207,12 +227,15 @@ class SWAG:
         swag = cls(model, rank=int(meta["rank"]), var_clamp=float(meta["var_clamp"]))
         tensors = io.load_tensors(path)
         if tensors["mean64"].shape[0] != swag.space.numel:
-            raise UserError(f"{path} holds a SWAG state of {tensors['mean64'].shape[0]} parameters; the model has "
-                            f"{swag.space.numel}: pass the checkpoint it was collected from")
+            raise UserError(
+                f"{path} holds a SWAG state of {tensors['mean64'].shape[0]} parameters; the model has "
+                f"{swag.space.numel}: pass the checkpoint it was collected from"
+            )
         return swag.load_state_tensors(tensors), meta
 
 
 # -- SWA from a checkpoint ---------------------------------------------------------------------------
+
 
 @dataclass
 class SWAResult:
@@ -231,10 +254,20 @@ class SWAResult:
     swag: SWAG = field(repr=False)
     bn: str = "recompute"
     probs: Tensor | None = field(default=None, repr=False)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_averaged": self.n_averaged, "swa": self.metrics, "start": self.start, "last": self.last,
-                "budget": self.budget, "history": self.history, "bn": self.bn, "swag": self.swag.settings()}
+        return {
+            "n_averaged": self.n_averaged,
+            "swa": self.metrics,
+            "start": self.start,
+            "last": self.last,
+            "budget": self.budget,
+            "history": self.history,
+            "bn": self.bn,
+            "swag": self.swag.settings(),
+            "precision": self.precision,
+        }
 
 
 def _single(ev: Evaluator, point, buffers, targets) -> tuple[dict[str, float], Tensor]:
@@ -243,17 +276,32 @@ def _single(ev: Evaluator, point, buffers, targets) -> tuple[dict[str, float], T
     return {k: m[k] for k in ("accuracy", "nll", "brier", "ece")}, probs
 
 
-def swa(model: nn.Module, checkpoint: Any, data: Any, epochs: int = 10, lr: float = 0.01, start: int = 0,
-        wd: float = 5e-4, momentum: float = 0.9,
-        batch_size: int = 128, seed: int = 0, rank: int = 20, out: str | Path | None = None, device=None,
-        progress: bool | None = None, momentum_buffers: Mapping[str, Tensor] | None = None,
-        start_epochs: int | None = None) -> SWAResult:
+def swa(
+    model: nn.Module,
+    checkpoint: Any,
+    data: Any,
+    epochs: int = 10,
+    lr: float = 0.01,
+    start: int = 0,
+    wd: float = 5e-4,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    seed: int = 0,
+    rank: int = 20,
+    out: str | Path | None = None,
+    device=None,
+    progress: bool | None = None,
+    momentum_buffers: Mapping[str, Tensor] | None = None,
+    start_epochs: int | None = None,
+    precision: str | None = None,
+) -> SWAResult:
     """SWA from a trained network: ``epochs`` epochs of SGD(momentum, weight decay ``wd``) at the constant
     learning rate ``lr`` from ``checkpoint`` (a module, a state, or a checkpoint path); the weights at the end
     of every epoch after the first ``start`` are averaged (``epochs - start`` iterates) and collected for
     SWAG (last ``rank`` deviations). Runs the trainer (`modescape.train.train` with the constant schedule,
     ``swa_start=start`` and ``swa_lr=lr``), so ``out`` (a run folder) makes it resumable and
     holds ``swa.safetensors`` (the averaged model with recomputed BN statistics) and ``swag.safetensors``.
+    ``precision``: the evaluations' (``"fp32"`` or ``"bf16"``; training is the trainer's).
     ``momentum_buffers``: SGD's momentum at the start (see `modescape.train.momentum_of`); ``start_epochs``:
     the epochs that trained the start (from its sidecar for a path). ``model`` is not modified.
     """
@@ -280,61 +328,138 @@ def swa(model: nn.Module, checkpoint: Any, data: Any, epochs: int = 10, lr: floa
         if test is None:
             raise UserError("swa needs test data: pass a DataSplit or {'train', 'test'}")
         split = SimpleNamespace(train=(xtr, ytr), test=test, meta={})
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, optimizer="sgd", momentum=momentum,
-                         schedule="constant", seed=seed, swa_start=start, swa_lr=lr, swag_rank=rank)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        wd=wd,
+        optimizer="sgd",
+        momentum=momentum,
+        schedule="constant",
+        seed=seed,
+        swa_start=start,
+        swa_lr=lr,
+        swag_rank=rank,
+    )
     first = {"weights_hash": io.tensor_hash({**params, **buffers}), "epochs": start_epochs}
     if isinstance(checkpoint, (str, Path)):
         first["checkpoint"] = str(checkpoint)
     run_meta = {"data": dict(getattr(split, "meta", {}) or {}), "start": first}
-    hist = train(net, split, config, out=out, device=device, meta=run_meta, progress=progress,
-                 momentum_buffers=momentum_buffers)
-    ev = Evaluator(net, {"train": split.train, "test": split.test}, metrics=("loss", "accuracy"), bn="running",
-                   device=device)
+    hist = train(
+        net, split, config, out=out, device=device, meta=run_meta, progress=progress, momentum_buffers=momentum_buffers
+    )
+    ev = Evaluator(
+        net,
+        {"train": split.train, "test": split.test},
+        metrics=("loss", "accuracy"),
+        bn="running",
+        device=device,
+        precision=precision,
+    )  # the evaluations; training above is the trainer's
     targets = split.test[1]
     start_m, _ = _single(ev, params, buffers or None, targets)
     last_m, _ = _single(ev, space.point(net), space.buffers(net) or None, targets)
     swag = hist.swag
     point = swag.mean()
     swa_m, probs = _single(ev, point, hist.swa_buffers or None, targets)
-    return SWAResult(point, hist.swa_buffers, swag.n, swa_m, start_m, last_m, budget(epochs, start_epochs, "swa_epochs"),
-                     hist.epochs, swag, default_bn(net), probs)
+    assert hist.swa_buffers is not None  # train() sets them whenever it averages
+    return SWAResult(
+        point,
+        hist.swa_buffers,
+        swag.n,
+        swa_m,
+        start_m,
+        last_m,
+        budget(epochs, start_epochs, "swa_epochs"),
+        hist.epochs,
+        swag,
+        default_bn(net),
+        probs,
+        ev.precision,
+    )
 
 
 # -- SWAG: Bayesian model averaging ------------------------------------------------------------------
 
-def swag_ensemble(model: nn.Module, swag: SWAG, data: Any, n_samples: int = 30, scale: float = 0.5, cov: bool = True,
-                  seed: int = 0, bn: str | None = None, device=None, dtype=None, batch_size: int | None = None,
-                  progress: bool | None = None, cache: str | Path | None = None,
-                  budget_info: Mapping[str, Any] | None = None) -> EnsembleResult:
+
+def swag_ensemble(
+    model: nn.Module,
+    swag: SWAG,
+    data: Any,
+    n_samples: int = 30,
+    scale: float = 0.5,
+    cov: bool = True,
+    seed: int = 0,
+    bn: str | None = None,
+    device=None,
+    dtype=None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    cache: str | Path | None = None,
+    budget_info: Mapping[str, Any] | None = None,
+    precision: str | None = None,
+) -> EnsembleResult:
     """Bayesian model averaging over ``n_samples`` SWAG samples (sample s drawn from the seed
     ``seed * 1_000_003 + s``), each evaluated on the test data of ``data`` with BatchNorm statistics
     recomputed at the sample over the training data (``bn`` default: ``recompute`` for models with
     BatchNorm, else ``running``). ``cache``: a folder where each sample's probabilities are kept, so that a
     rerun continues. ``budget_info``: the budget of the run that collected the iterates. The result's
-    ``info`` holds the SWA mean's own metrics (``swa``) and the settings."""
+    ``info`` holds the SWA mean's own metrics (``swa``), the settings and the evaluator's ``precision``
+    (``"fp32"`` or ``"bf16"``)."""
     if n_samples < 1:
         raise UserError(f"SWAG needs at least 1 sample, got {n_samples}")
     (xtr, ytr), test = train_test(data)
     if test is None:
         raise UserError("SWAG is evaluated on test data: pass a DataSplit or {'train', 'test'}")
     bn = bn or default_bn(model)
-    ev = Evaluator(model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), bn=bn, device=device,
-                   dtype=dtype, batch_size=batch_size)
+    ev = Evaluator(
+        model,
+        {"train": (xtr, ytr), "test": test},
+        metrics=("loss", "accuracy"),
+        bn=bn,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        precision=precision,
+    )
     state_hash = io.tensor_hash({"mean64": swag.mean64, "m2": swag.m2, "deviations": swag.deviations})
     settings = {"n_samples": n_samples, "scale": scale, "cov": cov, "seed": seed}
     probs = []
     data_key = provenance.data_hash(ev) if cache is not None else None
     with bar("swag samples", n_samples, enabled=progress) as advance:
         for s in range(n_samples):
-            key = {"swag": state_hash, "sample": s, "scale": scale, "cov": cov, "seed": seed, "bn": bn,
-                   "data": data_key}
-            probs.append(cached_probs(cache, f"sample-{s + 1:03d}", key, lambda: predict_proba(
-                ev, sp.to(swag.sample(seed * 1_000_003 + s, scale, cov), ev.device, ev.dtype), "test")))
+            key = {
+                "swag": state_hash,
+                "sample": s,
+                "scale": scale,
+                "cov": cov,
+                "seed": seed,
+                "bn": bn,
+                "data": data_key,
+            }
+            if ev.precision != "fp32":  # fp32 keys as before: older caches stay valid
+                key["precision"] = ev.precision
+            probs.append(
+                cached_probs(
+                    cache,
+                    f"sample-{s + 1:03d}",
+                    key,
+                    lambda s=s: predict_proba(
+                        ev, sp.to(swag.sample(seed * 1_000_003 + s, scale, cov), ev.device, ev.dtype), "test"
+                    ),
+                )
+            )
             advance(1)
     mean_m, mean_probs = _single(ev, sp.to(swag.mean(), ev.device, ev.dtype), None, test[1])
-    res = evaluate_ensemble(probs, test[1], "swag", dict(budget_info or {"epochs": None}), bn,
-                            [f"sample {s + 1}" for s in range(n_samples)],
-                            {"swa": mean_m, "settings": settings, "swag": swag.settings()})
+    res = evaluate_ensemble(
+        probs,
+        test[1],
+        "swag",
+        dict(budget_info or {"epochs": None}),
+        bn,
+        [f"sample {s + 1}" for s in range(n_samples)],
+        {"swa": mean_m, "settings": settings, "swag": swag.settings(), "precision": ev.precision},
+    )
     res.baselines["swa"] = mean_probs
     return res
 

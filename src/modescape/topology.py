@@ -22,14 +22,9 @@ or to all cells of its 3^N - 1 block (``8`` in 2-D, ``"full"``). Ties are broken
 sort), and pairs of zero persistence (a plateau that runs down into a lower component) are not minima
 and are dropped, as gudhi does.
 
-The algorithm (vectorised in numpy; a Python loop only over the merges): rank the cells by value; point
-every cell at its lowest neighbour below it (steepest descent) and follow the pointers to a minimum by
-pointer jumping, which labels every cell with the descent basin it belongs to. A descent basin below any
-level is connected, so the sublevel components are unions of basins, joined by grid edges between
-basins at level ``max(f(u), f(v))``. The minimum spanning tree of that basin graph (scipy) holds every
-merge; a union-find over its edges in order, elder rule, gives the pairs and the merge tree. Cost: one
-sort of the cells, a few passes over the neighbours and a loop over the minima (about 0.1 s for a
-501 x 501 surface with a few hundred minima; see bench/topology.py).
+The union-find itself is in `modescape.persistence`: one sort of the cells, a few passes over the
+neighbours and a loop over the minima (about 0.1 s for a 501 x 501 surface with a few hundred minima; see
+bench/topology.py).
 
 Results are a `TopologyResult` (``to_dict()``); figures are in `modescape.plots.topology`; the CLI is
 ``modescape topology RESULT``.
@@ -37,20 +32,21 @@ Results are a `TopologyResult` (``to_dict()``); figures are in `modescape.plots.
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import UserError
+from .persistence import NEIGHBOURHOODS, neighbourhood_kind, sublevel_persistence
 
-NEIGHBOURHOODS = ("axis", "full")
 DEFAULT_THRESHOLD = "1%"  # of the loss range: basins shallower than this are noise
 
 
 # -- inputs ---------------------------------------------------------------------------------------
+
 
 def default_dims(ndim: int) -> tuple[str, ...]:
     """Dimension names of a plain array: ``t`` (a line), ``x, y`` (a plane), ``x, y, z``, else ``d0, d1, ...``."""
@@ -59,8 +55,9 @@ def default_dims(ndim: int) -> tuple[str, ...]:
     return ("x", "y", "z")[:ndim] if ndim <= 3 else tuple(f"d{i}" for i in range(ndim))
 
 
-def _grid_values(result: Any, metric: str, coords: Mapping[str, Any] | Sequence[Any] | None
-                 ) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray], str]:
+def _grid_values(
+    result: Any, metric: str, coords: Mapping[str, Any] | Sequence[Any] | None
+) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray], str]:
     """(values float64 [shape], dims, coords per dim, metric name) of a Dataset, DataArray or array."""
     if hasattr(result, "data_vars"):  # xarray.Dataset
         if metric not in result.data_vars:
@@ -70,8 +67,14 @@ def _grid_values(result: Any, metric: str, coords: Mapping[str, Any] | Sequence[
     if hasattr(result, "dims") and hasattr(result, "coords") and hasattr(result, "values"):  # DataArray
         dims = tuple(str(d) for d in result.dims)
         values = np.asarray(result.values, dtype=np.float64)
-        cs = {d: (np.asarray(result.coords[d].values, dtype=np.float64) if d in result.coords
-                  else np.arange(values.shape[i], dtype=np.float64)) for i, d in enumerate(dims)}
+        cs = {
+            d: (
+                np.asarray(result.coords[d].values, dtype=np.float64)
+                if d in result.coords
+                else np.arange(values.shape[i], dtype=np.float64)
+            )
+            for i, d in enumerate(dims)
+        }
         name = str(result.name) if result.name is not None else metric
         if coords is not None:
             raise UserError("coordinates come with an xarray result: pass coords only with a plain array")
@@ -79,21 +82,25 @@ def _grid_values(result: Any, metric: str, coords: Mapping[str, Any] | Sequence[
     try:
         values = np.asarray(result, dtype=np.float64)
     except (TypeError, ValueError):
-        raise UserError(f"expected a grid result (xarray Dataset or DataArray) or an array of numbers; "
-                        f"got {type(result).__name__}") from None
+        raise UserError(
+            f"expected a grid result (xarray Dataset or DataArray) or an array of numbers; got {type(result).__name__}"
+        ) from None
     if values.ndim == 0:
         raise UserError("a topology needs a grid of values (1-D or more); got a single number")
     if coords is None:
         dims = default_dims(values.ndim)
-        cs = {d: np.arange(n, dtype=np.float64) for d, n in zip(dims, values.shape)}
+        cs = {d: np.arange(n, dtype=np.float64) for d, n in zip(dims, values.shape, strict=True)}
     else:
-        items = list(coords.items()) if isinstance(coords, Mapping) else \
-            list(zip(default_dims(len(coords)), coords))
+        items = (
+            list(coords.items())
+            if isinstance(coords, Mapping)
+            else list(zip(default_dims(len(coords)), coords, strict=True))
+        )
         if len(items) != values.ndim:
             raise UserError(f"the array has {values.ndim} dimensions; {len(items)} coordinate arrays were given")
         dims = tuple(str(d) for d, _ in items)
         cs = {}
-        for (d, c), n in zip(items, values.shape):
+        for (d, c), n in zip(items, values.shape, strict=True):
             c = np.asarray(c, dtype=np.float64).reshape(-1)
             if c.size != n:
                 raise UserError(f"coordinates of '{d}' have {c.size} values; the array has {n} along it")
@@ -106,157 +113,20 @@ def _check_finite(values: np.ndarray, metric: str) -> None:
         raise UserError(f"'{metric}' is empty: there is no landscape to analyse")
     nan = np.isnan(values)
     if nan.any():
-        raise UserError(f"'{metric}' has {int(nan.sum())} NaN of {values.size} cells (an unfinished sweep?): "
-                        f"rerun the sweep with the same --out to finish it, then analyse it")
+        raise UserError(
+            f"'{metric}' has {int(nan.sum())} NaN of {values.size} cells (an unfinished sweep?): "
+            f"rerun the sweep with the same --out to finish it, then analyse it"
+        )
     inf = ~np.isfinite(values)
     if inf.any():
-        raise UserError(f"'{metric}' has {int(inf.sum())} infinite cells (the loss overflowed there): "
-                        f"sweep a smaller range, or analyse another metric")
-
-
-def neighbourhood_kind(neighbourhood: int | str, ndim: int) -> str:
-    """``"axis"`` or ``"full"`` from their names, or a neighbour count: ``2N`` (axis) or ``3^N - 1`` (full),
-    so 4 and 8 in 2-D; a 1-D grid has one graph, which every spelling (2, 4, 8, axis, full) gives."""
-    if isinstance(neighbourhood, str) and neighbourhood.strip().isdigit():
-        neighbourhood = int(neighbourhood)
-    if isinstance(neighbourhood, str) and neighbourhood in NEIGHBOURHOODS:
-        return "axis" if ndim == 1 else neighbourhood
-    if isinstance(neighbourhood, (int, np.integer)) and not isinstance(neighbourhood, bool):
-        k = int(neighbourhood)
-        if ndim == 1 and k in (2, 4, 8):
-            return "axis"
-        if k == 2 * ndim:
-            return "axis"
-        if k == 3 ** ndim - 1:
-            return "full"
-    raise UserError(f"unknown neighbourhood {neighbourhood!r} for a {ndim}-D grid: use axis or {2 * ndim} (the axis "
-                    f"neighbours), full or {3 ** ndim - 1} (every other cell of the 3^{ndim} block)")
-
-
-def _half_offsets(ndim: int, kind: str) -> list[tuple[int, ...]]:
-    """One offset of each neighbour pair {o, -o} (the first nonzero entry positive)."""
-    if kind == "axis":
-        return [tuple(int(i == j) for j in range(ndim)) for i in range(ndim)]
-    out = []
-    for o in itertools.product((-1, 0, 1), repeat=ndim):
-        nz = [v for v in o if v]
-        if nz and nz[0] > 0:
-            out.append(tuple(o))
-    return out
-
-
-def _pair_slices(o: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices a, b of an array such that ``arr[b]`` is the neighbour at offset o of ``arr[a]``."""
-    a, b = [], []
-    for v in o:
-        a.append(slice(0, -1) if v > 0 else slice(1, None) if v < 0 else slice(None))
-        b.append(slice(1, None) if v > 0 else slice(0, -1) if v < 0 else slice(None))
-    return tuple(a), tuple(b)
-
-
-# -- the algorithm --------------------------------------------------------------------------------
-
-@dataclass
-class _Raw:
-    """Every rank-minimum (zero persistence included), ids in birth order (0: the global minimum)."""
-
-    order: np.ndarray        # [n] cells by rank
-    minima: np.ndarray       # [M] flat index of each minimum
-    saddle: np.ndarray       # [M] flat index of the cell where it dies (-1: never)
-    merged_into: np.ndarray  # [M] the elder minimum it joins (-1: never)
-    labels: np.ndarray       # [n] the descent basin (minimum id) of every cell
-
-
-def sublevel_persistence(values: np.ndarray, neighbourhood: int | str = "axis") -> _Raw:
-    """The core: 0-dimensional sublevel persistence of a finite array on its grid graph (see the module
-    docstring for the method). Returns every minimum of the rank order, zero persistence included."""
-    values = np.asarray(values, dtype=np.float64)
-    shape, ndim, n = values.shape, values.ndim, values.size
-    kind = neighbourhood_kind(neighbourhood, ndim)
-    flat = values.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
-    rank_g = rank.reshape(shape)
-    halves = _half_offsets(ndim, kind)
-    strides = np.array([int(np.prod(shape[i + 1:])) for i in range(ndim)], dtype=np.int64)
-
-    # steepest descent: every cell points at its lowest-ranked neighbour below it (itself if none)
-    padded = np.pad(rank_g, 1, constant_values=n)
-    best = rank_g.copy()
-    step = np.zeros(shape, dtype=np.int64)
-    for o in halves:
-        for s in (1, -1):
-            oo = [s * v for v in o]
-            nb = padded[tuple(slice(1 + v, 1 + v + m) for v, m in zip(oo, shape))]
-            lower = nb < best
-            best = np.where(lower, nb, best)
-            step[lower] = int(np.dot(oo, strides))
-    parent = np.arange(n, dtype=np.int64) + step.reshape(-1)
-    while True:  # pointer jumping: every cell to the minimum its descent ends in
-        nxt = parent[parent]
-        if np.array_equal(nxt, parent):
-            break
-        parent = nxt
-    is_min = parent == np.arange(n)
-    minima = np.flatnonzero(is_min)
-    minima = minima[np.argsort(rank[minima], kind="stable")]  # birth order: id 0 is the global minimum
-    m = minima.size
-    mid = np.empty(n, dtype=np.int64)
-    mid[minima] = np.arange(m)
-    labels = mid[parent]
-    saddle = np.full(m, -1, dtype=np.int64)
-    merged = np.full(m, -1, dtype=np.int64)
-    if m == 1:
-        return _Raw(order, minima, saddle, merged, labels)
-
-    # edges between descent basins, each at the rank of its higher end; the lightest per pair of basins
-    lab_g = labels.reshape(shape)
-    us, vs, ws = [], [], []
-    for o in halves:
-        a, b = _pair_slices(o)
-        la, lb = lab_g[a], lab_g[b]
-        cross = la != lb
-        if cross.any():
-            us.append(la[cross])
-            vs.append(lb[cross])
-            ws.append(np.maximum(rank_g[a][cross], rank_g[b][cross]))
-    u, v, w = np.concatenate(us), np.concatenate(vs), np.concatenate(ws)
-    pair = np.minimum(u, v) * m + np.maximum(u, v)
-    if m * m * n < 2 ** 62:  # one sort of (basin pair, rank) keys
-        key = np.sort(pair * n + w)
-        pair, w = key // n, key % n
-    else:
-        by = np.lexsort((w, pair))
-        pair, w = pair[by], w[by]
-    first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])  # the lightest edge of each pair of basins
-    lo, hi, w = pair[first] // m, pair[first] % m, w[first]
-
-    # the merges lie on a minimum spanning tree of the basin graph; union-find over it, elder rule
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import minimum_spanning_tree
-
-    mst = minimum_spanning_tree(coo_matrix((w.astype(np.float64) + 1.0, (lo, hi)), shape=(m, m))).tocoo()
-    ew = np.rint(mst.data).astype(np.int64) - 1
-    seq = np.lexsort((np.minimum(mst.row, mst.col), ew))
-    root_l = list(range(m))  # union-find parents (plain lists: the loop is Python)
-
-    def find(x: int) -> int:
-        while root_l[x] != x:
-            root_l[x] = root_l[root_l[x]]
-            x = root_l[x]
-        return x
-
-    for a_, b_, r in zip(mst.row[seq].tolist(), mst.col[seq].tolist(), ew[seq].tolist()):
-        ra, rb = find(a_), find(b_)
-        elder, younger = (ra, rb) if ra < rb else (rb, ra)  # ids are in birth order
-        saddle[younger] = order[r]
-        merged[younger] = elder
-        root_l[younger] = elder
-    return _Raw(order, minima, saddle, merged, labels)
+        raise UserError(
+            f"'{metric}' has {int(inf.sum())} infinite cells (the loss overflowed there): "
+            f"sweep a smaller range, or analyse another metric"
+        )
 
 
 # -- the result -----------------------------------------------------------------------------------
+
 
 @dataclass
 class MergeTree:
@@ -292,11 +162,22 @@ class MergeTree:
         return [i for i, k in enumerate(self.kind) if k == "minimum"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold,
-                "nodes": [{"id": i, "kind": k, "value": float(v), "index": [int(j) for j in ix], "parent": int(p),
-                           "minimum": int(mn)}
-                          for i, (k, v, ix, p, mn) in enumerate(zip(self.kind, self.value, self.index, self.parent,
-                                                                     self.minimum))]}
+        return {
+            "threshold": self.threshold,
+            "nodes": [
+                {
+                    "id": i,
+                    "kind": k,
+                    "value": float(v),
+                    "index": [int(j) for j in ix],
+                    "parent": int(p),
+                    "minimum": int(mn),
+                }
+                for i, (k, v, ix, p, mn) in enumerate(
+                    zip(self.kind, self.value, self.index, self.parent, self.minimum, strict=True)
+                )
+            ],
+        }
 
 
 @dataclass
@@ -334,7 +215,7 @@ class TopologyResult:
     @property
     def n_neighbours(self) -> int:
         nd = len(self.shape)
-        return 2 * nd if self.neighbourhood == "axis" else 3 ** nd - 1
+        return 2 * nd if self.neighbourhood == "axis" else 3**nd - 1
 
     @property
     def value_range(self) -> float:
@@ -402,7 +283,7 @@ class TopologyResult:
 
     def point(self, index: Sequence[int]) -> dict[str, float]:
         """The coordinates of a grid index, by dimension."""
-        return {d: float(self.coords[d][int(i)]) for d, i in zip(self.dims, index)}
+        return {d: float(self.coords[d][int(i)]) for d, i in zip(self.dims, index, strict=True)}
 
     # -- structures -----------------------------------------------------------------------------
     def merge_tree(self, threshold: float | str | None = 0.0) -> MergeTree:
@@ -425,11 +306,14 @@ class TopologyResult:
             parent[top_l[elder]] = s
             parent[top_l[i]] = s
             top_l[elder] = s
-        return MergeTree(["minimum"] * n_leaf + ["saddle"] * n_sad,
-                         np.concatenate([self.births[leaves], self.deaths[events]]),
-                         np.concatenate([self.minima[leaves], self.saddles[events]]).reshape(-1, len(self.dims)),
-                         np.array(parent, dtype=np.int64),
-                         np.concatenate([leaves, np.full(n_sad, -1, dtype=np.int64)]), float(t))
+        return MergeTree(
+            ["minimum"] * n_leaf + ["saddle"] * n_sad,
+            np.concatenate([self.births[leaves], self.deaths[events]]),
+            np.concatenate([self.minima[leaves], self.saddles[events]]).reshape(-1, len(self.dims)),
+            np.array(parent, dtype=np.int64),
+            np.concatenate([leaves, np.full(n_sad, -1, dtype=np.int64)]),
+            float(t),
+        )
 
     def _representatives(self, keep: np.ndarray) -> np.ndarray:
         """[K] for every minimum the kept minimum it ends up in (itself when kept): follow ``merged_into``."""
@@ -452,25 +336,37 @@ class TopologyResult:
         """The numbers, without the per-minimum lists."""
         ds = self.deepest_spurious
         return {
-            "metric": self.metric, "dims": list(self.dims), "shape": list(self.shape),
-            "neighbourhood": self.neighbourhood, "n_neighbours": self.n_neighbours,
-            "value_min": self.value_min, "value_max": self.value_max, "threshold": self.threshold,
-            "n_minima": self.n_minima, "basins": self.basins,
+            "metric": self.metric,
+            "dims": list(self.dims),
+            "shape": list(self.shape),
+            "neighbourhood": self.neighbourhood,
+            "n_neighbours": self.n_neighbours,
+            "value_min": self.value_min,
+            "value_max": self.value_max,
+            "threshold": self.threshold,
+            "n_minima": self.n_minima,
+            "basins": self.basins,
             "deepest_spurious_depth": self.deepest_spurious_depth,
             "deepest_spurious": None if ds is None else {**self._minimum(ds)},
-            "total_persistence": self.total_persistence, "roughness": self.roughness,
+            "total_persistence": self.total_persistence,
+            "roughness": self.roughness,
             "smoothness": self.smoothness,
             "global_minimum": self.point(self.minima[0]),
         }
 
     def _minimum(self, i: int) -> dict[str, Any]:
         glob = i == 0
-        return {"id": int(i), "index": [int(v) for v in self.minima[i]], "coords": self.point(self.minima[i]),
-                "birth": float(self.births[i]), "death": None if glob else float(self.deaths[i]),
-                "persistence": None if glob else float(self.persistence[i]),
-                "saddle_index": None if glob else [int(v) for v in self.saddles[i]],
-                "saddle_coords": None if glob else self.point(self.saddles[i]),
-                "merged_into": None if glob else int(self.merged_into[i])}
+        return {
+            "id": int(i),
+            "index": [int(v) for v in self.minima[i]],
+            "coords": self.point(self.minima[i]),
+            "birth": float(self.births[i]),
+            "death": None if glob else float(self.deaths[i]),
+            "persistence": None if glob else float(self.persistence[i]),
+            "saddle_index": None if glob else [int(v) for v in self.saddles[i]],
+            "saddle_coords": None if glob else self.point(self.saddles[i]),
+            "merged_into": None if glob else int(self.merged_into[i]),
+        }
 
     def to_dict(self, max_detail: int = 100) -> dict[str, Any]:
         """The summary; every (birth, death) pair (death ``None``: the global minimum, which never dies) with
@@ -483,12 +379,15 @@ class TopologyResult:
         deaths[0] = None
         sad: list = self.saddles.tolist()
         sad[0] = None
-        return {**self.summary(),
-                "essential_death": "null: the global minimum's component never dies (+inf)",
-                "pairs": [list(p) for p in zip(self.births.tolist(), deaths)],
-                "minima_index": self.minima.tolist(), "saddles_index": sad,
-                "merged_into": self.merged_into.tolist(),
-                "basin_minima": [self._minimum(int(i)) for i in big]}
+        return {
+            **self.summary(),
+            "essential_death": "null: the global minimum's component never dies (+inf)",
+            "pairs": [list(p) for p in zip(self.births.tolist(), deaths, strict=True)],
+            "minima_index": self.minima.tolist(),
+            "saddles_index": sad,
+            "merged_into": self.merged_into.tolist(),
+            "basin_minima": [self._minimum(int(i)) for i in big],
+        }
 
 
 def resolve_threshold(threshold: float | str | None, value_range: float) -> float:
@@ -504,8 +403,9 @@ def resolve_threshold(threshold: float | str | None, value_range: float) -> floa
             else:
                 t = float(text)
         except ValueError:
-            raise UserError(f"threshold '{threshold}' must be a number (loss units) or a percentage of the "
-                            f"loss range such as 1%") from None
+            raise UserError(
+                f"threshold '{threshold}' must be a number (loss units) or a percentage of the loss range such as 1%"
+            ) from None
     else:
         t = float(threshold)
     if not math.isfinite(t) or t < 0:
@@ -513,8 +413,14 @@ def resolve_threshold(threshold: float | str | None, value_range: float) -> floa
     return t
 
 
-def persistence(result: Any, metric: str = "train_loss", *, coords: Mapping[str, Any] | Sequence[Any] | None = None,
-                neighbourhood: int | str = "axis", threshold: float | str | None = None) -> TopologyResult:
+def persistence(
+    result: Any,
+    metric: str = "train_loss",
+    *,
+    coords: Mapping[str, Any] | Sequence[Any] | None = None,
+    neighbourhood: int | str = "axis",
+    threshold: float | str | None = None,
+) -> TopologyResult:
     """Sublevel-set persistence, merge tree and basins of a grid result (see the module docstring).
 
     ``result``: an ``xarray.Dataset`` (``metric`` names the variable), a ``DataArray``, or an array
@@ -544,13 +450,29 @@ def persistence(result: Any, metric: str = "train_loss", *, coords: Mapping[str,
     saddles = np.stack(np.unravel_index(np.maximum(sad, 0), values.shape), axis=1).astype(np.int64)
     saddles[sad < 0] = -1
     return TopologyResult(
-        metric=name, dims=dims, coords=cs, neighbourhood=kind,
+        metric=name,
+        dims=dims,
+        coords=cs,
+        neighbourhood=kind,
         threshold=resolve_threshold(threshold, vmax - vmin),
-        births=births[kept], deaths=deaths[kept],
+        births=births[kept],
+        deaths=deaths[kept],
         minima=np.stack(np.unravel_index(raw.minima[kept], values.shape), axis=1).astype(np.int64),
-        saddles=saddles, merged_into=merged.astype(np.int64), value_min=vmin, value_max=vmax,
-        values=values, labels=new[rep[raw.labels]].reshape(values.shape))
+        saddles=saddles,
+        merged_into=merged.astype(np.int64),
+        value_min=vmin,
+        value_max=vmax,
+        values=values,
+        labels=new[rep[raw.labels]].reshape(values.shape),
+    )
 
 
-__all__ = ["MergeTree", "NEIGHBOURHOODS", "TopologyResult", "neighbourhood_kind", "persistence",
-           "resolve_threshold", "sublevel_persistence"]
+__all__ = [
+    "MergeTree",
+    "NEIGHBOURHOODS",
+    "TopologyResult",
+    "neighbourhood_kind",
+    "persistence",
+    "resolve_threshold",
+    "sublevel_persistence",
+]

@@ -30,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,26 +82,27 @@ class TrainConfig:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive finite number, got {self.lr}")
+        for name in ("wd", "momentum", "gamma", "rho", "eta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer '{self.optimizer}': use {' or '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{self.schedule}': use one of {', '.join(SCHEDULES)}")
         if self.save_every < 1:
             raise UserError(f"--save-every must be at least 1, got {self.save_every}")
-        if not self.rho >= 0:
-            raise UserError(f"--rho must be non-negative, got {self.rho}")
-        if not self.eta >= 0:
-            raise UserError(f"--eta must be non-negative, got {self.eta}")
         if self.adaptive and self.optimizer != "sam":
             raise UserError("--adaptive (ASAM) needs --optimizer sam")
         if self.swa_start is not None:
             if not 0 <= self.swa_start < self.epochs:
-                raise UserError(f"--swa-start must be at least 0 and below --epochs ({self.epochs}): "
-                                f"got {self.swa_start}")
-            if self.swa_lr is not None and not self.swa_lr > 0:
-                raise UserError(f"--swa-lr must be positive, got {self.swa_lr}")
+                raise UserError(
+                    f"--swa-start must be at least 0 and below --epochs ({self.epochs}): got {self.swa_start}"
+                )
+            if self.swa_lr is not None and not (self.swa_lr > 0 and math.isfinite(self.swa_lr)):
+                raise UserError(f"--swa-lr must be a positive finite number, got {self.swa_lr}")
             if self.swa_anneal not in SWA_ANNEAL:
                 raise UserError(f"unknown SWA annealing '{self.swa_anneal}': use cos or linear")
             if self.swa_anneal_epochs < 0:
@@ -115,6 +117,8 @@ class TrainConfig:
         ``swa_start`` to ``swa_lr`` (`modescape.swa.swa_learning_rate`)."""
         from .swa import swa_learning_rate
 
+        if self.swa_start is None:
+            raise ValueError("swa_epoch_lr needs swa_start")
         start_lr = learning_rate(self, self.swa_start, 0, steps)
         target = start_lr if self.swa_lr is None else self.swa_lr
         return swa_learning_rate(start_lr, target, self.swa_anneal_epochs, self.swa_anneal, epoch - self.swa_start)
@@ -137,11 +141,41 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def sgd_epoch(ev: Evaluator, params: Sequence[Tensor], opt: torch.optim.Optimizer,
-              make_point: Callable[[torch.Generator], tuple[sp.Point, Tensor]], x: Tensor, y: Tensor,
-              epoch: int, seed: int, batch_size: int, wd: float, lr_at: Callable[[int, int], float],
-              advance: Callable, lrs: list[float] | None = None,
-              buffers: dict[str, Tensor] | None = None) -> dict[str, float]:
+class _HalfSquaredNorm(torch.autograd.Function):
+    """0.5 ||v||^2 as one dot product; its backward is one multiply (``pow(2).sum()`` takes three passes)."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor) -> Tensor:
+        ctx.save_for_backward(v)
+        return 0.5 * torch.dot(v.reshape(-1), v.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (v,) = ctx.saved_tensors
+        return v * grad
+
+
+def half_squared_norm(v: Tensor) -> Tensor:
+    """0.5 ||v||^2, differentiable (the L2 penalty of `sgd_epoch`)."""
+    return _HalfSquaredNorm.apply(v)
+
+
+def sgd_epoch(
+    ev: Evaluator,
+    params: Sequence[Tensor],
+    opt: torch.optim.Optimizer,
+    make_point: Callable[[torch.Generator], tuple[sp.Point, Tensor]],
+    x: Tensor,
+    y: Tensor,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    wd: float,
+    lr_at: Callable[[int, int], float],
+    advance: Callable,
+    lrs: list[float] | None = None,
+    buffers: dict[str, Tensor] | None = None,
+) -> dict[str, float]:
     """One epoch of minibatch SGD on a point made by ``make_point``; returns mean loss and error.
 
     ``make_point(generator) -> (point, flat)``: the point to train through (differentiable in
@@ -161,7 +195,7 @@ def sgd_epoch(ev: Evaluator, params: Sequence[Tensor], opt: torch.optim.Optimize
     track = ev.functional.tracking() if buffers is not None else contextlib.nullcontext()
     with track:
         for it in range(iters):
-            idx = order[it * batch_size:(it + 1) * batch_size]
+            idx = order[it * batch_size : (it + 1) * batch_size]
             local = idx[rank::world]
             lr = lr_at(it, iters)
             for g in opt.param_groups:
@@ -175,14 +209,19 @@ def sgd_epoch(ev: Evaluator, params: Sequence[Tensor], opt: torch.optim.Optimize
             xb, yb = prepare(x[local], ev.device, ev.dtype), y[local].to(ev.device)  # token ids stay int
             out = ev.forward(point, ev.buffers if buffers is None else buffers, xb, bn_train=True)
             per = ev.loss_fn(out, yb)
-            loss = per.sum() / idx.numel() + 0.5 * wd * flat.pow(2).sum() / world
+            loss = per.sum() / idx.numel() + wd * half_squared_norm(flat) / world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_grads(params)
             opt.step()
             with torch.no_grad():
-                sums += torch.stack([per.sum().double(), (out.argmax(-1) == yb).sum().double(),
-                                     torch.tensor(float(yb.numel()), dtype=torch.float64, device=ev.device)])
+                sums += torch.stack(
+                    [
+                        per.sum().double(),
+                        (out.argmax(-1) == yb).sum().double(),
+                        torch.tensor(float(yb.numel()), dtype=torch.float64, device=ev.device),
+                    ]
+                )
             advance(1)
     distributed.all_reduce(sums)
     loss_sum, correct, seen = sums.tolist()
@@ -211,16 +250,32 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "sam":
         from .sam import SAM, bias_mask
 
-        return SAM(model.parameters(), torch.optim.SGD, rho=config.rho, adaptive=config.adaptive, eta=config.eta,
-                   scaled=bias_mask(model), lr=config.lr, momentum=config.momentum, weight_decay=config.wd)
+        return SAM(
+            model.parameters(),
+            torch.optim.SGD,
+            rho=config.rho,
+            adaptive=config.adaptive,
+            eta=config.eta,
+            scaled=bias_mask(model),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.wd,
+        )
     if config.optimizer == "adamw":  # decoupled weight decay (the grokking runs' optimiser)
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.wd)
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.wd)
 
 
-def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: TrainConfig,
-                    history: list[dict[str, float]], identity: Mapping[str, Any],
-                    extra: Mapping[str, Tensor] | None = None, weights_hash: str | None = None) -> None:
+def _save_optimizer(
+    path: Path,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    identity: Mapping[str, Any],
+    extra: Mapping[str, Tensor] | None = None,
+    weights_hash: str | None = None,
+) -> None:
     """The optimiser state after ``epoch`` (and ``extra`` tensors, e.g. SWA's, under ``extra/``): one
     safetensors file and its JSON sidecar, which names the weights it belongs to (``weights_hash``: the
     epoch checkpoint's), so that it is never used with other weights (e.g. a permuted copy)."""
@@ -234,9 +289,18 @@ def _save_optimizer(path: Path, opt: torch.optim.Optimizer, epoch: int, config: 
                 numbers[f"state.{idx}.{key}"] = val
     tensors.update({f"extra/{k}": v for k, v in (extra or {}).items()})
     io.save_tensors(path, tensors)
-    io.write_json(path.with_suffix(".json"), {"epoch": epoch, "config": asdict(config), "numbers": numbers,
-                                              "param_groups": state["param_groups"], "history": history,
-                                              "weights_hash": weights_hash, **identity})
+    io.write_json(
+        path.with_suffix(".json"),
+        {
+            "epoch": epoch,
+            "config": asdict(config),
+            "numbers": numbers,
+            "param_groups": state["param_groups"],
+            "history": history,
+            "weights_hash": weights_hash,
+            **identity,
+        },
+    )
 
 
 def _read_optimizer(path: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
@@ -272,12 +336,15 @@ def _find_resume(out: Path, config: TrainConfig, identity: Mapping[str, Any]) ->
     saved_config = {**asdict(TrainConfig()), **saved.get("config", {})}
     if saved_config != asdict(config):
         diff = [k for k, v in asdict(config).items() if saved_config.get(k) != v]
-        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): "
-                        f"use the same settings to resume, or another --out")
+        raise UserError(
+            f"{out} holds a run with different settings ({', '.join(diff)}): "
+            f"use the same settings to resume, or another --out"
+        )
     for key, value in identity.items():
         if json.loads(json.dumps(value, default=str)) != saved.get(key):
-            raise UserError(f"{out} holds a run of another {key} ({saved.get(key)}): "
-                            f"use the same {key} to resume, or another --out")
+            raise UserError(
+                f"{out} holds a run of another {key} ({saved.get(key)}): use the same {key} to resume, or another --out"
+            )
     epoch = int(saved["epoch"])
     if not (out / "checkpoints" / f"epoch-{epoch:03d}.safetensors").exists():
         raise UserError(f"{out} has trainer state for epoch {epoch} but no checkpoint: delete {out} to start over")
@@ -309,8 +376,10 @@ def momentum_of(checkpoint: str | Path, model: nn.Module) -> tuple[dict[str, tor
     if meta.get("epoch") != side.get("epoch"):
         return None, f"{state} is for epoch {side.get('epoch')}, {checkpoint} for epoch {meta.get('epoch')}"
     if side.get("weights_hash") and side["weights_hash"] != meta.get("weights_hash"):
-        return None, (f"{state} belongs to other weights than {checkpoint} (weights hash {side['weights_hash']}, "
-                      f"not {meta.get('weights_hash')}): a rewritten or permuted checkpoint")
+        return None, (
+            f"{state} belongs to other weights than {checkpoint} (weights hash {side['weights_hash']}, "
+            f"not {meta.get('weights_hash')}): a rewritten or permuted checkpoint"
+        )
     params = list(model.named_parameters())  # the trainer's optimiser indexes model.parameters()
     out = {}
     for idx, entry in saved.items():
@@ -325,9 +394,16 @@ def momentum_of(checkpoint: str | Path, model: nn.Module) -> tuple[dict[str, tor
     return out, f"restored from {state} (epoch {side.get('epoch')})"
 
 
-def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | Path | None = None,
-          device=None, meta: Mapping[str, Any] | None = None, progress: bool | None = None,
-          momentum_buffers: Mapping[str, Tensor] | None = None) -> History:
+def train(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    out: str | Path | None = None,
+    device=None,
+    meta: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    momentum_buffers: Mapping[str, Tensor] | None = None,
+) -> History:
     """Train ``model`` in place on ``data`` (a zoo `DataSplit`); checkpoint every epoch into ``out``.
 
     ``meta`` (e.g. the data spec) is stored in every sidecar; ``meta["start"]`` (``{"weights_hash",
@@ -349,8 +425,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
     start = 0
     base_meta = {**dict(meta or {}), "seed": config.seed, "config": asdict(config)}
     # what makes a run the same run besides its settings: the model and the data
-    identity = {"model": getattr(model, "modescape_spec", None) or {"class": type(model).__name__},
-                "data": dict(getattr(data, "meta", {}) or {})}
+    identity = {
+        "model": getattr(model, "modescape_spec", None) or {"class": type(model).__name__},
+        "data": dict(getattr(data, "meta", {}) or {}),
+    }
     first = dict((meta or {}).get("start") or {})
     if first:  # a run from a trained checkpoint (SWA from a checkpoint): the same start to resume
         identity["start"] = {k: first.get(k) for k in ("weights_hash", "epochs")}
@@ -365,49 +443,68 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
         base = getattr(opt, "base_optimizer", opt)
         for name, p in model.named_parameters():
             base.state[p]["momentum_buffer"] = momentum_buffers[name].detach().to(p.device, p.dtype).clone()
+    # the evaluator checks the data (NaN or infinite inputs, labels, a model that cannot run on it): before
+    # anything is written into ``out``
+    space = sp.WeightSpace(model)
+    evaluator = Evaluator(
+        model,
+        {"train": data.train, "test": data.test},
+        metrics=("loss", "accuracy"),
+        bn="running",
+        device=device,
+        mode="loop",
+    )
     if out is not None:
         start = _find_resume(out, config, identity)
         if start > 0:
             io.load_state_into(model, io.load_tensors(checkpoint_path(out, start)), str(checkpoint_path(out, start)))
             _load_optimizer(out / "trainer.safetensors", opt)
             history.epochs = json.loads((out / "trainer.json").read_text()).get("history", [])
-            if swag is not None and start > config.swa_start:
-                extra = {k[len("extra/swag/"):]: v for k, v in io.load_tensors(out / "trainer.safetensors").items()
-                         if k.startswith("extra/swag/")}
+            if swag is not None and config.swa_start is not None and start > config.swa_start:
+                extra = {
+                    k[len("extra/swag/") :]: v
+                    for k, v in io.load_tensors(out / "trainer.safetensors").items()
+                    if k.startswith("extra/swag/")
+                }
                 if not extra:
                     raise UserError(f"{out} has no SWA state for epoch {start}: delete {out} to start over")
                 swag.load_state_tensors(extra)
         else:
-            io.save_checkpoint(checkpoint_path(out, 0), model, {**base_meta, "epoch": 0, "budget": {"epochs": spent(0)}})
+            io.save_checkpoint(
+                checkpoint_path(out, 0), model, {**base_meta, "epoch": 0, "budget": {"epochs": spent(0)}}
+            )
 
-    space = sp.WeightSpace(model)
-    evaluator = Evaluator(model, {"train": data.train, "test": data.test}, metrics=("loss", "accuracy"),
-                          bn="running", device=device, mode="loop")
     swa_ev = None
     if swag is not None:  # the average is a point SGD never visited: fresh BatchNorm statistics (if any)
         from .evaluate import default_bn
 
-        swa_ev = Evaluator(model, dict(evaluator.sources), metrics=("loss", "accuracy"), bn=default_bn(model),
-                           device=device, mode="loop")
+        swa_ev = Evaluator(
+            model,
+            dict(evaluator.sources),
+            metrics=("loss", "accuracy"),
+            bn=default_bn(model),
+            device=device,
+            mode="loop",
+        )
     sam = config.optimizer == "sam"
     if sam:
-        from .sam import frozen_batchnorm
+        from .sam import SAM, frozen_batchnorm
     steps = math.ceil(n / config.batch_size)
     with bar("training", (config.epochs - start) * steps, enabled=progress) as advance:
         for epoch in range(start, config.epochs):
             model.train()
             order = epoch_order(n, config.seed, epoch).to(device)
             running = 0.0
-            in_swa = swag is not None and epoch >= config.swa_start
+            in_swa = swag is not None and config.swa_start is not None and epoch >= config.swa_start
             swa_lr = config.swa_epoch_lr(epoch, steps) if in_swa else None
             for step in range(steps):
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
                 lr = swa_lr if in_swa else learning_rate(config, epoch, step, steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 xb, yb = xtr_d[idx], ytr_d[idx]
 
-                def batch_loss() -> Tensor:
+                def batch_loss(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:  # bound: called in this step only
                     logits = model(xb)
                     # sequence outputs [B, T, V]: the mean per-token loss (the evaluator's loss)
                     if logits.dim() == 2 and yb.dim() == 1:
@@ -420,6 +517,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if sam:  # SAM: the gradient at the ascent point w + e, BatchNorm statistics left alone
+                    assert isinstance(opt, SAM)  # _make_optimizer's choice for optimizer="sam"
                     opt.first_step(zero_grad=True)
                     with frozen_batchnorm(model):
                         batch_loss().backward()
@@ -431,34 +529,60 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, out: str | 
             model.eval()
             metrics = evaluator([space.point(model)], buffers=[space.buffers(model)]).to_dict()
             metrics = {"epoch": epoch + 1, "running_loss": running / n, "lr": lr, **metrics}
-            if in_swa:
+            if in_swa and swag is not None and swa_ev is not None:
                 swag.collect(model)
                 avg = swa_ev([swag.mean()]).to_dict()
                 metrics.update({"swa_n": swag.n, **{f"swa_{k}": v for k, v in avg.items()}})
             history.epochs.append(metrics)
             if out is not None and ((epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs):
-                io.save_checkpoint(checkpoint_path(out, epoch + 1), model,
-                                   {**base_meta, "epoch": epoch + 1, "metrics": metrics,
-                                    "budget": {"epochs": spent(epoch + 1)}})
-                extra = {f"swag/{k}": v for k, v in swag.state_tensors().items()} if swag is not None and swag.n else None
-                _save_optimizer(out / "trainer.safetensors", opt, epoch + 1, config, history.epochs, identity,
-                                **({"extra": extra} if extra else {}),
-                                weights_hash=io.read_meta(checkpoint_path(out, epoch + 1)).get("weights_hash"))
+                io.save_checkpoint(
+                    checkpoint_path(out, epoch + 1),
+                    model,
+                    {**base_meta, "epoch": epoch + 1, "metrics": metrics, "budget": {"epochs": spent(epoch + 1)}},
+                )
+                swag_state = (
+                    {f"swag/{k}": v for k, v in swag.state_tensors().items()} if swag is not None and swag.n else None
+                )
+                _save_optimizer(
+                    out / "trainer.safetensors",
+                    opt,
+                    epoch + 1,
+                    config,
+                    history.epochs,
+                    identity,
+                    **({"extra": swag_state} if swag_state else {}),
+                    weights_hash=io.read_meta(checkpoint_path(out, epoch + 1)).get("weights_hash"),
+                )
     model.eval()
-    if swag is not None:
+    if swag is not None and swa_ev is not None:
         history.swag = swag
         mean = swag.mean()
         history.swa_buffers = {k: v.detach().cpu() for k, v in swa_ev.point_buffers(mean).items()}
     if out is not None:
-        final_meta = {**base_meta, "epoch": config.epochs, "metrics": history.last,
-                      "budget": {"epochs": spent(config.epochs)}}
+        final_meta = {
+            **base_meta,
+            "epoch": config.epochs,
+            "metrics": history.last,
+            "budget": {"epochs": spent(config.epochs)},
+        }
         io.save_checkpoint(out / "final.safetensors", model, final_meta)
-        if swag is not None:
-            swa_metrics = {k[len("swa_"):]: v for k, v in history.last.items() if k.startswith("swa_")}
-            swa_meta = {**base_meta, "epoch": config.epochs, "metrics": swa_metrics,
-                        "budget": {"epochs": spent(config.epochs)},
-                        "swa": {"n_averaged": swag.n, "bn": swa_ev.bn, **swag.settings()}}
+        if swag is not None and swa_ev is not None:
+            swa_metrics = {k[len("swa_") :]: v for k, v in history.last.items() if k.startswith("swa_")}
+            swa_meta = {
+                **base_meta,
+                "epoch": config.epochs,
+                "metrics": swa_metrics,
+                "budget": {"epochs": spent(config.epochs)},
+                "swa": {"n_averaged": swag.n, "bn": swa_ev.bn, **swag.settings()},
+            }
             io.save_checkpoint(out / "swa.safetensors", sp.module_at(model, mean, history.swa_buffers), swa_meta)
-            swag.save(out / "swag.safetensors", {"epochs": spent(config.epochs), "run_epochs": config.epochs,
-                                                  "start": first, "swa_start": config.swa_start})
+            swag.save(
+                out / "swag.safetensors",
+                {
+                    "epochs": spent(config.epochs),
+                    "run_epochs": config.epochs,
+                    "start": first,
+                    "swa_start": config.swa_start,
+                },
+            )
     return history

@@ -22,7 +22,6 @@ console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, em
 err_console = Console(stderr=True, emoji=False)
 
 
-
 def debugging() -> bool:
     """Whether user errors also print the traceback of their cause (``--debug`` or MODESCAPE_DEBUG=1)."""
     import os
@@ -30,10 +29,27 @@ def debugging() -> bool:
     return os.environ.get("MODESCAPE_DEBUG", "").lower() in ("1", "true", "yes")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"modescape {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="On a user error, also print the traceback of what "
-                                                                "caused it (e.g. inside your own model or data "
-                                                                "factory); the same as MODESCAPE_DEBUG=1.")) -> None:
+def _options(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="On a user error, also print the traceback of what "
+        "caused it (e.g. inside your own model or data "
+        "factory); the same as MODESCAPE_DEBUG=1.",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Geometry of neural-network loss landscapes: train, evaluate, slice, connect, align, measure."""
     if debug:
         import os

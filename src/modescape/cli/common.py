@@ -12,20 +12,25 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..checks import check_seed
 from ..errors import UserError
-from ..provenance import command_line  # noqa: F401  (re-exported for commands)
 from ..lazy import lazy
+from ..provenance import command_line  # noqa: F401  (re-exported for commands)
 
 torch = lazy("torch")
+if TYPE_CHECKING:
+    from torch import device as Device
 io = lazy("modescape.io")
 
 
 def seed_everything(seed: int) -> None:
     import numpy as np
+
+    check_seed(seed)
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -52,7 +57,7 @@ def check_device(device: str | None) -> None:
     raise UserError(f"unsupported --device '{device}': use cpu, cuda or cuda:N (modescape runs on CPUs and CUDA GPUs)")
 
 
-def resolve_device(device: str | None) -> "torch.device":
+def resolve_device(device: str | None) -> Device:
     """``None``/"auto" -> cuda when available else cpu; otherwise checked (cpu, cuda, cuda:N)."""
     check_device(device)
     if device in (None, "", "auto"):
@@ -61,11 +66,8 @@ def resolve_device(device: str | None) -> "torch.device":
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device} was asked for but no CUDA GPU is available: use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                        f"numbered from 0")
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     return dev
-
-
 
 
 def print_json(obj: Any) -> None:
@@ -124,11 +126,57 @@ MODEL_ARGS = typer.Option("", "--model-args", help="Model arguments, e.g. depth=
 DATA = typer.Option(None, "--data", help="Override the sidecar's dataset: a zoo name or package.module:factory.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Folder with the data files (mnist, cifar10).")
 DATA_ARGS = typer.Option("", "--data-args", help="Dataset arguments, e.g. n_train=10000 (mnist, cifar10).")
+
+
 def _device_checked(value: str | None) -> str | None:
     check_device(value)  # at parse time: an unsupported device is one line before any work
     return value
 
 
-DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).",
-                      callback=_device_checked)
+DEVICE = typer.Option(
+    None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).", callback=_device_checked
+)
 JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
+
+
+def _precision_checked(value: str) -> str:
+    from ..checks import check_precision
+
+    return check_precision(value, "--precision")  # at parse time: one line, exit 2
+
+
+PRECISION = typer.Option(
+    "fp32",
+    "--precision",
+    callback=_precision_checked,
+    help="fp32 or bf16: the forwards of the evaluation in bf16 (torch.autocast, CPU and GPU; "
+    "losses still summed in float64). Recorded with the result.",
+)
+CHECK_PRECISION = typer.Option(
+    0,
+    "--check-precision",
+    metavar="N",
+    help="With --precision bf16: also evaluate N random points (seeded by --seed) of the "
+    "same grid or path in fp32, and store and print the largest absolute and "
+    "relative difference per metric (0: no check).",
+)
+
+
+def check_precision_options(precision: str, check: int) -> None:
+    """``--check-precision N`` is a count, and compares a reduced precision with fp32."""
+    if check < 0:
+        raise UserError(f"--check-precision must be 0 (no check) or a number of points; got {check}")
+    if check and precision == "fp32":
+        raise UserError("--check-precision compares a reduced precision with fp32: give --precision bf16 too")
+
+
+def precision_check(ev, family, coords, n: int, seed: int) -> dict | None:
+    """``--check-precision``: `modescape.evaluate.compare_precision` on ``n`` points (None when 0); printed
+    on stderr."""
+    if not n:
+        return None
+    from ..evaluate import compare_precision, format_check
+
+    check = compare_precision(ev, family, coords, n, seed)
+    sys.stderr.write(format_check(check) + "\n")
+    return check

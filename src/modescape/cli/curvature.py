@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from ..checks import check_choice, check_policy, input_file
+from ..checks import check_choice, check_policy, check_positive, input_file
 from ..errors import UserError
-from .app import app, common, console
 from ..lazy import lazy
+from .app import app, common, console
 
 cv = lazy("modescape.curvature")
 ddp = lazy("modescape.distributed")
@@ -31,11 +30,25 @@ io = lazy("modescape.io")
 sh = lazy("modescape.sharpness")
 plots = lazy("modescape.plots")
 
-_BN = typer.Option("running", "--bn", help="BatchNorm policy: running (eval mode, stored statistics), recompute or train.")
+_BN = typer.Option(
+    "running", "--bn", help="BatchNorm policy: running (eval mode, stored statistics), recompute or train."
+)
 
 
-def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], batch_size: int, device, model,
-           model_args, data, data_root, data_args, shard: bool = False) -> tuple:
+def _setup(
+    checkpoint: Path,
+    bn: str,
+    split_name: str,
+    n_train: int | None,
+    batch_size: int,
+    device,
+    model,
+    model_args,
+    data,
+    data_root,
+    data_args,
+    shard: bool = False,
+) -> tuple:
     from ..evaluate import Evaluator
 
     check_policy(bn, "--bn")
@@ -50,8 +63,15 @@ def _setup(checkpoint: Path, bn: str, split_name: str, n_train: Optional[int], b
         x, y = x[:n_train], y[:n_train]
     if shard:  # under torchrun: this rank's samples (rank, rank + world, ...); one process: all of them
         x, y = cv.shard((x, y))
-    ev = Evaluator(net, {split_name: (x, y)}, metrics=("loss", "accuracy"), bn=bn, device=dev,
-                   batch_size=batch_size, progress=False)
+    ev = Evaluator(
+        net,
+        {split_name: (x, y)},
+        metrics=("loss", "accuracy"),
+        bn=bn,
+        device=dev,
+        batch_size=batch_size,
+        progress=False,
+    )
     return ev, meta
 
 
@@ -62,35 +82,45 @@ def hessian_cmd(
     which: str = typer.Option("largest", "--which", help="largest (algebraic), smallest (algebraic) or magnitude."),
     tol: float = typer.Option(1e-4, "--tol", help="Ritz residual tolerance, relative to the largest |eigenvalue|."),
     method: str = typer.Option("lanczos", "--method", help="lanczos or power."),
-    max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Lanczos steps (power: products per pair) at most."),
+    max_iter: int | None = typer.Option(None, "--max-iter", help="Lanczos steps (power: products per pair) at most."),
     do_trace: bool = typer.Option(False, "--trace", help="Also estimate the trace."),
-    trace_method: str = typer.Option("hutch++", "--trace-method",
-                                     help="hutch++ (default: exact on the top subspace, far fewer products on "
-                                          "network Hessians) or hutchinson."),
+    trace_method: str = typer.Option(
+        "hutch++",
+        "--trace-method",
+        help="hutch++ (default: exact on the top subspace, far fewer products on network Hessians) or hutchinson.",
+    ),
     rtol: float = typer.Option(0.01, "--rtol", help="Trace: stop when stderr <= rtol * |trace|."),
-    max_samples: int = typer.Option(1000, "--max-samples", help="Trace: probes at most (then reported as not converged)."),
+    max_samples: int = typer.Option(
+        1000, "--max-samples", help="Trace: probes at most (then reported as not converged)."
+    ),
     do_density: bool = typer.Option(False, "--density", help="Also the spectral density (SLQ), plotted into --out."),
     probes: int = typer.Option(5, "--probes", help="Density: number of SLQ probes."),
     steps: int = typer.Option(80, "--steps", help="Density: Lanczos steps per probe."),
-    params: str = typer.Option("all", "--params", help="all, weights, biases, norms, or a layer-name prefix (comma list)."),
-    per: Optional[str] = typer.Option(None, "--per", help="Per layer or per block: layer, block or a depth 1, 2, ..."),
+    params: str = typer.Option(
+        "all", "--params", help="all, weights, biases, norms, or a layer-name prefix (comma list)."
+    ),
+    per: str | None = typer.Option(None, "--per", help="Per layer or per block: layer, block or a depth 1, 2, ..."),
     hvp: str = typer.Option("auto", "--hvp", help="HVP method: auto, double-backward or forward-over-reverse."),
-    curvature: str = typer.Option("hessian", "--curvature", help="The matrix: hessian, ggn (generalised Gauss-Newton) "
-                                                                 "or fisher (empirical Fisher)."),
-    start: str = typer.Option("gradient", "--start",
-                              help="First Lanczos/power vector: gradient (seeded noise plus the gradient) or random."),
+    curvature: str = typer.Option(
+        "hessian",
+        "--curvature",
+        help="The matrix: hessian, ggn (generalised Gauss-Newton) or fisher (empirical Fisher).",
+    ),
+    start: str = typer.Option(
+        "gradient", "--start", help="First Lanczos/power vector: gradient (seeded noise plus the gradient) or random."
+    ),
     bn: str = _BN,
     split_name: str = typer.Option("train", "--split", help="Data the loss is averaged over: train or test."),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help="Use only the first N samples."),
+    n_train: int | None = typer.Option(None, "--n-train", help="Use only the first N samples."),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for hessian.json and density.png."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for hessian.json and density.png."),
     seed: int = typer.Option(0, "--seed"),
-    model: Optional[str] = common.MODEL,
+    model: str | None = common.MODEL,
     model_args: str = common.MODEL_ARGS,
-    data: Optional[str] = common.DATA,
-    data_root: Optional[str] = common.DATA_ROOT,
+    data: str | None = common.DATA,
+    data_root: str | None = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
-    device: Optional[str] = common.DEVICE,
+    device: str | None = common.DEVICE,
     as_json: bool = common.JSON,
 ) -> None:
     """Hessian (or GGN, empirical Fisher) eigenvalues, trace and spectral density of the loss at a checkpoint."""
@@ -107,15 +137,31 @@ def hessian_cmd(
         raise UserError(f"--top-k must be at least 1; got {top_k}")
     if not tol > 0 or not rtol > 0:
         raise UserError("--tol and --rtol must be positive")
-    for name, value, least in (("--max-iter", max_iter, 1), ("--max-samples", max_samples, 2),
-                               ("--probes", probes, 1), ("--steps", steps, 2)):
+    for name, value, least in (
+        ("--max-iter", max_iter, 1),
+        ("--max-samples", max_samples, 2),
+        ("--probes", probes, 1),
+        ("--steps", steps, 2),
+    ):
         if value is not None and value < least:
             raise UserError(f"{name} must be at least {least}; got {value}")
     common.seed_everything(seed)
     dev = ddp.rank_device(common.resolve_device(device))
     ctx = ddp.init(dev)  # several ranks under torchrun: each its shard of the data, products all-reduced
-    ev, meta = _setup(checkpoint, bn, split_name, n_train, batch_size, str(dev), model, model_args, data, data_root,
-                      data_args, shard=True)
+    ev, meta = _setup(
+        checkpoint,
+        bn,
+        split_name,
+        n_train,
+        batch_size,
+        str(dev),
+        model,
+        model_args,
+        data,
+        data_root,
+        data_args,
+        shard=True,
+    )
     outdir = common.out_dir(out) if out is not None and ctx.is_main else None
     chosen = cv.select_params(ev.space, params)
     groups = {params: chosen}
@@ -126,17 +172,31 @@ def hessian_cmd(
     for g, size in sizes.items():
         if top_k > size:
             raise UserError(f"--top-k {top_k} is more than the {size} parameters of '{g}': ask for at most {size}")
-    result = {"checkpoint": str(checkpoint), "curvature": curvature, "bn": bn, "split": split_name,
-              "n": ev.sources[split_name].n, "ranks": ctx.world, "which": which, "tol": tol, "method": method,
-              "groups": {}, "command": common.command_line()}
+    result = {
+        "checkpoint": str(checkpoint),
+        "curvature": curvature,
+        "bn": bn,
+        "split": split_name,
+        "n": ev.sources[split_name].n,
+        "ranks": ctx.world,
+        "which": which,
+        "tol": tol,
+        "method": method,
+        "groups": {},
+        "command": common.command_line(),
+    }
     kind = "Hessian"
     for g, names in groups.items():
         H = cv.curvature_operator(curvature, ev, params=list(names), method=hvp, source=split_name)
         kind, result["n"] = H.kind, H.n_total
-        r = cv.eigenvalues(H, k=top_k, which=which, tol=tol, method=method, max_iter=max_iter,
-                           seed=seed, start=start)
-        entry = {"size": H.size, "hvp_method": getattr(H, "method", "jvp+vjp"), "retained_graph": H.retained,
-                 "start": start, "eigenvalues": r.to_dict()}
+        r = cv.eigenvalues(H, k=top_k, which=which, tol=tol, method=method, max_iter=max_iter, seed=seed, start=start)
+        entry = {
+            "size": H.size,
+            "hvp_method": getattr(H, "method", "jvp+vjp"),
+            "retained_graph": H.retained,
+            "start": start,
+            "eigenvalues": r.to_dict(),
+        }
         if do_trace:
             entry["trace"] = cv.trace(H, method=trace_method, rtol=rtol, seed=seed, max_samples=max_samples).to_dict()
         if do_density:
@@ -145,8 +205,9 @@ def hessian_cmd(
             if outdir is not None:
                 safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in g)
                 png = outdir / (f"density-{safe}.png" if per else "density.png")
-                plots.plot_density(d, png, label=checkpoint,
-                                   title=f"{kind} density: {plots.base.run_names([checkpoint])[0]} ({g})")
+                plots.plot_density(
+                    d, png, label=checkpoint, title=f"{kind} density: {plots.base.run_names([checkpoint])[0]} ({g})"
+                )
                 io.write_json(png.with_suffix(".json"), d.to_dict())
                 entry["density"]["plot"] = str(png)
         H.release()
@@ -167,15 +228,25 @@ def hessian_cmd(
         ev_ = e["eigenvalues"]
         tr = e.get("trace", {})
         mark = "" if all(ev_["converged"]) else " *"
-        table.add_row(g, str(e["size"]), ", ".join(f"{v:.4g}" for v in ev_["values"]) + mark, str(ev_["n_hvp"]),
-                      (f"{tr['estimate']:.4g}" + ("" if tr["converged"] else " *")) if tr else "",
-                      f"{tr['stderr']:.2g}" if tr else "", str(tr["n_hvp"]) if tr else "")
+        table.add_row(
+            g,
+            str(e["size"]),
+            ", ".join(f"{v:.4g}" for v in ev_["values"]) + mark,
+            str(ev_["n_hvp"]),
+            (f"{tr['estimate']:.4g}" + ("" if tr["converged"] else " *")) if tr else "",
+            f"{tr['stderr']:.2g}" if tr else "",
+            str(tr["n_hvp"]) if tr else "",
+        )
         if mark:
-            notes.append(f"{g}: {sum(not c for c in ev_['converged'])} of {len(ev_['converged'])} eigenvalues did not "
-                         f"reach --tol {tol} in {ev_['iterations']} steps (raise --max-iter)")
+            notes.append(
+                f"{g}: {sum(not c for c in ev_['converged'])} of {len(ev_['converged'])} eigenvalues did not "
+                f"reach --tol {tol} in {ev_['iterations']} steps (raise --max-iter)"
+            )
         if tr and not tr["converged"]:
-            notes.append(f"{g}: the trace's standard error {tr['stderr']:.2g} did not reach --rtol {rtol} of it in "
-                         f"{tr['n_samples']} probes (raise --max-samples, loosen --rtol, or try --trace-method hutch++)")
+            notes.append(
+                f"{g}: the trace's standard error {tr['stderr']:.2g} did not reach --rtol {rtol} of it in "
+                f"{tr['n_samples']} probes (raise --max-samples, loosen --rtol, or try --trace-method hutch++)"
+            )
     console.print(table)
     for note in notes:
         console.print(f"* not converged: {note}", style="yellow")
@@ -183,7 +254,7 @@ def hessian_cmd(
         console.print(f"results in {outdir}")
 
 
-def _parse_measures(text: Optional[str]) -> Optional[list[str]]:
+def _parse_measures(text: str | None) -> list[str] | None:
     if not text or text == "all":
         return None
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -195,23 +266,27 @@ def _parse_measures(text: Optional[str]) -> Optional[list[str]]:
 
 @app.command("sharpness")
 def sharpness_cmd(
-    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints (.safetensors with sidecars)."),
-    measures: Optional[str] = typer.Option(None, "--measures", help="Comma list of measures (default all: lambda_max, "
-                                           "trace, keskar, worst_*, adaptive_worst_*, avg_*, adaptive_avg_*, "
-                                           "pacbayes_mag, filter_1d; docs/curvature.md defines each)."),
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints (.safetensors with sidecars)."),
+    measures: str | None = typer.Option(
+        None,
+        "--measures",
+        help="Comma list of measures (default all: lambda_max, "
+        "trace, keskar, worst_*, adaptive_worst_*, avg_*, adaptive_avg_*, "
+        "pacbayes_mag, filter_1d; docs/curvature.md defines each).",
+    ),
     params: str = typer.Option("all", "--params", help="Perturbed parameters: all, weights, or a layer-name prefix."),
     bn: str = _BN,
     split_name: str = typer.Option("train", "--split", help="train or test."),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help="Use only the first N samples."),
+    n_train: int | None = typer.Option(None, "--n-train", help="Use only the first N samples."),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sharpness.json."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for sharpness.json."),
     seed: int = typer.Option(0, "--seed"),
-    model: Optional[str] = common.MODEL,
+    model: str | None = common.MODEL,
     model_args: str = common.MODEL_ARGS,
-    data: Optional[str] = common.DATA,
-    data_root: Optional[str] = common.DATA_ROOT,
+    data: str | None = common.DATA,
+    data_root: str | None = common.DATA_ROOT,
     data_args: str = common.DATA_ARGS,
-    device: Optional[str] = common.DEVICE,
+    device: str | None = common.DEVICE,
     as_json: bool = common.JSON,
 ) -> None:
     """Sharpness and flatness measures (Keskar, worst/average case, adaptive, PAC-Bayes, filter-normalised)."""
@@ -219,8 +294,7 @@ def sharpness_cmd(
     common.seed_everything(seed)
     rows = []
     for ckpt in checkpoints:
-        ev, _ = _setup(ckpt, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root,
-                       data_args)
+        ev, _ = _setup(ckpt, bn, split_name, n_train, batch_size, device, model, model_args, data, data_root, data_args)
         values = sh.measure_all(ev, measures=names, params=params, seed=seed)
         rows.append({"checkpoint": str(ckpt), "bn": bn, "split": split_name, **values})
     if out is not None:
@@ -234,36 +308,48 @@ def sharpness_cmd(
     for r in rows:
         p = Path(r["checkpoint"])
         table.add_column(f"{p.parent.name}/{p.name}" if p.parent.name else p.name, justify="right")
-    for c in ["loss", *cols]:
+    for c in [*(["loss"] if all("loss" in r for r in rows) else []), *cols]:  # lambda_max, trace: no base loss
         table.add_row(c, *(f"{r[c]:.4g}" for r in rows))
     console.print(table)
 
 
 @app.command("correlate")
 def correlate_cmd(
-    runs: List[Path] = typer.Argument(..., help="Run folders of `modescape train --out` (final.safetensors inside)."),
-    measures: Optional[str] = typer.Option(None, "--measures", help="Comma list of measures (default all)."),
+    runs: list[Path] = typer.Argument(..., help="Run folders of `modescape train --out` (final.safetensors inside)."),
+    measures: str | None = typer.Option(None, "--measures", help="Comma list of measures (default all)."),
     gap: str = typer.Option("error", "--gap", help="Generalisation gap of: error or loss (test minus train)."),
     params: str = typer.Option("all", "--params"),
     bn: str = _BN,
-    n_train: Optional[int] = typer.Option(None, "--n-train",
-                                          help="Measures on the first N training samples (the gap uses all data)."),
+    n_train: int | None = typer.Option(
+        None, "--n-train", help="Measures on the first N training samples (the gap uses all data)."
+    ),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for correlate.csv, .json and .png (default: "
-                                                            "print the table only)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for correlate.csv, .json and .png (default: print the table only)."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = common.DEVICE,
+    device: str | None = common.DEVICE,
     as_json: bool = common.JSON,
 ) -> None:
     """Every measure and the generalisation gap over runs; Kendall's tau of each measure with the gap."""
     check_policy(bn, "--bn")
+    check_positive(n_train=n_train, batch_size=batch_size)
     names = _parse_measures(measures)
     common.seed_everything(seed)
     dev = common.resolve_device(device)
     from ..correlate import correlate as run_correlate
 
-    res = run_correlate(runs, measures=names, gap=gap, bn=bn, params=params, n_train=n_train, batch_size=batch_size,
-                        device=dev, seed=seed)
+    res = run_correlate(
+        runs,
+        measures=names,
+        gap=gap,
+        bn=bn,
+        params=params,
+        n_train=n_train,
+        batch_size=batch_size,
+        device=dev,
+        seed=seed,
+    )
     report = res.to_dict()
     if out is not None:
         out = common.out_dir(out)

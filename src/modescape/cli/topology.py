@@ -14,15 +14,22 @@ Only typer, pathlib and typing are imported here: everything else is imported in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from .app import app, console
 
 
-def write_topology(ds: Any, out: Path, metric: str = "train_loss", threshold: Optional[str] = None,
-                   neighbourhood: str = "axis", figures: bool = True, source: Optional[str] = None) -> dict:
+def write_topology(
+    ds: Any,
+    out: Path,
+    metric: str = "train_loss",
+    threshold: str | None = None,
+    neighbourhood: str = "axis",
+    figures: bool = True,
+    source: str | None = None,
+) -> dict:
     """Compute the topology of ``ds[metric]``, draw it and store ``topology.json`` in ``out``.
 
     Returns the summary (the numbers of `TopologyResult.summary`) with the paths written (``json``,
@@ -37,9 +44,16 @@ def write_topology(ds: Any, out: Path, metric: str = "train_loss", threshold: Op
     out = Path(out)
     name = "topology.json" if metric == "train_loss" else f"topology_{metric}.json"
     attrs = getattr(ds, "attrs", {}) or {}
-    record = {**topo.to_dict(), "source": source, "command": command_line(),
-              "result_attrs": {k: attrs[k] for k in ("model_hash", "data_hash", "family_hash", "bn", "settings_hash",
-                                                     "complete") if k in attrs}}
+    record = {
+        **topo.to_dict(),
+        "source": source,
+        "command": command_line(),
+        "result_attrs": {
+            k: attrs[k]
+            for k in ("model_hash", "data_hash", "family_hash", "bn", "settings_hash", "complete")
+            if k in attrs
+        },
+    }
     paths = []
     if figures:
         from ..plots.topology import plot_topology
@@ -63,16 +77,26 @@ def check_neighbourhood(value: str) -> str:
 def topology_cmd(
     result: Path = typer.Argument(..., help="A result.zarr, or the --out folder of a sweep that holds one."),
     metric: str = typer.Option("train_loss", "--metric", help="The variable to analyse (train_loss, test_loss, ...)."),
-    threshold: Optional[str] = typer.Option(
-        None, "--threshold", help="Basins count minima with persistence above this: loss units (0.01) or a "
-                                  "percentage of the loss range (2%). Default 1%."),
+    threshold: str | None = typer.Option(
+        None,
+        "--threshold",
+        help="Basins count minima with persistence above this: loss units (0.01) or a "
+        "percentage of the loss range (2%). Default 1%.",
+    ),
     neighbourhood: str = typer.Option(
-        "axis", "--neighbourhood", help="Grid graph: axis (4 neighbours in 2-D, the default) or full (8 in 2-D, "
-                                        "3^N-1 in N-D); the counts 4 and 8 work too."),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the persistence diagram, the merge tree "
-                                                                      "and the minima on the landscape."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for topology.json and the figures (default: "
-                                                           "beside the result)."),
+        "axis",
+        "--neighbourhood",
+        help="Grid graph: axis (4 neighbours in 2-D, the default) or full (8 in 2-D, "
+        "3^N-1 in N-D); the counts 4 and 8 work too.",
+    ),
+    figures: bool = typer.Option(
+        True,
+        "--figures/--no-figures",
+        help="Draw the persistence diagram, the merge tree and the minima on the landscape.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for topology.json and the figures (default: beside the result)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Persistence, merge tree and basins of a landscape: how many minima, how deep, how smooth."""
@@ -91,20 +115,30 @@ def topology_cmd(
         common.print_json(summary)
         return
     ds_ = summary["deepest_spurious"]
-    console.print(f"{summary['metric']} on a {' x '.join(map(str, summary['shape']))} grid "
-                  f"({', '.join(summary['dims'])}), {summary['neighbourhood']} neighbourhood "
-                  f"({summary['n_neighbours']} neighbours)")
-    console.print(f"values: {summary['value_min']:.6g} to {summary['value_max']:.6g}; global minimum at "
-                  + ", ".join(f"{k} = {v:.4g}" for k, v in summary["global_minimum"].items()))
-    console.print(f"local minima: {summary['n_minima']}; basins with persistence > {summary['threshold']:.4g}: "
-                  f"{summary['basins']}")
+    console.print(
+        f"{summary['metric']} on a {' x '.join(map(str, summary['shape']))} grid "
+        f"({', '.join(summary['dims'])}), {summary['neighbourhood']} neighbourhood "
+        f"({summary['n_neighbours']} neighbours)"
+    )
+    console.print(
+        f"values: {summary['value_min']:.6g} to {summary['value_max']:.6g}; global minimum at "
+        + ", ".join(f"{k} = {v:.4g}" for k, v in summary["global_minimum"].items())
+    )
+    console.print(
+        f"local minima: {summary['n_minima']}; basins with persistence > {summary['threshold']:.4g}: "
+        f"{summary['basins']}"
+    )
     if ds_ is None:
         console.print("deepest spurious basin: none (one minimum)")
     else:
         where = ", ".join(f"{k} = {v:.4g}" for k, v in ds_["coords"].items())
-        console.print(f"deepest spurious basin: depth {ds_['persistence']:.4g} (minimum {ds_['birth']:.4g} at {where}, "
-                      f"saddle {ds_['death']:.4g})")
-    console.print(f"roughness (total spurious persistence / range): {summary['roughness']:.4g}; "
-                  f"smoothness 1/(1+roughness): {summary['smoothness']:.4f}")
+        console.print(
+            f"deepest spurious basin: depth {ds_['persistence']:.4g} (minimum {ds_['birth']:.4g} at {where}, "
+            f"saddle {ds_['death']:.4g})"
+        )
+    console.print(
+        f"roughness (total spurious persistence / range): {summary['roughness']:.4g}; "
+        f"smoothness 1/(1+roughness): {summary['smoothness']:.4f}"
+    )
     figs = f" and {len(summary['figures'])} figures" if summary["figures"] else ""
     console.print(f"wrote {summary['json']}{figs}")

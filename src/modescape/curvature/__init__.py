@@ -26,7 +26,8 @@ The package has three layers, each importable on its own; every public name is r
   random vectors `rademacher` / `random_unit`.
 * `spectrum`: the user-level functions that build an operator and run those algorithms on it:
   `eigenvalues`, `extreme_eigenvalues`, `start_vector`, `trace`, `density` (with `smooth_density`,
-  `Density`; its figure is `modescape.plots.plot_density`) and `blockwise`, with their results (`EigenResult`, `TraceResult`).
+  `Density`; its figure is `modescape.plots.plot_density`) and `blockwise`, with their results
+  (`EigenResult`, `TraceResult`).
 
 Parameters: ``params="all"`` | ``"weights"`` | ``"biases"`` | ``"norms"`` (roles of `WeightSpace`,
 comma-combinable) | a name prefix such as ``"fc0"`` or ``"stage2.0"`` | a list of prefixes. The others stay
@@ -55,17 +56,66 @@ On top of the operator (each also works on any symmetric ``matvec``, e.g. a dens
 * `blockwise`: any of these per layer or per block (groups of parameter-name prefixes).
 """
 
-from .krylov import (WHICH, LanczosResult, Matvec, TraceResult, lanczos, power_iteration, rademacher, random_unit,
-                     ritz, trace_of)
 from .base import ROLE_WORDS, CurvatureOperator, as_evaluator, param_groups, select_params, shard
 from .gauss_newton import GGN, EmpiricalFisher
 from .hessian import HVP_METHODS, Hessian, hvp
+from .krylov import (
+    WHICH,
+    LanczosResult,
+    Matvec,
+    TraceResult,
+    lanczos,
+    power_iteration,
+    rademacher,
+    random_unit,
+    ritz,
+    trace_of,
+)
 from .operators import CURVATURES, OPERATORS, curvature_operator
-from .spectrum import (Density, EigenResult, blockwise, density, eigenvalues, extreme_eigenvalues,
-                       smooth_density, start_vector, trace)
+from .spectrum import (
+    Density,
+    EigenResult,
+    blockwise,
+    density,
+    eigenvalues,
+    extreme_eigenvalues,
+    smooth_density,
+    start_vector,
+    trace,
+)
 
-__all__ = ["CURVATURES", "CurvatureOperator", "EmpiricalFisher", "GGN", "OPERATORS", "curvature_operator", "shard",
-           "Hessian", "hvp", "eigenvalues", "extreme_eigenvalues", "trace", "density", "blockwise",
-           "EigenResult", "TraceResult", "Density", "lanczos", "trace_of", "select_params", "param_groups",
-           "smooth_density", "as_evaluator", "LanczosResult", "start_vector", "ritz", "power_iteration", "rademacher",
-           "random_unit", "HVP_METHODS", "WHICH", "ROLE_WORDS", "Matvec"]
+__all__ = [
+    "CURVATURES",
+    "CurvatureOperator",
+    "EmpiricalFisher",
+    "GGN",
+    "OPERATORS",
+    "curvature_operator",
+    "shard",
+    "Hessian",
+    "hvp",
+    "eigenvalues",
+    "extreme_eigenvalues",
+    "trace",
+    "density",
+    "blockwise",
+    "EigenResult",
+    "TraceResult",
+    "Density",
+    "lanczos",
+    "trace_of",
+    "select_params",
+    "param_groups",
+    "smooth_density",
+    "as_evaluator",
+    "LanczosResult",
+    "start_vector",
+    "ritz",
+    "power_iteration",
+    "rademacher",
+    "random_unit",
+    "HVP_METHODS",
+    "WHICH",
+    "ROLE_WORDS",
+    "Matvec",
+]

@@ -17,7 +17,8 @@ that (`with_leaves`, `loss_of`, `outputs_of`, `combine`, `sync`) are public so t
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +28,18 @@ from .. import space as sp
 from ..errors import UserError
 from ..evaluate import Evaluator
 
-ROLE_WORDS = {"weights": "weight", "weight": "weight", "biases": "bias", "bias": "bias", "norms": "norm",
-              "norm": "norm"}
+ROLE_WORDS = {
+    "weights": "weight",
+    "weight": "weight",
+    "biases": "bias",
+    "bias": "bias",
+    "norms": "norm",
+    "norm": "norm",
+}
 
 
 # -- parameter selection -------------------------------------------------------------------------
+
 
 def select_params(space: sp.WeightSpace, params: str | Sequence[str] | None = "all") -> tuple[str, ...]:
     """Names of the parameters a filter keeps, in layout order.
@@ -51,8 +59,10 @@ def select_params(space: sp.WeightSpace, params: str | Sequence[str] | None = "a
         names = tuple(n for n in space.names if any(n == p or n.startswith(p + ".") for p in items))
     if not names:
         tops = sorted({n.split(".")[0] for n in space.names})
-        raise UserError(f"parameter filter '{params}' selects no parameters: use all, weights, biases, norms "
-                        f"or a name prefix such as {', '.join(tops[:6])}")
+        raise UserError(
+            f"parameter filter '{params}' selects no parameters: use all, weights, biases, norms "
+            f"or a name prefix such as {', '.join(tops[:6])}"
+        )
     return names
 
 
@@ -84,8 +94,17 @@ def param_groups(space: sp.WeightSpace, by: str | int | Mapping[str, Any] = "lay
 
 # -- the operator ---------------------------------------------------------------------------------
 
-def as_evaluator(model: nn.Module | Evaluator, data: Any = None, *, bn: str | None = None, loss=None,
-                 batch_size: int | None = None, device=None, dtype=None) -> Evaluator:
+
+def as_evaluator(
+    model: nn.Module | Evaluator,
+    data: Any = None,
+    *,
+    bn: str | None = None,
+    loss=None,
+    batch_size: int | None = None,
+    device=None,
+    dtype=None,
+) -> Evaluator:
     """An `Evaluator` from a model and data, or the given evaluator (then ``data`` must be None)."""
     if isinstance(model, Evaluator):
         if data is not None:
@@ -97,8 +116,23 @@ def as_evaluator(model: nn.Module | Evaluator, data: Any = None, *, bn: str | No
         raise UserError(f"expected an nn.Module or an Evaluator; got {type(model).__name__}")
     if data is None:
         raise UserError("curvature needs data: pass (X, y), a Dataset, a DataLoader or an Evaluator")
-    return Evaluator(model, data, metrics=("loss", "accuracy"), bn=bn or "running", loss=loss,
-                     batch_size=batch_size, device=device, dtype=dtype, progress=False)
+    return Evaluator(
+        model,
+        data,
+        metrics=("loss", "accuracy"),
+        bn=bn or "running",
+        loss=loss,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        progress=False,
+    )
+
+
+def jvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``torch.func.jvp`` without auxiliary outputs: ``(f(*primals), J_f tangents)``."""
+    out = torch.func.jvp(f, primals, tangents)
+    return out[0], out[1]
 
 
 class CurvatureOperator:
@@ -117,10 +151,22 @@ class CurvatureOperator:
 
     kind = "curvature"
 
-    def __init__(self, model: nn.Module | Evaluator, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
-                 params: str | Sequence[str] | None = "all", bn: str | None = None,
-                 buffers: Mapping[str, Tensor] | None = None, source: str | None = None, loss=None,
-                 batch_size: int | None = None, device=None, dtype=None, distributed: bool | None = None):
+    def __init__(
+        self,
+        model: nn.Module | Evaluator,
+        data: Any = None,
+        point: Mapping[str, Tensor] | None = None,
+        *,
+        params: str | Sequence[str] | None = "all",
+        bn: str | None = None,
+        buffers: Mapping[str, Tensor] | None = None,
+        source: str | None = None,
+        loss=None,
+        batch_size: int | None = None,
+        device=None,
+        dtype=None,
+        distributed: bool | None = None,
+    ):
         ev = as_evaluator(model, data, bn=bn, loss=loss, batch_size=batch_size, device=device, dtype=dtype)
         self.evaluator = ev
         self.space = ev.space
@@ -149,7 +195,7 @@ class CurvatureOperator:
         """[P] -> the selected tensors."""
         if v.shape != (self.size,):
             raise UserError(f"vector has shape {list(v.shape)}; this {self.kind} acts on vectors of size {self.size}")
-        return [t.reshape(s) for t, s in zip(torch.split(v, self.numels), self.shapes)]
+        return [t.reshape(s) for t, s in zip(torch.split(v, self.numels), self.shapes, strict=True)]
 
     def flat(self, point: Mapping[str, Tensor]) -> Tensor:
         """The selected entries of a point as one vector [P]."""
@@ -157,7 +203,7 @@ class CurvatureOperator:
 
     def to_point(self, v: Tensor, full: bool = True) -> sp.Point:
         """[P] -> a point over the selected names, or (``full``) the whole layout with zeros elsewhere."""
-        parts = dict(zip(self.names, self.split(v)))
+        parts = dict(zip(self.names, self.split(v), strict=True))
         if not full:
             return parts
         return {n: parts[n] if n in parts else torch.zeros_like(self.point[n]) for n in self.space.names}
@@ -165,7 +211,7 @@ class CurvatureOperator:
     def with_leaves(self) -> tuple[sp.Point, list[Tensor]]:
         """The point with fresh leaf tensors (requiring grad) for the selected names: (params, leaves)."""
         leaves = [self.point[n].detach().requires_grad_(True) for n in self.names]
-        return {**self.point, **dict(zip(self.names, leaves))}, leaves
+        return {**self.point, **dict(zip(self.names, leaves, strict=True))}, leaves
 
     def combine(self, local: Tensor) -> Tensor:
         """This rank's mean-loss quantity -> the whole data's: ``sum_r (N_r / N) local_r`` (itself alone)."""
@@ -178,7 +224,8 @@ class CurvatureOperator:
         ev, fixed, names = self.evaluator, self.point, self.names
 
         def loss_of(sel):
-            return ev.batch_loss({**fixed, **dict(zip(names, sel))}, self.buffers, x, y)
+            return ev.batch_loss({**fixed, **dict(zip(names, sel, strict=True))}, self.buffers, x, y)
+
         return loss_of
 
     def outputs_of(self, x: Tensor):
@@ -186,7 +233,8 @@ class CurvatureOperator:
         ev, fixed, names = self.evaluator, self.point, self.names
 
         def outputs_of(sel):
-            return ev.forward({**fixed, **dict(zip(names, sel))}, self.buffers, x)
+            return ev.forward({**fixed, **dict(zip(names, sel, strict=True))}, self.buffers, x)
+
         return outputs_of
 
     # -- products -----------------------------------------------------------------------------
@@ -199,7 +247,7 @@ class CurvatureOperator:
         """This rank's product ``sum_b (n_b / N_local) P_b vs``, before `combine`."""
         out = [torch.zeros_like(t) for t in vs]
         for w, x, y in self.evaluator.weighted_batches(self.source):
-            for o, h in zip(out, self.batch_product(vs, x, y)):
+            for o, h in zip(out, self.batch_product(vs, x, y), strict=True):
                 o.add_(h.detach(), alpha=w)
         return out
 
@@ -226,17 +274,19 @@ class CurvatureOperator:
         cols = vs.T.to(self.device, self.dtype)
         out = torch.zeros(cols.shape[0], self.size, device=self.device, dtype=self.dtype)
         for w, x, y in self.evaluator.weighted_batches(self.source):
+
             def one(v, x=x, y=y):
                 return torch.cat([h.reshape(-1) for h in self.batch_product(self.split(v), x, y)])
+
             for i in range(0, cols.shape[0], chunk):
-                part = cols[i:i + chunk]
+                part = cols[i : i + chunk]
                 if self.batched_ok:
                     try:
-                        out[i:i + chunk] += w * torch.func.vmap(one)(part).detach()
+                        out[i : i + chunk] += w * torch.func.vmap(one)(part).detach()
                         continue
                     except RuntimeError:  # an operation without a batching rule
                         self.batched_ok = False
-                out[i:i + chunk] += w * torch.stack([one(c).detach() for c in part])
+                out[i : i + chunk] += w * torch.stack([one(c).detach() for c in part])
         self.n_hvp += vs.shape[1]
         return self.combine(out.T.contiguous())
 
@@ -252,7 +302,7 @@ class CurvatureOperator:
         out = [torch.zeros_like(t) for t in leaves]
         for w, x, y in self.evaluator.weighted_batches(self.source):
             loss = self.evaluator.batch_loss(params, self.buffers, x, y)
-            for o, g in zip(out, torch.autograd.grad(loss, leaves, allow_unused=True)):
+            for o, g in zip(out, torch.autograd.grad(loss, leaves, allow_unused=True), strict=True):
                 if g is not None:
                     o.add_(g, alpha=w)
         return self.combine(torch.cat([o.reshape(-1) for o in out]))
@@ -286,8 +336,10 @@ def shard(data: Any) -> Any:
         import dataclasses
 
         return dataclasses.replace(data, train=shard(tuple(data.train)), test=shard(tuple(data.test)))
-    raise UserError(f"shard: give (X, y) tensors, a dict of them or a DataSplit; got {type(data).__name__} "
-                    "(for a Dataset or DataLoader use torch.utils.data.DistributedSampler)")
+    raise UserError(
+        f"shard: give (X, y) tensors, a dict of them or a DataSplit; got {type(data).__name__} "
+        "(for a Dataset or DataLoader use torch.utils.data.DistributedSampler)"
+    )
 
 
-__all__ = ["CurvatureOperator", "ROLE_WORDS", "as_evaluator", "param_groups", "select_params", "shard"]
+__all__ = ["CurvatureOperator", "ROLE_WORDS", "as_evaluator", "jvp", "param_groups", "select_params", "shard"]

@@ -13,12 +13,12 @@ choice of product method; each is one ``batch_product``, built from ``jvp`` and 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .base import CurvatureOperator
+from .base import CurvatureOperator, jvp
 
 
 class GGN(CurvatureOperator):
@@ -33,13 +33,14 @@ class GGN(CurvatureOperator):
     def batch_product(self, vs: Sequence[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
         f = self.outputs_of(x)
         prim = tuple(self.point[n] for n in self.names)
-        outputs, ju = torch.func.jvp(f, (prim,), (tuple(vs),))
+        outputs, ju = jvp(f, (prim,), (tuple(vs),))
         loss_fn = self.evaluator.loss_fn
 
         def mean_loss(o):
             return loss_fn(o, y).mean()
-        _, hju = torch.func.jvp(torch.func.grad(mean_loss), (outputs.detach(),), (ju,))
-        _, pullback = torch.func.vjp(f, prim)
+
+        _, hju = jvp(torch.func.grad(mean_loss), (outputs.detach(),), (ju,))
+        pullback = torch.func.vjp(f, prim)[1]
         return list(pullback(hju)[0])
 
 
@@ -55,10 +56,11 @@ class EmpiricalFisher(CurvatureOperator):
         ev, fixed, names = self.evaluator, self.point, self.names
 
         def per_sample(sel):
-            return ev.loss_fn(ev.forward({**fixed, **dict(zip(names, sel))}, self.buffers, x), y)
+            return ev.loss_fn(ev.forward({**fixed, **dict(zip(names, sel, strict=True))}, self.buffers, x), y)
+
         prim = tuple(self.point[n] for n in self.names)
-        losses, s = torch.func.jvp(per_sample, (prim,), (tuple(vs),))
-        _, pullback = torch.func.vjp(per_sample, prim)
+        losses, s = jvp(per_sample, (prim,), (tuple(vs),))
+        pullback = torch.func.vjp(per_sample, prim)[1]
         return [g / losses.shape[0] for g in pullback(s)[0]]
 
 

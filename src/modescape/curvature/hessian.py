@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +29,12 @@ from torch import Tensor, nn
 from .. import space as sp
 from ..errors import UserError
 from ..evaluate import Evaluator
-from .base import CurvatureOperator
+from .base import CurvatureOperator, jvp
 
 HVP_METHODS = ("auto", "double-backward", "forward-over-reverse")
 
 # the HVP method measured per evaluator (so a convexity map over many points measures once)
-_CHOSEN: "weakref.WeakKeyDictionary[Evaluator, dict[tuple, str]]" = weakref.WeakKeyDictionary()
+_CHOSEN: weakref.WeakKeyDictionary[Evaluator, dict[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 class Hessian(CurvatureOperator):
@@ -47,15 +48,41 @@ class Hessian(CurvatureOperator):
 
     kind = "Hessian"
 
-    def __init__(self, model: nn.Module | Evaluator, data: Any = None, point: Mapping[str, Tensor] | None = None, *,
-                 params: str | Sequence[str] | None = "all", method: str = "auto", bn: str | None = None,
-                 buffers: Mapping[str, Tensor] | None = None, source: str | None = None, loss=None,
-                 batch_size: int | None = None, device=None, dtype=None, retain: bool | str = "auto",
-                 retain_mb: float | None = None, distributed: bool | None = None):
+    def __init__(
+        self,
+        model: nn.Module | Evaluator,
+        data: Any = None,
+        point: Mapping[str, Tensor] | None = None,
+        *,
+        params: str | Sequence[str] | None = "all",
+        method: str = "auto",
+        bn: str | None = None,
+        buffers: Mapping[str, Tensor] | None = None,
+        source: str | None = None,
+        loss=None,
+        batch_size: int | None = None,
+        device=None,
+        dtype=None,
+        retain: bool | str = "auto",
+        retain_mb: float | None = None,
+        distributed: bool | None = None,
+    ):
         if method not in HVP_METHODS:
             raise UserError(f"unknown HVP method '{method}': use one of {', '.join(HVP_METHODS)}")
-        super().__init__(model, data, point, params=params, bn=bn, buffers=buffers, source=source, loss=loss,
-                         batch_size=batch_size, device=device, dtype=dtype, distributed=distributed)
+        super().__init__(
+            model,
+            data,
+            point,
+            params=params,
+            bn=bn,
+            buffers=buffers,
+            source=source,
+            loss=loss,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            distributed=distributed,
+        )
         ev = self.evaluator
         self._leaves: list[Tensor] | None = None
         self._grads: list[Tensor] | None = None
@@ -74,12 +101,12 @@ class Hessian(CurvatureOperator):
                     method = cache[key]
                 else:
                     method = "double-backward"
-        key = (self.names, source)
+        plain_key = (self.names, source)
         if method == "auto":
             cache = _CHOSEN.setdefault(ev, {})
-            if key not in cache:
-                cache[key] = self._measure()
-            method = cache[key]
+            if plain_key not in cache:
+                cache[plain_key] = self._measure()
+            method = cache[plain_key]
         self.method = method
 
     # -- the retained gradient graph ------------------------------------------------------------
@@ -118,7 +145,10 @@ class Hessian(CurvatureOperator):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 loss = ev.batch_loss(params, self.buffers, x, y)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-            return [torch.zeros_like(leaf) if gi is None else (gi if w == 1.0 else gi * w) for gi, leaf in zip(g, leaves)]
+            return [
+                torch.zeros_like(leaf) if gi is None else (gi if w == 1.0 else gi * w)
+                for gi, leaf in zip(g, leaves, strict=True)
+            ]
 
         x0, y0 = next(iter(src))
         k = min(x0.shape[0], 16)
@@ -128,14 +158,15 @@ class Hessian(CurvatureOperator):
                 return False
             seen.clear()
             size = 0
-        if ev.bn != "train" and len(src.batches) > 1:
+        batches: Iterable[tuple[float, Tensor, Tensor]]
+        if ev.bn != "train" and src.batches is not None and len(src.batches) > 1:
             batches = [(1.0, torch.cat([x for x, _ in src.batches]), torch.cat([y for _, y in src.batches]))]
         else:
             batches = ev.weighted_batches(self.source)
         total: list[Tensor] | None = None
         for w, x, y in batches:
             g = grads(x, y, w)
-            total = g if total is None else [a + b for a, b in zip(total, g)]
+            total = g if total is None else [a + b for a, b in zip(total, g, strict=True)]
             if size > budget:
                 return False
         self._leaves, self._grads = leaves, total
@@ -146,17 +177,25 @@ class Hessian(CurvatureOperator):
         self._leaves = self._grads = None
 
     def _hvp_retained(self, vs: list[Tensor], batched: bool = False) -> list[Tensor]:
-        pairs = [(g, v) for g, v in zip(self._grads, vs) if g.requires_grad]
+        leaves, grads = self._leaves, self._grads
+        assert leaves is not None and grads is not None  # called only while `retained`
+        pairs = [(g, v) for g, v in zip(grads, vs, strict=True) if g.requires_grad]
         lead = tuple(vs[0].shape[:1]) if batched else ()
 
         def zeros(leaf: Tensor) -> Tensor:
             return torch.zeros(lead + tuple(leaf.shape), device=self.device, dtype=self.dtype)
 
         if not pairs:  # the gradient does not depend on the parameters: H = 0
-            return [zeros(leaf) for leaf in self._leaves]
-        hv = torch.autograd.grad([g for g, _ in pairs], self._leaves, grad_outputs=[v for _, v in pairs],
-                                 retain_graph=True, allow_unused=True, is_grads_batched=batched)
-        return [zeros(leaf) if h is None else h.detach() for leaf, h in zip(self._leaves, hv)]
+            return [zeros(leaf) for leaf in leaves]
+        hv = torch.autograd.grad(
+            [g for g, _ in pairs],
+            leaves,
+            grad_outputs=[v for _, v in pairs],
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=batched,
+        )
+        return [zeros(leaf) if h is None else h.detach() for leaf, h in zip(leaves, hv, strict=True)]
 
     def gradient(self) -> Tensor:
         """The mean-loss gradient over the selected parameters, [P] (free when the graph is retained)."""
@@ -172,12 +211,13 @@ class Hessian(CurvatureOperator):
         for w, x, y in batches:
             loss = ev.batch_loss(params, self.buffers, x, y)
             g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-            pairs = [(gi, v) for gi, v in zip(g, vs) if gi is not None and gi.requires_grad]
+            pairs = [(gi, v) for gi, v in zip(g, vs, strict=True) if gi is not None and gi.requires_grad]
             if not pairs:  # this batch's gradient does not depend on the parameters
                 continue
-            hv = torch.autograd.grad([gi for gi, _ in pairs], leaves, grad_outputs=[v for _, v in pairs],
-                                     allow_unused=True)
-            for o, h in zip(out, hv):
+            hv = torch.autograd.grad(
+                [gi for gi, _ in pairs], leaves, grad_outputs=[v for _, v in pairs], allow_unused=True
+            )
+            for o, h in zip(out, hv, strict=True):
                 if h is not None:
                     o.add_(h.detach(), alpha=w)
         return out
@@ -187,16 +227,17 @@ class Hessian(CurvatureOperator):
         prim = tuple(self.point[n] for n in names)
         out = [torch.zeros_like(t) for t in vs]
         for w, x, y in batches:
+
             def loss_of(sel, x=x, y=y):
-                return ev.batch_loss({**fixed, **dict(zip(names, sel))}, self.buffers, x, y)
-            _, hv = torch.func.jvp(torch.func.grad(loss_of), (prim,), (tuple(vs),))
-            for o, h in zip(out, hv):
+                return ev.batch_loss({**fixed, **dict(zip(names, sel, strict=True))}, self.buffers, x, y)
+
+            _, hv = jvp(torch.func.grad(loss_of), (prim,), (tuple(vs),))
+            for o, h in zip(out, hv, strict=True):
                 o.add_(h.detach(), alpha=w)
         return out
 
     def batch_product(self, vs: Sequence[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
-        _, hv = torch.func.jvp(torch.func.grad(self.loss_of(x, y)), (tuple(self.point[n] for n in self.names),),
-                               (tuple(vs),))
+        _, hv = jvp(torch.func.grad(self.loss_of(x, y)), (tuple(self.point[n] for n in self.names),), (tuple(vs),))
         return list(hv)
 
     def local_matvec(self, vs: list[Tensor]) -> list[Tensor]:
@@ -221,8 +262,11 @@ class Hessian(CurvatureOperator):
             try:
                 parts = []
                 for i in range(0, cols.shape[0], chunk):
-                    c = cols[i:i + chunk]
-                    vs_b = [t.reshape(c.shape[0], *s) for t, s in zip(torch.split(c, self.numels, dim=1), self.shapes)]
+                    c = cols[i : i + chunk]
+                    vs_b = [
+                        t.reshape(c.shape[0], *s)
+                        for t, s in zip(torch.split(c, self.numels, dim=1), self.shapes, strict=True)
+                    ]
                     parts.append(torch.cat([h.reshape(c.shape[0], -1) for h in self._hvp_retained(vs_b, True)], 1))
             except RuntimeError:  # an operator without a batching rule for its double backward
                 self.batched_ok = False
@@ -248,7 +292,8 @@ class Hessian(CurvatureOperator):
             fast, slow = sorted(self.timings.values())
             if clear is not None and slow > clear * fast:  # a clear winner: no need for more rounds
                 break
-        return min(self.timings, key=self.timings.get)
+        timings = self.timings
+        return min(timings, key=lambda m: timings[m])
 
     def _probe_vector(self) -> list[Tensor]:
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -259,16 +304,26 @@ class Hessian(CurvatureOperator):
         faster); return the faster method."""
         first = next(iter(self.evaluator.weighted_batches(self.source)))
         vs = self._probe_vector()
-        return self._fastest({"double-backward": lambda: self._hvp_double(vs, [first]),
-                              "forward-over-reverse": lambda: self._hvp_jvp(vs, [first])}, rounds, clear=1.5)
+        return self._fastest(
+            {
+                "double-backward": lambda: self._hvp_double(vs, [first]),
+                "forward-over-reverse": lambda: self._hvp_jvp(vs, [first]),
+            },
+            rounds,
+            clear=1.5,
+        )
 
     def _measure_retained(self, rounds: int = 2) -> str:
         """A product through the retained graph against a recomputed forward-over-reverse product, whole
         source each; return the faster method ("double-backward" for the retained one)."""
         vs = self._probe_vector()
-        return self._fastest({"double-backward": lambda: self._hvp_retained(vs),
-                              "forward-over-reverse": lambda: self._hvp_jvp(vs, self.evaluator.weighted_batches(
-                                  self.source))}, rounds)
+        return self._fastest(
+            {
+                "double-backward": lambda: self._hvp_retained(vs),
+                "forward-over-reverse": lambda: self._hvp_jvp(vs, self.evaluator.weighted_batches(self.source)),
+            },
+            rounds,
+        )
 
 
 def _retain_budget(device: torch.device, retain_mb: float | None) -> float:
@@ -280,14 +335,19 @@ def _retain_budget(device: torch.device, retain_mb: float | None) -> float:
         except ValueError:
             raise UserError("MODESCAPE_HESSIAN_RETAIN_MB must be a number of megabytes") from None
     if retain_mb is not None:
-        return float(retain_mb) * 2 ** 20
+        return float(retain_mb) * 2**20
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2
-    return 2.0 * 2 ** 30
+    return 2.0 * 2**30
 
 
-def hvp(model: nn.Module | Evaluator, data: Any, point: Mapping[str, Tensor] | None, v: Mapping[str, Tensor] | Tensor,
-        **kwargs) -> sp.Point | Tensor:
+def hvp(
+    model: nn.Module | Evaluator,
+    data: Any,
+    point: Mapping[str, Tensor] | None,
+    v: Mapping[str, Tensor] | Tensor,
+    **kwargs,
+) -> sp.Point | Tensor:
     """H v at ``point`` over ``data`` (None when ``model`` is an Evaluator); arguments in the order of
     `Hessian` (model, data, point).
 

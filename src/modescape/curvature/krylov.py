@@ -15,8 +15,9 @@ the operator module.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ Matvec = Callable[[Tensor], Tensor]
 
 
 # -- random vectors ------------------------------------------------------------------------------
+
 
 def rademacher(size: int, gen: torch.Generator, like: Tensor) -> Tensor:
     """A Rademacher (+-1) vector [P] drawn from ``gen``, on ``like``'s device and dtype."""
@@ -47,6 +49,7 @@ def random_unit(size: int, gen: torch.Generator, like: Tensor, against: Tensor |
 
 
 # -- Lanczos and power iteration ----------------------------------------------------------------
+
 
 def _wanted(theta: Tensor, which: str, k: int) -> Tensor:
     if which == "ends":  # internal: the smallest and the largest together
@@ -82,14 +85,25 @@ class LanczosResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Ritz values, eigenvectors of T, beta and steps as plain lists and floats (not the basis V)."""
-        return {"theta": self.theta.tolist(), "S": self.S.tolist(), "beta": float(self.beta),
-                "steps": int(self.steps)}
+        return {"theta": self.theta.tolist(), "S": self.S.tolist(), "beta": float(self.beta), "steps": int(self.steps)}
 
 
-def lanczos(matvec: Matvec, size: int, *, k: int = 1, which: str = "largest", tol: float = 1e-4,
-            max_iter: int | None = None, v0: Tensor | None = None, seed: int = 0, device=None,
-            dtype=torch.float64, stop: bool = True, progress: bool | None = None,
-            callback: Callable[[int, Tensor, Tensor], None] | None = None) -> LanczosResult:
+def lanczos(
+    matvec: Matvec,
+    size: int,
+    *,
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    v0: Tensor | None = None,
+    seed: int = 0,
+    device=None,
+    dtype=torch.float64,
+    stop: bool = True,
+    progress: bool | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> LanczosResult:
     """Lanczos with full reorthogonalisation.
 
     Returns a `LanczosResult`: ``theta [m], S [m, m] = eigh(T_m)`` (float64, CPU), ``V [m, P]`` the
@@ -123,8 +137,10 @@ def lanczos(matvec: Matvec, size: int, *, k: int = 1, which: str = "largest", to
                 w = w - basis.T @ (basis @ w)
             beta = float(w.norm())
             if not (math.isfinite(alpha) and math.isfinite(beta)):
-                raise UserError("a Hessian-vector product is not finite (NaN or inf): the loss or its curvature "
-                                "overflows at this point; check the checkpoint's loss")
+                raise UserError(
+                    "a Hessian-vector product is not finite (NaN or inf): the loss or its curvature "
+                    "overflows at this point; check the checkpoint's loss"
+                )
             theta, S = torch.linalg.eigh(_tridiag(alphas, betas))
             scale = float(theta.abs().max()) or 1.0
             adv(1)
@@ -146,6 +162,7 @@ def lanczos(matvec: Matvec, size: int, *, k: int = 1, which: str = "largest", to
             betas.append(beta)
             V[j + 1] = w / beta
     m = len(alphas)
+    assert theta is not None and S is not None  # the loop runs at least once
     return LanczosResult(theta, S, V[:m], beta, m)
 
 
@@ -161,8 +178,18 @@ def ritz(lz: LanczosResult, which: str, k: int, tol: float) -> tuple[Tensor, Ten
     return values, vectors, residuals, residuals <= tol * scale
 
 
-def power_iteration(matvec: Matvec, size: int, *, k: int, which: str, tol: float, max_iter: int, seed: int,
-                    like: Tensor, v0: Tensor | None = None):
+def power_iteration(
+    matvec: Matvec,
+    size: int,
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    like: Tensor,
+    v0: Tensor | None = None,
+):
     """Power iteration with deflation; shifted for ``largest`` / ``smallest`` (see `eigenvalues`).
 
     Each eigenpair is iterated until ``||H y - theta y|| <= tol * |theta|`` or ``max_iter`` products.
@@ -175,7 +202,7 @@ def power_iteration(matvec: Matvec, size: int, *, k: int, which: str, tol: float
 
     def deflated(v: Tensor) -> Tensor:
         out = matvec(v)
-        for lam, u in zip(found_l, found_v):
+        for lam, u in zip(found_l, found_v, strict=True):
             out = out - lam * torch.dot(u, v) * u
         return out
 
@@ -204,7 +231,11 @@ def power_iteration(matvec: Matvec, size: int, *, k: int, which: str, tol: float
         if which != "magnitude" and ((which == "largest" and lam < 0) or (which == "smallest" and lam > 0)):
             # the dominant eigenvalue is at the other end: shift it to zero and iterate again
             shift = lam
-            lam2, v, res, ok = iterate(lambda u: deflated(u) - shift * u)
+
+            def shifted(u: Tensor, shift: float = shift) -> Tensor:
+                return deflated(u) - shift * u
+
+            lam2, v, res, ok = iterate(shifted)
             lam = lam2 + shift
             hv = deflated(v)
             n += 1
@@ -216,11 +247,17 @@ def power_iteration(matvec: Matvec, size: int, *, k: int, which: str, tol: float
         convs.append(ok)
         found_l.append(lam)
         found_v.append(v)
-    return (torch.tensor(vals, dtype=torch.float64), torch.stack(vecs), torch.tensor(ress, dtype=torch.float64),
-            torch.tensor(convs), n)
+    return (
+        torch.tensor(vals, dtype=torch.float64),
+        torch.stack(vecs),
+        torch.tensor(ress, dtype=torch.float64),
+        torch.tensor(convs),
+        n,
+    )
 
 
 # -- trace ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class TraceResult:
@@ -240,14 +277,35 @@ class TraceResult:
     samples: Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate, "stderr": self.stderr, "n_samples": self.n_samples, "n_hvp": self.n_hvp,
-                "method": self.method, "converged": self.converged, "low_rank": self.low_rank}
+        return {
+            "estimate": self.estimate,
+            "stderr": self.stderr,
+            "n_samples": self.n_samples,
+            "n_hvp": self.n_hvp,
+            "method": self.method,
+            "converged": self.converged,
+            "low_rank": self.low_rank,
+        }
 
 
-def trace_of(matvec: Matvec, size: int, *, method: str = "hutchinson", rtol: float = 1e-2, atol: float = 0.0,
-             min_samples: int = 10, max_samples: int = 1000, sketch: int = 10, seed: int = 0,
-             probes: Tensor | None = None, device=None, dtype=torch.float64, progress: bool | None = None,
-             matmat: Callable[[Tensor], Tensor] | None = None, block: int = 1) -> TraceResult:
+def trace_of(
+    matvec: Matvec,
+    size: int,
+    *,
+    method: str = "hutchinson",
+    rtol: float = 1e-2,
+    atol: float = 0.0,
+    min_samples: int = 10,
+    max_samples: int = 1000,
+    sketch: int = 10,
+    seed: int = 0,
+    probes: Tensor | None = None,
+    device=None,
+    dtype=torch.float64,
+    progress: bool | None = None,
+    matmat: Callable[[Tensor], Tensor] | None = None,
+    block: int = 1,
+) -> TraceResult:
     """Hutchinson / Hutch++ trace of a symmetric operator given by ``matvec`` (see `trace`).
 
     With ``matmat`` ([P, b] -> [P, b]) and ``block > 1``, the Hutch++ sketch and ``block`` probes at a
@@ -258,7 +316,8 @@ def trace_of(matvec: Matvec, size: int, *, method: str = "hutchinson", rtol: flo
 
     def apply(Z: Tensor) -> Tensor:  # [P, b] -> [P, b]
         if block > 1:
-            return torch.cat([matmat(Z[:, i:i + block]) for i in range(0, Z.shape[1], block)], dim=1)
+            assert matmat is not None  # checked above
+            return torch.cat([matmat(Z[:, i : i + block]) for i in range(0, Z.shape[1], block)], dim=1)
         return torch.stack([matvec(Z[:, i]) for i in range(Z.shape[1])], dim=1)
 
     if method not in ("hutchinson", "hutch++"):
@@ -283,11 +342,17 @@ def trace_of(matvec: Matvec, size: int, *, method: str = "hutchinson", rtol: flo
     samples: list[float] = []
     converged = False
     limit = probes.shape[0] if probes is not None else max_samples
-    with bar(f"trace ({method})", limit, enabled=progress if progress is not None else (None if size > 10000 else False)) as adv:
+    with bar(
+        f"trace ({method})", limit, enabled=progress if progress is not None else (None if size > 10000 else False)
+    ) as adv:
         step = block if block > 1 else 1
         for i in range(0, limit, step):
             b = min(step, limit - i)
-            Z = probes[i:i + b].T if probes is not None else torch.stack([rademacher(size, gen, like) for _ in range(b)], 1)
+            Z = (
+                probes[i : i + b].T
+                if probes is not None
+                else torch.stack([rademacher(size, gen, like) for _ in range(b)], 1)
+            )
             Z = Z.to(like.device, like.dtype)
             if Q is not None:
                 Z = Z - Q @ (Q.T @ Z)
@@ -303,9 +368,20 @@ def trace_of(matvec: Matvec, size: int, *, method: str = "hutchinson", rtol: flo
                     break
     t = torch.tensor(samples, dtype=torch.float64)
     se = float(t.std(correction=1)) / math.sqrt(len(samples)) if len(samples) > 1 else float("nan")
-    return TraceResult(low_rank + float(t.mean()), se, len(samples), n_hvp, method,
-                       converged or probes is not None, low_rank, t)
+    return TraceResult(
+        low_rank + float(t.mean()), se, len(samples), n_hvp, method, converged or probes is not None, low_rank, t
+    )
 
 
-__all__ = ["LanczosResult", "lanczos", "ritz", "power_iteration", "TraceResult", "trace_of", "rademacher",
-           "random_unit", "WHICH", "Matvec"]
+__all__ = [
+    "LanczosResult",
+    "lanczos",
+    "ritz",
+    "power_iteration",
+    "TraceResult",
+    "trace_of",
+    "rademacher",
+    "random_unit",
+    "WHICH",
+    "Matvec",
+]

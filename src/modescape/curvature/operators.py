@@ -37,7 +37,8 @@ re-exports every public name, so ``from modescape.curvature.operators import Hes
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -52,8 +53,9 @@ CURVATURES = ("hessian", "ggn", "fisher")
 OPERATORS: dict[str, type[CurvatureOperator]] = {"hessian": Hessian, "ggn": GGN, "fisher": EmpiricalFisher}
 
 
-def curvature_operator(kind: str, model: nn.Module | Evaluator, data: Any = None,
-                       point: Mapping[str, Tensor] | None = None, **kwargs) -> CurvatureOperator:
+def curvature_operator(
+    kind: str, model: nn.Module | Evaluator, data: Any = None, point: Mapping[str, Tensor] | None = None, **kwargs
+) -> CurvatureOperator:
     """The operator named ``kind`` (``"hessian"``, ``"ggn"`` or ``"fisher"``), built with ``kwargs`` as
     its class takes them. The GGN and the Fisher have one way of making products, so the Hessian's
     ``method`` ("auto" only), ``retain`` and ``retain_mb`` are accepted and ignored for them."""
@@ -67,5 +69,19 @@ def curvature_operator(kind: str, model: nn.Module | Evaluator, data: Any = None
     return OPERATORS[kind](model, data, point, **kwargs)
 
 
-__all__ = ["CURVATURES", "CurvatureOperator", "EmpiricalFisher", "GGN", "HVP_METHODS", "Hessian", "OPERATORS",
-           "ROLE_WORDS", "as_evaluator", "curvature_operator", "hvp", "param_groups", "select_params", "shard"]
+__all__ = [
+    "CURVATURES",
+    "CurvatureOperator",
+    "EmpiricalFisher",
+    "GGN",
+    "HVP_METHODS",
+    "Hessian",
+    "OPERATORS",
+    "ROLE_WORDS",
+    "as_evaluator",
+    "curvature_operator",
+    "hvp",
+    "param_groups",
+    "select_params",
+    "shard",
+]

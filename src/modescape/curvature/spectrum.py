@@ -14,8 +14,9 @@ know nothing of models, and the operator nothing of eigenvalues.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,7 @@ def _operator(model, data, point, kwargs) -> CurvatureOperator:
 
 # -- eigenvalues ----------------------------------------------------------------------------------
 
+
 @dataclass
 class EigenResult:
     """Eigenpairs: ``values`` [k] (float64, CPU, in the order asked for), ``vectors`` [k, P] (unit norm),
@@ -64,16 +66,33 @@ class EigenResult:
         return [self.operator.to_point(v, full) for v in self.vectors]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": self.values.tolist(), "residuals": self.residuals.tolist(),
-                "converged": [bool(c) for c in self.converged], "n_hvp": self.n_hvp,
-                "iterations": self.iterations, "which": self.which, "method": self.method}
+        return {
+            "values": self.values.tolist(),
+            "residuals": self.residuals.tolist(),
+            "converged": [bool(c) for c in self.converged],
+            "n_hvp": self.n_hvp,
+            "iterations": self.iterations,
+            "which": self.which,
+            "method": self.method,
+        }
 
 
-def eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
-                point: Mapping[str, Tensor] | None = None,
-                *, k: int = 5, which: str = "largest", tol: float = 1e-4, method: str = "lanczos",
-                max_iter: int | None = None, seed: int = 0, start: str = "gradient", progress: bool | None = None,
-                callback: Callable[[int, Tensor, Tensor], None] | None = None, **hessian_kwargs) -> EigenResult:
+def eigenvalues(
+    model: nn.Module | Evaluator | CurvatureOperator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    k: int = 5,
+    which: str = "largest",
+    tol: float = 1e-4,
+    method: str = "lanczos",
+    max_iter: int | None = None,
+    seed: int = 0,
+    start: str = "gradient",
+    progress: bool | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    **hessian_kwargs,
+) -> EigenResult:
     """Top-k eigenpairs of the Hessian at ``point`` (default: the model's / evaluator's own point).
 
     ``model``: an ``nn.Module`` (with ``data``), an `Evaluator` (``data=None``), or a `Hessian`.
@@ -103,19 +122,42 @@ def eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: Any = No
     first = H.n_hvp
     v0 = start_vector(H, start, seed)
     if method == "lanczos":
-        lz = lanczos(H.matvec, H.size, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, v0=v0,
-                     device=H.device, dtype=H.dtype, progress=progress, callback=callback)
+        lz = lanczos(
+            H.matvec,
+            H.size,
+            k=k,
+            which=which,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            v0=v0,
+            device=H.device,
+            dtype=H.dtype,
+            progress=progress,
+            callback=callback,
+        )
         values, vectors, res, conv = ritz(lz, which, k, tol)
         iters = lz.steps
     else:
         if k > H.size:
             raise UserError(f"k must be at most the number of parameters ({H.size}); got {k}")
-        values, vectors, res, conv, iters = power_iteration(H.matvec, H.size, k=k, which=which, tol=tol,
-                                                            max_iter=max_iter or 1000, seed=seed, like=like, v0=v0)
+        values, vectors, res, conv, iters = power_iteration(
+            H.matvec, H.size, k=k, which=which, tol=tol, max_iter=max_iter or 1000, seed=seed, like=like, v0=v0
+        )
     if H is not model:
         H.release()
-    return EigenResult(values.double().cpu(), vectors, res.double().cpu(), conv.cpu(), H.n_hvp - first, iters, which,
-                       method, H.names, H)
+    return EigenResult(
+        values.double().cpu(),
+        vectors,
+        res.double().cpu(),
+        conv.cpu(),
+        H.n_hvp - first,
+        iters,
+        which,
+        method,
+        H.names,
+        H,
+    )
 
 
 def start_vector(H: CurvatureOperator, start: str = "gradient", seed: int = 0) -> Tensor:
@@ -134,9 +176,17 @@ def start_vector(H: CurvatureOperator, start: str = "gradient", seed: int = 0) -
     return v / v.norm()
 
 
-def extreme_eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
-                        point: Mapping[str, Tensor] | None = None, *, tol: float = 1e-3, max_iter: int | None = None,
-                        seed: int = 0, start: str = "gradient", **hessian_kwargs) -> tuple[float, float, int]:
+def extreme_eigenvalues(
+    model: nn.Module | Evaluator | CurvatureOperator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    start: str = "gradient",
+    **hessian_kwargs,
+) -> tuple[float, float, int]:
     """``(lambda_min, lambda_max, n_hvp)`` from one Lanczos run (both ends converge together).
 
     The run stops when both extreme Ritz residuals are at most ``tol * max|theta|``; for the convexity
@@ -144,8 +194,18 @@ def extreme_eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: 
     """
     H = _operator(model, data, point, hessian_kwargs)
     first = H.n_hvp
-    theta = lanczos(H.matvec, H.size, k=min(2, H.size), which="ends", tol=tol, max_iter=max_iter, seed=seed,
-                    v0=start_vector(H, start, seed), device=H.device, dtype=H.dtype).theta
+    theta = lanczos(
+        H.matvec,
+        H.size,
+        k=min(2, H.size),
+        which="ends",
+        tol=tol,
+        max_iter=max_iter,
+        seed=seed,
+        v0=start_vector(H, start, seed),
+        device=H.device,
+        dtype=H.dtype,
+    ).theta
     if H is not model:
         H.release()
     return float(theta.min()), float(theta.max()), H.n_hvp - first
@@ -153,11 +213,24 @@ def extreme_eigenvalues(model: nn.Module | Evaluator | CurvatureOperator, data: 
 
 # -- trace ----------------------------------------------------------------------------------------
 
-def trace(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
-          point: Mapping[str, Tensor] | None = None, *,
-          method: str = "hutchinson", rtol: float = 1e-2, atol: float = 0.0, min_samples: int = 10,
-          max_samples: int = 1000, sketch: int = 10, seed: int = 0, probes: Tensor | None = None,
-          block: int = 1, progress: bool | None = None, **hessian_kwargs) -> TraceResult:
+
+def trace(
+    model: nn.Module | Evaluator | CurvatureOperator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    method: str = "hutchinson",
+    rtol: float = 1e-2,
+    atol: float = 0.0,
+    min_samples: int = 10,
+    max_samples: int = 1000,
+    sketch: int = 10,
+    seed: int = 0,
+    probes: Tensor | None = None,
+    block: int = 1,
+    progress: bool | None = None,
+    **hessian_kwargs,
+) -> TraceResult:
     """Trace of the Hessian (or ``curvature="ggn" | "fisher"``) by Hutchinson or Hutch++, stopped on its
     standard error.
 
@@ -172,15 +245,30 @@ def trace(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
     if "hvp_method" in hessian_kwargs:
         hessian_kwargs["method"] = hessian_kwargs.pop("hvp_method")
     H = _operator(model, data, point, hessian_kwargs)
-    out = trace_of(H.matvec, H.size, method=method, rtol=rtol, atol=atol, min_samples=min_samples,
-                   max_samples=max_samples, sketch=sketch, seed=seed, probes=probes, device=H.device,
-                   dtype=H.dtype, progress=progress, matmat=H.matmat, block=block)
+    out = trace_of(
+        H.matvec,
+        H.size,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        min_samples=min_samples,
+        max_samples=max_samples,
+        sketch=sketch,
+        seed=seed,
+        probes=probes,
+        device=H.device,
+        dtype=H.dtype,
+        progress=progress,
+        matmat=H.matmat,
+        block=block,
+    )
     if H is not model:
         H.release()
     return out
 
 
 # -- spectral density -----------------------------------------------------------------------------
+
 
 @dataclass
 class Density:
@@ -200,24 +288,31 @@ class Density:
 
     def moment(self, p: int) -> float:
         """Estimate of ``tr(H^p) / P``: ``(1/n_probes) sum_l sum_j w_lj theta_lj^p``."""
-        return float((self.weights * self.nodes ** p).sum(1).mean())
+        return float((self.weights * self.nodes**p).sum(1).mean())
 
     def probe_moments(self, p: int) -> Tensor:
         """Per-probe quadrature ``sum_j w_lj theta_lj^p`` = ``v_l^T H^p v_l / ||v_l||^2`` exactly for
         ``2 m - 1 >= p``: [n_probes]."""
-        return (self.weights * self.nodes ** p).sum(1)
+        return (self.weights * self.nodes**p).sum(1)
 
     @property
     def trace(self) -> float:
         return self.size * self.moment(1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "grid": self.grid.tolist(),
-                "density": self.values.tolist(), "sigma": self.sigma, "size": self.size}
+        return {
+            "nodes": self.nodes.tolist(),
+            "weights": self.weights.tolist(),
+            "grid": self.grid.tolist(),
+            "density": self.values.tolist(),
+            "sigma": self.sigma,
+            "size": self.size,
+        }
 
 
-def smooth_density(nodes: Tensor, weights: Tensor, sigma: float | None = None, grid: int = 1000,
-                   pad: float = 0.05) -> tuple[Tensor, Tensor, float]:
+def smooth_density(
+    nodes: Tensor, weights: Tensor, sigma: float | None = None, grid: int = 1000, pad: float = 0.05
+) -> tuple[Tensor, Tensor, float]:
     """Gaussian-smoothed density on a grid from quadrature nodes/weights [L, m]. ``sigma`` default:
     1% of the spectral range. Returns (grid [G], density [G], sigma)."""
     lo, hi = float(nodes.min()), float(nodes.max())
@@ -226,14 +321,24 @@ def smooth_density(nodes: Tensor, weights: Tensor, sigma: float | None = None, g
         sigma = 0.01 * width
     t = torch.linspace(lo - pad * width - 3 * sigma, hi + pad * width + 3 * sigma, grid, dtype=torch.float64)
     z = (t[None, None, :] - nodes[..., None]) / sigma
-    dens = (weights[..., None] * torch.exp(-0.5 * z ** 2)).sum(1).mean(0) / (sigma * math.sqrt(2 * math.pi))
+    dens = (weights[..., None] * torch.exp(-0.5 * z**2)).sum(1).mean(0) / (sigma * math.sqrt(2 * math.pi))
     return t, dens, float(sigma)
 
 
-def density(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
-            point: Mapping[str, Tensor] | None = None, *,
-            n_probes: int = 5, steps: int = 80, sigma: float | None = None, grid: int = 1000, seed: int = 0,
-            probes: Tensor | None = None, progress: bool | None = None, **hessian_kwargs) -> Density:
+def density(
+    model: nn.Module | Evaluator | CurvatureOperator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    n_probes: int = 5,
+    steps: int = 80,
+    sigma: float | None = None,
+    grid: int = 1000,
+    seed: int = 0,
+    probes: Tensor | None = None,
+    progress: bool | None = None,
+    **hessian_kwargs,
+) -> Density:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019; Lin et al. 2016).
 
     For each of ``n_probes`` Rademacher probes v (or the rows of ``probes`` [n, P]): ``steps`` Lanczos
@@ -249,8 +354,19 @@ def density(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
     m = min(steps, H.size)
     nodes, weights = [], []
     for i in range(vs.shape[0]):
-        lz = lanczos(H.matvec, H.size, k=1, tol=0.0, max_iter=m, v0=vs[i].to(H.device, H.dtype), seed=seed + i,
-                     device=H.device, dtype=H.dtype, stop=False, progress=progress)
+        lz = lanczos(
+            H.matvec,
+            H.size,
+            k=1,
+            tol=0.0,
+            max_iter=m,
+            v0=vs[i].to(H.device, H.dtype),
+            seed=seed + i,
+            device=H.device,
+            dtype=H.dtype,
+            stop=False,
+            progress=progress,
+        )
         theta, w = lz.theta, lz.S[0] ** 2
         # a probe whose Krylov space closed early gives fewer nodes: pad with zero weight
         pad = m - theta.shape[0]
@@ -265,9 +381,18 @@ def density(model: nn.Module | Evaluator | CurvatureOperator, data: Any = None,
 
 # -- per layer / per block ------------------------------------------------------------------------
 
-def blockwise(fn: Callable[..., Any], model: nn.Module | Evaluator, data: Any = None,
-              point: Mapping[str, Tensor] | None = None, *, by: str | int | Mapping[str, Any] = "layer",
-              bn: str | None = None, progress: bool | None = None, **kwargs) -> dict[str, Any]:
+
+def blockwise(
+    fn: Callable[..., Any],
+    model: nn.Module | Evaluator,
+    data: Any = None,
+    point: Mapping[str, Tensor] | None = None,
+    *,
+    by: str | int | Mapping[str, Any] = "layer",
+    bn: str | None = None,
+    progress: bool | None = None,
+    **kwargs,
+) -> dict[str, Any]:
     """Run ``fn`` (`eigenvalues`, `trace` or `density`) on each diagonal block ``H[S_g, S_g]``.
 
     ``by``: see `param_groups`. One evaluator is shared by all groups. Returns ``{group: result}``.
@@ -275,13 +400,26 @@ def blockwise(fn: Callable[..., Any], model: nn.Module | Evaluator, data: Any = 
     ev = as_evaluator(model, data, bn=bn)
     groups = param_groups(ev.space, by)
     out = {}
-    with bar(f"{getattr(fn, '__name__', 'curvature')} per {by if isinstance(by, (str, int)) else 'group'}",
-             len(groups), enabled=progress) as adv:
+    with bar(
+        f"{getattr(fn, '__name__', 'curvature')} per {by if isinstance(by, (str, int)) else 'group'}",
+        len(groups),
+        enabled=progress,
+    ) as adv:
         for g, names in groups.items():
             out[g] = fn(ev, None, point, params=list(names), **kwargs)
             adv(1)
     return out
 
 
-__all__ = ["EigenResult", "eigenvalues", "start_vector", "extreme_eigenvalues", "TraceResult", "trace",
-           "Density", "smooth_density", "density", "blockwise"]
+__all__ = [
+    "EigenResult",
+    "eigenvalues",
+    "start_vector",
+    "extreme_eigenvalues",
+    "TraceResult",
+    "trace",
+    "Density",
+    "smooth_density",
+    "density",
+    "blockwise",
+]

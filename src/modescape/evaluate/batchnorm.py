@@ -23,17 +23,17 @@ points with forward pre-hooks whose results come back out of the mapped function
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import space as sp
+from ..checks import BN_POLICIES, check_policy  # noqa: F401  (the policies' names live with the light checks)
 from ..errors import UserError
 from .functional import BatchNorm, FunctionalModule, map_points
 from .sources import Source
-
-from ..checks import BN_POLICIES, check_policy  # noqa: F401  (the policies' names live with the light checks)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -64,23 +64,26 @@ class Statistics:
         for name, m in fn.bn_modules.items():
             m.register_forward_pre_hook(self._hook(name))
 
-    def _hook(self, name: str):
-        def hook(module, args):
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if self._collect is None:
                 return None
             x = args[0]
             dims = [0] + list(range(2, x.dim()))
             if name in self._collect:
-                raise UserError(f"BatchNorm module '{name}' is called twice in one forward pass; "
-                                f"bn='recompute' needs each BatchNorm used once")
+                raise UserError(
+                    f"BatchNorm module '{name}' is called twice in one forward pass; "
+                    f"bn='recompute' needs each BatchNorm used once"
+                )
             # two-pass variance: same value as x.var(dims, correction=1), 1.7-2.5x faster on CPU
             mean = x.mean(dims, keepdim=True)
             var = (x - mean).square().sum(dims) / (x.numel() // mean.numel() - 1)
             self._collect[name] = (mean.reshape(-1), var)
             return None
+
         return hook
 
-    def _batch_stats(self, params, buffers, x) -> tuple[Tensor, ...]:
+    def _batch_stats(self, params: sp.Point, buffers: sp.Point, x: Tensor) -> tuple[Tensor, ...]:
         self._collect = {}
         try:
             self.fn(params, buffers, x, bn_train=True)
@@ -107,9 +110,9 @@ class Statistics:
         with torch.no_grad():
             for x, _ in self.source:
                 stats = map_points(self._batch_stats, points, self.buffers, x, vectorised, shared=True)
-                sums = list(stats) if sums is None else [s + t for s, t in zip(sums, stats)]
+                sums = list(stats) if sums is None else [s + t for s, t in zip(sums, stats, strict=True)]
                 nb += 1
-        if nb == 0:
+        if nb == 0 or sums is None:
             raise UserError("bn_data has no batches to recompute BatchNorm statistics from")
         out = {n: b.unsqueeze(0).expand((k,) + tuple(b.shape)).clone() for n, b in self.buffers.items()}
         for i, name in enumerate(self.fn.bn_modules):
@@ -134,6 +137,7 @@ class Statistics:
                 bufs = dict(self.buffers)
                 for name, m in self.fn.bn_modules.items():
                     pre = _prefix(name)
+                    assert m.running_mean is not None and m.running_var is not None  # checked by the caller
                     bufs[pre + "running_mean"] = torch.zeros_like(m.running_mean)
                     bufs[pre + "running_var"] = torch.ones_like(m.running_var)
                     bufs[pre + "num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=self.fn.device)
@@ -149,8 +153,10 @@ class Statistics:
             if used == 0:
                 raise UserError(f"BatchNorm module '{name}' was not used in the forward pass")
             if used != nb:
-                raise UserError(f"BatchNorm module '{name}' is called twice in one forward pass; "
-                                f"bn='recompute' needs each BatchNorm used once")
+                raise UserError(
+                    f"BatchNorm module '{name}' is called twice in one forward pass; "
+                    f"bn='recompute' needs each BatchNorm used once"
+                )
         out = {n: torch.stack([r[n] for r in rows]) for n in rows[0] if n in self.buffers or "running_" in n}
         for n, b in self.buffers.items():
             if n.endswith("num_batches_tracked") and n in out:

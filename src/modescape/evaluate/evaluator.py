@@ -20,15 +20,18 @@ It never mutates the user's model.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import space as sp
+from ..checks import check_precision
 from ..errors import UserError
 from ..progress import bar
 from .batchnorm import Statistics, check_policy
@@ -36,6 +39,9 @@ from .family_path import MODES as FAMILY_MODES
 from .family_path import FamilyPath
 from .functional import FunctionalModule, map_points
 from .sources import Source, make_source
+
+if TYPE_CHECKING:
+    from ..families import Family
 
 METRICS = ("loss", "accuracy", "error")
 
@@ -56,14 +62,18 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
         return torch.logsumexp(outputs, 1) - outputs.gather(1, targets[:, None])[:, 0]
     if outputs.dim() == 3 and not targets.is_floating_point():
         if targets.shape != outputs.shape[:2]:
-            raise UserError(f"sequence outputs of shape {list(outputs.shape)} need targets of shape "
-                            f"{list(outputs.shape[:2])}, got {list(targets.shape)}")
+            raise UserError(
+                f"sequence outputs of shape {list(outputs.shape)} need targets of shape "
+                f"{list(outputs.shape[:2])}, got {list(targets.shape)}"
+            )
         per_token = torch.logsumexp(outputs, 2) - outputs.gather(2, targets[..., None])[..., 0]
         return per_token.mean(1)
     if outputs.dim() == 2 and targets.dim() == 2 and not targets.is_floating_point():
-        raise UserError(f"outputs of shape {list(outputs.shape)} but sequence targets of shape "
-                        f"{list(targets.shape)}: the model must predict every position (for the zoo "
-                        f"transformer: --model-args output=all)")
+        raise UserError(
+            f"outputs of shape {list(outputs.shape)} but sequence targets of shape "
+            f"{list(targets.shape)}: the model must predict every position (for the zoo "
+            f"transformer: --model-args output=all)"
+        )
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
@@ -75,6 +85,7 @@ class Metrics:
     names: tuple[str, ...]
     bn: str
     mode: str = ""
+    precision: str = "fp32"
 
     def __getitem__(self, name: str) -> Tensor:
         try:
@@ -91,10 +102,15 @@ class Metrics:
 
     def to_dict(self, i: int | None = 0) -> dict[str, Any]:
         """Point ``i``'s metrics by name (the default: the first point); ``i=None``: every point, as
-        ``{"bn", "mode", "metrics": {name: [K values]}}``."""
+        ``{"bn", "mode", "precision", "metrics": {name: [K values]}}``."""
         if i is not None:
             return self.row(i)
-        return {"bn": self.bn, "mode": self.mode, "metrics": {n: self[n].tolist() for n in self.names}}
+        return {
+            "bn": self.bn,
+            "mode": self.mode,
+            "precision": self.precision,
+            "metrics": {n: self[n].tolist() for n in self.names},
+        }
 
 
 class Evaluator:
@@ -114,11 +130,18 @@ class Evaluator:
     batch_size : batch size for tensor data (DataLoaders keep theirs).
     mode : ``"auto"`` | ``"loop"`` | ``"vmap"``.
     chunk : points per vectorised call (memory bound); default 32.
-    autocast : e.g. ``torch.bfloat16``: forwards run under ``torch.autocast`` (outputs are cast back to
-        ``dtype`` before the loss).
+    precision : ``"fp32"`` (default: the forwards in ``dtype``) or ``"bf16"``: the forwards run under
+        ``torch.autocast(dtype=torch.bfloat16)`` on the CPU or the GPU, with the weights of the Linear and
+        ConvNd layers cast to bf16 once per chunk of points on the loop path (not once per batch); outputs come back in
+        ``dtype`` before the loss, and losses and counts are summed in float64. Recorded as
+        ``self.precision``, in every `Metrics` and in the attributes of a sweep.
+        `modescape.evaluate.check_precision` measures the difference to fp32 on a few points.
+    autocast : the lower-level form of ``precision``: a float type for ``torch.autocast`` (``torch.bfloat16``
+        is ``precision="bf16"``; ``torch.float16`` is recorded as ``"fp16"``).
     channels_last : 4-D inputs and the private module in channels_last memory format (conv nets, GPU).
-    compile : ``True`` or a ``torch.compile`` mode string: the per-point forward of the loop path is
-        compiled (the family path then uses that loop).
+    compile : ``True`` or a ``torch.compile`` mode string: on the loop path the per-point forward is
+        compiled; with ``mode="vmap"`` the vectorised forward of a whole chunk of points is, one compiled
+        call per chunk (the family path then uses that plain loop or vmap).
 
     ``evaluator(points)`` takes a list of points or a stacked point and returns `Metrics` ([K, M]).
     ``evaluator.evaluate_family(family, coords)`` does the same for ``family(coords)``.
@@ -126,11 +149,27 @@ class Evaluator:
 
     FAMILY_MODES = FAMILY_MODES
 
-    def __init__(self, model: nn.Module, data: Any, metrics: Sequence[str] = ("loss", "accuracy"),
-                 bn: str = "running", bn_data: Any = None, device=None, dtype=None, loss: LossFn | None = None,
-                 batch_size: int | None = None, mode: str = "auto", chunk: int = 32, progress: bool | None = None,
-                 autocast: torch.dtype | None = None, channels_last: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        metrics: Sequence[str] = ("loss", "accuracy"),
+        bn: str = "running",
+        bn_data: Any = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        loss: LossFn | None = None,
+        batch_size: int | None = None,
+        mode: str = "auto",
+        chunk: int = 32,
+        progress: bool | None = None,
+        autocast: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        precision: str | None = None,
+    ):
         self.bn = check_policy(bn)
+        autocast = _autocast_for(precision, autocast)
         if mode not in ("auto", "loop", "vmap"):
             raise UserError(f"unknown mode '{mode}': use auto, loop or vmap")
         for m in metrics:
@@ -148,15 +187,24 @@ class Evaluator:
         self.mode_chosen: str | None = None if mode == "auto" else mode
         self.progress = progress
         self.autocast = autocast
+        self.precision = _precision_name(autocast)
+        # the weights autocast would cast to its type in every call: cast once per chunk instead
+        self.low_precision_names = frozenset(
+            f"{mn}.weight" if mn else "weight"
+            for mn, m in self.module.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(m.weight, nn.Parameter)
+        ) & set(self.space.names)
         self.channels_last = bool(channels_last)
         self.compile = compile if isinstance(compile, str) else bool(compile)  # a string is torch.compile's mode
-        self._compiled_forward = None
+        self._compiled_forward: Callable[..., Tensor] | None = None
+        self._compiled_chunks: dict[bool, Callable[..., Tensor]] = {}  # by shared buffers: a chunk per call
         self.buffers: sp.Point = sp.to(sp.clone(dict(model.named_buffers())), self.device, self.dtype)
         self.point0: sp.Point = sp.to(self.space.point(model), self.device, self.dtype)
 
         sources = data if isinstance(data, Mapping) else {"": data}
         self.sources: dict[str, Source] = {
-            k: make_source(v, k or "data", batch_size, self.device, self.dtype) for k, v in sources.items()}
+            k: make_source(v, k or "data", batch_size, self.device, self.dtype) for k, v in sources.items()
+        }
         if bn_data is None:
             self.bn_source = self.sources["train" if "train" in self.sources else next(iter(self.sources))]
         elif isinstance(bn_data, str):
@@ -170,8 +218,7 @@ class Evaluator:
                 if src.batches is not None:
                     src.batches = [(_channels_last(x), y) for x, y in src.batches]
         self._check_runs()
-        self.names: tuple[str, ...] = tuple(
-            (f"{k}_{m}" if k else m) for k in self.sources for m in self.metrics)
+        self.names: tuple[str, ...] = tuple((f"{k}_{m}" if k else m) for k in self.sources for m in self.metrics)
         self.statistics = Statistics(self.functional, self.bn_source, self.buffers)
         self.family_path = FamilyPath(self)
 
@@ -183,32 +230,42 @@ class Evaluator:
         for src in self.sources.values():
             if not src.materialised or not src.batches:
                 continue
-            bad = sum(int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
-                      for x, _ in src.batches if x.is_floating_point())
+            bad = sum(
+                int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
+                for x, _ in src.batches
+                if x.is_floating_point()
+            )
             if bad:
-                raise UserError(f"data '{src.name}' has {bad} of {src.n} inputs with NaN or infinite values: "
-                                f"clean or drop them before measuring")
+                raise UserError(
+                    f"data '{src.name}' has {bad} of {src.n} inputs with NaN or infinite values: "
+                    f"clean or drop them before measuring"
+                )
             x = src.batches[0][0][:2]
             try:
                 with torch.no_grad():
                     out = self.forward(self.point0, self.buffers, x, bn_train=False)
             except RuntimeError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UserError(f"the model cannot run on data '{src.name}' (inputs of shape {list(x.shape[1:])}): "
-                                f"{first}; check that the model and the data belong together "
-                                f"(--model / --data)") from None
+                raise UserError(
+                    f"the model cannot run on data '{src.name}' (inputs of shape {list(x.shape[1:])}): "
+                    f"{first}; check that the model and the data belong together "
+                    f"(--model / --data)"
+                ) from None
             y0 = src.batches[0][1]
             if self.loss_fn is cross_entropy and not y0.is_floating_point() and out.dim() >= 2:
                 classes = out.shape[-1]
                 wrong = sum(int(((y < 0) | (y >= classes)).sum()) for _, y in src.batches)
                 if wrong:
-                    raise UserError(f"data '{src.name}' has {wrong} labels outside 0..{classes - 1}, the classes of "
-                                    f"a model with {classes} outputs: check the data's labels or the model's "
-                                    f"number of classes")
+                    raise UserError(
+                        f"data '{src.name}' has {wrong} labels outside 0..{classes - 1}, the classes of "
+                        f"a model with {classes} outputs: check the data's labels or the model's "
+                        f"number of classes"
+                    )
 
     # -- functional pieces shared with the methods (curvature, training of families) -------------
-    def forward(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-                bn_train: bool | None = None) -> Tensor:
+    def forward(
+        self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, bn_train: bool | None = None
+    ) -> Tensor:
         """Outputs of the model at ``params`` with ``buffers`` on inputs ``x``; pure and differentiable.
 
         BatchNorm layers use batch statistics when ``bn_train`` (default: the policy is ``train``),
@@ -229,8 +286,9 @@ class Evaluator:
         (see `modescape.evaluate.batchnorm.Statistics`)."""
         return self.statistics(points, vectorised)
 
-    def batch_losses(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None,
-                     source: str | None = None) -> Iterator[tuple[float, Tensor]]:
+    def batch_losses(
+        self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None, source: str | None = None
+    ) -> Iterator[tuple[float, Tensor]]:
         """Yield ``(n_b / N, mean loss of batch b)`` over a source, differentiable in ``point``.
 
         Summing the products gives the mean loss over the whole dataset, correctly weighted for
@@ -252,15 +310,16 @@ class Evaluator:
         """Mean loss of one batch at ``point`` with ``buffers``; pure and differentiable."""
         return self.loss_fn(self.forward(point, buffers, x), y).mean()
 
-    def loss(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None,
-             source: str | None = None) -> Tensor:
+    def loss(
+        self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None, source: str | None = None
+    ) -> Tensor:
         """Mean loss over a whole source, differentiable in ``point``."""
         if buffers is None:
             buffers = self.point_buffers(point)
-        return sum(w * l for w, l in self.batch_losses(point, buffers, source))
+        return cast(Tensor, sum(w * loss for w, loss in self.batch_losses(point, buffers, source)))  # >= 1 batch
 
     # -- evaluation ---------------------------------------------------------------------------
-    def stack_points(self, points) -> sp.Point:
+    def stack_points(self, points: Mapping[str, Tensor] | Iterable[Mapping[str, Tensor]]) -> sp.Point:
         """A list of points or a (stacked) point -> one stacked point on the evaluator's device and dtype."""
         if isinstance(points, Mapping):
             self.space.check(points, what="point", stacked=self.space.is_stacked(points))
@@ -272,7 +331,9 @@ class Evaluator:
             stacked = sp.stack(points)
         return {n: stacked[n].to(device=self.device, dtype=self.dtype) for n in self.space.names}
 
-    def measure(self, params: sp.Point, buffers: sp.Point | None, vectorised: bool, outputs=None) -> Tensor:
+    def measure(
+        self, params: sp.Point, buffers: sp.Point | None, vectorised: bool, outputs: Callable[..., Tensor] | None = None
+    ) -> Tensor:
         """[K, M] metric values at the stacked point ``params`` (one chunk).
 
         ``buffers``: stacked per-point buffers, or None for the model's (the policy may replace them);
@@ -280,13 +341,18 @@ class Evaluator:
         when given (the family path's shared first layer).
         """
         k = next(iter(params.values())).shape[0]
+        if not vectorised:  # under vmap, autocast does not reach every batched kernel (conv): it casts there
+            params = self.cast_for_forward(params)
         if self.bn == "recompute" and self.bn_modules:
             buffers = self.recompute_buffers(params, vectorised)
-        fwd = self.forward
-        if self.compile and not vectorised:
-            fwd = self._compiled()
         shared = buffers is None
-        bufs = self.buffers if shared else buffers
+        fwd, chunk_fn = self.forward, None
+        if self.compile:
+            if vectorised:
+                chunk_fn = self._compiled_chunk(shared)
+            else:
+                fwd = self._compiled()
+        bufs = self.buffers if buffers is None else buffers
         cols = []
         with torch.no_grad():
             for src in self.sources.values():
@@ -295,11 +361,14 @@ class Evaluator:
                 for bi, (x, y) in enumerate(src):
                     if outputs is not None:
                         out = outputs(params, buffers, x, src.name, bi)
+                    elif chunk_fn is not None:
+                        out = chunk_fn(params, bufs, x)  # [K, B, C], one compiled call for the chunk
                     else:
-                        out = map_points(fwd, params, bufs, x, vectorised, shared)  # [K, B, C]
+                        out = cast(Tensor, map_points(fwd, params, bufs, x, vectorised, shared))  # [K, B, C]
                     b = out.shape[1]
-                    per = self.loss_fn(out.reshape(k * b, *out.shape[2:]),
-                                       y.repeat(k, *[1] * (y.dim() - 1))).reshape(k, b)
+                    per = self.loss_fn(out.reshape(k * b, *out.shape[2:]), y.repeat(k, *[1] * (y.dim() - 1))).reshape(
+                        k, b
+                    )
                     loss_sum += per.double().sum(1)
                     if "accuracy" in self.metrics or "error" in self.metrics:
                         hit = (out.argmax(-1) == y).double()  # [K, B], or [K, B, T] for sequence targets
@@ -314,6 +383,32 @@ class Evaluator:
                     else:
                         cols.append(1.0 - correct / src.n)
         return torch.stack(cols, dim=1).cpu()
+
+    def cast_for_forward(self, params: sp.Point) -> sp.Point:
+        """``params`` with the Linear/ConvNd weights in the autocast type (bf16), when there is one: the
+        same values autocast would make in every forward, made once for a chunk of points."""
+        if self.autocast is None or not self.low_precision_names:
+            return params
+        return {n: t.to(self.autocast) if n in self.low_precision_names else t for n, t in params.items()}
+
+    @contextlib.contextmanager
+    def at_precision(self, precision: str) -> Iterator[Evaluator]:
+        """Inside: this evaluator's forwards at ``precision`` (``"fp32"`` or ``"bf16"``); the same data,
+        BN policy and evaluation modes. Caches that depend on the precision (the family path's first-layer
+        outputs, a compiled forward) are set aside and restored."""
+        saved = (self.autocast, self.precision, self.functional.autocast, self._compiled_forward, self._compiled_chunks)
+        autocast = _autocast_for(precision, None)
+        self.family_path.clear_cache()
+        try:
+            self.autocast = self.functional.autocast = autocast
+            self.precision = _precision_name(autocast)
+            self._compiled_forward, self._compiled_chunks = None, {}
+            yield self
+        finally:
+            (self.autocast, self.precision, self.functional.autocast, self._compiled_forward, self._compiled_chunks) = (
+                saved
+            )
+            self.family_path.clear_cache()
 
     def choose_mode(self, params: sp.Point, buffers: sp.Point | None = None) -> str:
         """Time loop and vmap on a few points and part of one batch; keep and return the faster."""
@@ -344,9 +439,13 @@ class Evaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, points: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor],
-                 buffers: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor] | None = None,
-                 progress: bool | None = None, description: str = "evaluating") -> Metrics:
+    def __call__(
+        self,
+        points: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor],
+        buffers: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor] | None = None,
+        progress: bool | None = None,
+        description: str = "evaluating",
+    ) -> Metrics:
         """Evaluate points: a list of K points or a stacked point. Returns `Metrics` ([K, M]).
 
         ``buffers``: per-point buffers (a list, or stacked) for the ``running`` policy; default the
@@ -354,9 +453,9 @@ class Evaluator:
         """
         params = self.stack_points(points)
         k = next(iter(params.values())).shape[0]
-        bufs = None
+        bufs: sp.Point | None = None
         if buffers is not None and self.buffers:
-            bufs = buffers if isinstance(buffers, Mapping) else sp.stack(list(buffers))
+            bufs = dict(buffers) if isinstance(buffers, Mapping) else sp.stack(list(buffers))
             bufs = sp.to(bufs, self.device, self.dtype)
             if next(iter(bufs.values())).dim() == next(iter(self.buffers.values())).dim():
                 bufs = {n: v.unsqueeze(0).expand((k,) + tuple(v.shape)) for n, v in bufs.items()}
@@ -368,19 +467,29 @@ class Evaluator:
         enabled = show if show is not None else (None if k > 4 else False)
         with bar(description, k, enabled=enabled) as advance:
             for i in range(0, k, self.chunk):
-                p = {n: t[i:i + self.chunk] for n, t in params.items()}
-                b = None if bufs is None else {n: t[i:i + self.chunk] for n, t in bufs.items()}
+                p = {n: t[i : i + self.chunk] for n, t in params.items()}
+                b = None if bufs is None else {n: t[i : i + self.chunk] for n, t in bufs.items()}
                 rows.append(self.measure(p, b, mode == "vmap" and p[self.space.names[0]].shape[0] > 1))
                 advance(rows[-1].shape[0])
-        return Metrics(torch.cat(rows), self.names, self.bn, mode)
+        return Metrics(torch.cat(rows), self.names, self.bn, mode, self.precision)
 
-    def _compiled(self):
+    def _compiled(self) -> Callable[..., Tensor]:
         if self._compiled_forward is None:
             mode = self.compile if isinstance(self.compile, str) else None
             fn = torch.compile(lambda p, b, x: self.forward(p, b, x), dynamic=False, mode=mode)
             # a copy of the outputs: CUDA-graph modes reuse their output memory on the next call
             self._compiled_forward = (lambda p, b, x: fn(p, b, x).clone()) if mode else fn
         return self._compiled_forward
+
+    def _compiled_chunk(self, shared: bool) -> Callable[..., Tensor]:
+        """The vectorised forward of a chunk of points (vmap over ``forward``), compiled: one call a chunk."""
+        if shared not in self._compiled_chunks:
+            mode = self.compile if isinstance(self.compile, str) else None
+            fn = torch.compile(
+                lambda p, b, x: cast(Tensor, map_points(self.forward, p, b, x, True, shared)), dynamic=False, mode=mode
+            )
+            self._compiled_chunks[shared] = (lambda p, b, x: fn(p, b, x).clone()) if mode else fn
+        return self._compiled_chunks[shared]
 
     # -- families (see family_path.py) --------------------------------------------------------
     @property
@@ -396,18 +505,35 @@ class Evaluator:
     def family_mode_timings(self) -> dict[str, float]:
         return self.family_path.timings
 
-    def choose_family_mode(self, family, coords: Tensor) -> str:
+    def choose_family_mode(self, family: Family, coords: Tensor) -> str:
         return self.family_path.choose(family, coords)
 
-    def first_layer_split(self):
+    def first_layer_split(self) -> tuple[nn.Module, str, nn.Module, nn.Module] | None:
         return self.family_path.first_layer_split()
 
-    def evaluate_family(self, family, coords, progress: bool | None = None, description: str = "evaluating") -> Metrics:
+    def evaluate_family(
+        self, family: Family, coords: Any, progress: bool | None = None, description: str = "evaluating"
+    ) -> Metrics:
         """Metrics ([K, M]) at ``family(coords)`` (coords [K, dim]): like ``self(family(coords))`` but
         chunk by chunk, through the shared first layer of a linear family when that measures faster, and
         with the family's own buffers at each point under ``bn="running"`` when it carries them.
         ``self.family_mode`` records the path used."""
         return self.family_path.evaluate(family, coords, progress, description)
+
+
+def _autocast_for(precision: str | None, autocast: torch.dtype | None) -> torch.dtype | None:
+    """The autocast type for ``precision`` (checked), consistent with an explicit ``autocast``."""
+    if precision is None:
+        return autocast
+    check_precision(precision)
+    want = torch.bfloat16 if precision == "bf16" else None
+    if autocast is not None and autocast != want:
+        raise UserError(f"precision='{precision}' and autocast={autocast} disagree: give one of them")
+    return want
+
+
+def _precision_name(autocast: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, str(autocast))
 
 
 def _channels_last(x: Tensor) -> Tensor:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,11 +40,18 @@ class FunctionalModule:
     channels_last memory format (conv nets on GPUs).
     """
 
-    def __init__(self, model: nn.Module, device=None, dtype=None, autocast: torch.dtype | None = None,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        autocast: torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> None:
         first = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
-            first.device if first is not None else torch.device("cpu"))
+        self.device = (
+            torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+        )
         self.dtype = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
         self.module = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         self.bn_modules = batchnorm_modules(self.module)
@@ -51,20 +59,26 @@ class FunctionalModule:
             m.track_running_stats = False
         self.autocast = autocast
         if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
+            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's stubs omit memory_format
 
     def set_bn_train(self, bn_train: bool) -> None:
         """BatchNorm layers normalise with batch statistics (True) or with the buffers given (False)."""
         for m in self.bn_modules.values():
             m.training = bn_train
 
-    def autocast_context(self):
+    def autocast_context(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    def run(self, module: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-            bn_train: bool = False) -> Tensor:
+    def run(
+        self,
+        module: nn.Module,
+        params: Mapping[str, Tensor],
+        buffers: Mapping[str, Tensor],
+        x: Tensor,
+        bn_train: bool = False,
+    ) -> Tensor:
         """``module`` (the copy or one of its parts) at ``params``/``buffers`` on ``x``."""
         self.set_bn_train(bn_train)
         if self.autocast is not None:
@@ -73,12 +87,13 @@ class FunctionalModule:
             return out.to(self.dtype)
         return functional_call(module, ({**params}, {**buffers}), (x,), strict=False)
 
-    def __call__(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-                 bn_train: bool = False) -> Tensor:
+    def __call__(
+        self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, bn_train: bool = False
+    ) -> Tensor:
         return self.run(self.module, params, buffers, x, bn_train)
 
     @contextlib.contextmanager
-    def tracking(self, momentum: str | None = "own") -> Iterator[None]:
+    def tracking(self, momentum: float | str | None = "own") -> Iterator[None]:
         """Inside: train-mode BatchNorm layers update the running statistics passed to the call, in place.
 
         ``momentum="own"``: each layer's own momentum, as a train-mode ``nn.Module`` does (FGE's snapshots
@@ -89,7 +104,7 @@ class FunctionalModule:
         try:
             for m in self.bn_modules.values():
                 m.track_running_stats = True
-                if momentum != "own":
+                if not isinstance(momentum, str):  # "own": each layer's own
                     m.momentum = momentum
             yield
         finally:
@@ -97,8 +112,9 @@ class FunctionalModule:
                 m.track_running_stats, m.momentum = saved[name]
 
 
-def map_points(fn: Callable, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-               vectorised: bool, shared: bool) -> Tensor | tuple[Tensor, ...]:
+def map_points(
+    fn: Callable, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, vectorised: bool, shared: bool
+) -> Tensor | tuple[Tensor, ...]:
     """``fn(params_k, buffers_k, x)`` for each of K stacked points; outputs stacked on dim 0.
 
     ``shared``: the same (unstacked) buffers for every point. ``vectorised``: one ``vmap`` call
@@ -113,7 +129,7 @@ def map_points(fn: Callable, params: Mapping[str, Tensor], buffers: Mapping[str,
         b = buffers if shared else {n: t[i] for n, t in buffers.items()}
         outs.append(fn(p, b, x))
     if isinstance(outs[0], tuple):
-        return tuple(torch.stack(z) for z in zip(*outs))
+        return tuple(torch.stack(z) for z in zip(*outs, strict=True))
     return torch.stack(outs)
 
 

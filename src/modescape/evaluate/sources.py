@@ -4,14 +4,16 @@
 `Source`: *materialised* (one pass of the data, in its order, kept on the device as a list of batches)
 when it fits the memory budget, else *streamed* (read batch by batch on every pass). The sample count
 ``n`` is always known: a streamed source is counted to its end in the first pass (a dataset's length
-is not trusted: a sampler or ``drop_last`` can make a loader yield fewer samples). A one-shot iterator (a generator) can be read only once, so it is always materialised; one that does
-not fit is refused with what to pass instead.
+is not trusted: a sampler or ``drop_last`` can make a loader yield fewer samples). A one-shot iterator
+(a generator) can be read only once, so it is always materialised; one that does not fit is refused with
+what to pass instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +36,7 @@ class Source:
         if self.batches is not None:
             yield from self.batches
             return
+        assert self.loader is not None  # a source is materialised (batches) or streamed (loader)
         for x, y in self.loader:  # streamed: too large to keep on the device
             yield prepare(x, self.device, self.dtype), y.to(self.device)
 
@@ -42,7 +45,7 @@ class Source:
         return self.batches is not None
 
 
-def prepare(x: Tensor, device, dtype) -> Tensor:
+def prepare(x: Tensor, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
     """Inputs on the device, floating inputs in the evaluation dtype."""
     x = x.to(device)
     if dtype is not None and x.is_floating_point():
@@ -59,14 +62,24 @@ def default_budget(device: torch.device) -> int:
 
 
 def _batch(item: Any, name: str) -> tuple[Tensor, Tensor]:
-    if not (isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[0], Tensor)
-            and isinstance(item[1], Tensor)):
+    if not (
+        isinstance(item, (tuple, list))
+        and len(item) >= 2
+        and isinstance(item[0], Tensor)
+        and isinstance(item[1], Tensor)
+    ):
         raise UserError(f"data '{name}' must yield (inputs, targets) batches of tensors; got {type(item).__name__}")
     return item[0], item[1]
 
 
-def make_source(data: Any, name: str = "data", batch_size: int | None = None, device=None, dtype=None,
-                budget_bytes: int | None = None) -> Source:
+def make_source(
+    data: Any,
+    name: str = "data",
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    budget_bytes: int | None = None,
+) -> Source:
     """Turn ``(X, y)``, a Dataset, a DataLoader or an iterable of batches into a `Source`.
 
     Tensors are cut into batches of ``batch_size`` (default 1024) in order; a DataLoader or iterable
@@ -85,13 +98,15 @@ def make_source(data: Any, name: str = "data", batch_size: int | None = None, de
         if x.shape[0] == 0:
             raise UserError(f"data '{name}' is empty")
         bs = batch_size or 1024
-        batches = [(prepare(x[i:i + bs], device, dtype), y[i:i + bs].to(device)) for i in range(0, x.shape[0], bs)]
+        batches = [(prepare(x[i : i + bs], device, dtype), y[i : i + bs].to(device)) for i in range(0, x.shape[0], bs)]
         return Source(name, int(x.shape[0]), batches=batches, device=device, dtype=dtype)
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size or 1024, shuffle=False)
     if not hasattr(data, "__iter__"):
-        raise UserError(f"data '{name}' must be (X, y) tensors, a Dataset, a DataLoader or an iterable of (x, y) "
-                        f"batches; got {type(data).__name__}")
+        raise UserError(
+            f"data '{name}' must be (X, y) tensors, a Dataset, a DataLoader or an iterable of (x, y) "
+            f"batches; got {type(data).__name__}"
+        )
     one_shot = iter(data) is data  # a generator or iterator: its batches cannot be read again
     budget = default_budget(device) if budget_bytes is None else budget_bytes
     batches, n, size = [], 0, 0
@@ -102,9 +117,11 @@ def make_source(data: Any, name: str = "data", batch_size: int | None = None, de
         if size > budget and not one_shot:
             return Source(name, _count(n + x.shape[0], it, name), loader=data, device=device, dtype=dtype)
         if size > budget:
-            raise UserError(f"data '{name}' is a one-shot iterator (e.g. a generator) larger than the memory budget "
-                            f"({budget / 2**30:.1f} GiB): pass a DataLoader or another iterable that can be read "
-                            f"again, so that it can be streamed")
+            raise UserError(
+                f"data '{name}' is a one-shot iterator (e.g. a generator) larger than the memory budget "
+                f"({budget / 2**30:.1f} GiB): pass a DataLoader or another iterable that can be read "
+                f"again, so that it can be streamed"
+            )
         batches.append((prepare(x, device, dtype), y.to(device)))
         n += x.shape[0]
     if n == 0:

@@ -11,7 +11,21 @@ from ..space import Layout
 from .base import Family, LinearFamily
 from .curves import Bezier, Curve, PolyChain, curve_class
 from .lines import Line, Plane, PlaneThrough
+from .simplex import Simplex
+from .subspace import AffineSubspace, make_projection
 from .swap import SwapPath
 
-__all__ = ["Bezier", "Curve", "Family", "Layout", "Line", "LinearFamily", "Plane", "PlaneThrough", "PolyChain",
-           "SwapPath", "curve_class"]
+__all__ = [
+    "Bezier",
+    "Curve",
+    "Family",
+    "Layout",
+    "Line",
+    "LinearFamily",
+    "Plane",
+    "PlaneThrough",
+    "PolyChain",
+    "SwapPath",
+    "curve_class",
+]
+__all__ += ["AffineSubspace", "Simplex", "make_projection"]

@@ -21,7 +21,8 @@ the model with the largest weight. A family with one model's buffers keeps them 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,16 +31,20 @@ from .. import space as sp
 from ..errors import UserError
 from ..space import Layout
 
+# coordinates as a family takes them: a number, a sequence or array of numbers, a [K, dim] tensor;
+# `Family.as_coords` normalises them (and refuses anything else)
+Coords = Any
+
 
 class Family(nn.Module):
     """Coordinates -> points. ``family(coords)``: coords [K, dim] -> stacked point; [dim] -> point."""
 
     dim: int = 1
 
-    def forward(self, coords) -> sp.Point:  # pragma: no cover - interface
+    def forward(self, coords: Coords) -> sp.Point:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} must define forward(coords)")
 
-    def as_coords(self, coords) -> tuple[Tensor, bool]:
+    def as_coords(self, coords: Coords) -> tuple[Tensor, bool]:
         """Normalise coordinates to [K, dim] float64; ``single`` when one point was asked for.
 
         A scalar is one point of a 1-d family; a 1-d tensor is K points of a 1-d family, or one point
@@ -52,8 +57,10 @@ class Family(nn.Module):
         elif c.dim() == 1:
             c = c.reshape(1, -1) if self.dim > 1 else c.reshape(-1, 1)
         if c.dim() != 2 or c.shape[-1] != self.dim:
-            raise UserError(f"{type(self).__name__} takes {self.dim} coordinate(s) per point; "
-                            f"got coordinates of shape {list(c.shape)}")
+            raise UserError(
+                f"{type(self).__name__} takes {self.dim} coordinate(s) per point; "
+                f"got coordinates of shape {list(c.shape)}"
+            )
         return c, single
 
     # -- buffers carried for the models the family passes through ----------------------------------
@@ -65,16 +72,24 @@ class Family(nn.Module):
             return
         names = list(buffers[0])
         for i, b in enumerate(buffers[1:], 1):
-            sp.check_compatible({k: tuple(v.shape) for k, v in buffers[0].items()},
-                                {k: tuple(v.shape) for k, v in b.items()}, what=f"buffers of model {i}")
+            sp.check_compatible(
+                {k: tuple(v.shape) for k, v in buffers[0].items()},
+                {k: tuple(v.shape) for k, v in b.items()},
+                what=f"buffers of model {i}",
+            )
         self.buffer_float = [n for n in names if buffers[0][n].is_floating_point()]
         self.buffer_other = [n for n in names if not buffers[0][n].is_floating_point()]
-        self.buffer_layout = Layout(tuple(self.buffer_float), tuple(tuple(buffers[0][n].shape) for n in self.buffer_float))
+        self.buffer_layout = Layout(
+            tuple(self.buffer_float), tuple(tuple(buffers[0][n].shape) for n in self.buffer_float)
+        )
         self.buffer_dtypes = {n: buffers[0][n].dtype for n in names}
         self.n_buffer_anchors = len(buffers)
         for j, b in enumerate(buffers):
-            flat = (torch.cat([b[n].detach().reshape(-1).double() for n in self.buffer_float])
-                    if self.buffer_float else torch.zeros(0, dtype=torch.float64))
+            flat = (
+                torch.cat([b[n].detach().reshape(-1).double() for n in self.buffer_float])
+                if self.buffer_float
+                else torch.zeros(0, dtype=torch.float64)
+            )
             self.register_buffer(f"buffer_anchor_{j}", flat)
             for n in self.buffer_other:
                 self.register_buffer(f"buffer_other_{j}_{n.replace('.', '__')}", b[n].detach().clone())
@@ -97,16 +112,18 @@ class Family(nn.Module):
         One model: its buffers everywhere. Families through several models define their own."""
         if self.n_buffer_anchors == 1:
             return torch.ones(coords.shape[0], 1, dtype=torch.float64, device=coords.device)
-        raise TypeError(f"{type(self).__name__} carries {self.n_buffer_anchors} models' buffers but does not say "
-                        f"how to combine them (buffer_coefficients)")
+        raise TypeError(
+            f"{type(self).__name__} carries {self.n_buffer_anchors} models' buffers but does not say "
+            f"how to combine them (buffer_coefficients)"
+        )
 
-    def buffers_at(self, coords) -> sp.Point | None:
+    def buffers_at(self, coords: Coords) -> sp.Point | None:
         """Stacked buffers [K, ...] at ``coords`` (a point's buffers for a single coordinate); None when
         the family carries none."""
         if not self.carries_buffers:
             return None
         c, single = self.as_coords(coords)
-        first = getattr(self, "buffer_anchor_0")
+        first = self.get_buffer("buffer_anchor_0")  # typed Tensor (attribute access is Tensor | Module)
         if self.n_buffer_anchors == 1:
             one = self.buffer_anchor(0)
             out = {n: v.unsqueeze(0).expand((c.shape[0],) + tuple(v.shape)) for n, v in one.items()}
@@ -117,8 +134,9 @@ class Family(nn.Module):
             out = {n: v.to(self.buffer_dtypes[n]) for n, v in self.buffer_layout.unflatten(flat).items()}
             nearest = a.argmax(dim=1)
             for n in self.buffer_other:
-                stacked = torch.stack([getattr(self, f"buffer_other_{j}_{n.replace('.', '__')}")
-                                       for j in range(self.n_buffer_anchors)])
+                stacked = torch.stack(
+                    [getattr(self, f"buffer_other_{j}_{n.replace('.', '__')}") for j in range(self.n_buffer_anchors)]
+                )
                 out[n] = stacked[nearest.to(stacked.device)]
         return {n: v[0] for n, v in out.items()} if single else out
 
@@ -137,8 +155,12 @@ class LinearFamily(Family):
     Subclasses define ``coefficients(coords [K, dim] float64) -> [K, n]``.
     """
 
-    def __init__(self, anchors: Sequence[Mapping[str, Tensor]], trainable: Sequence[bool] | None = None,
-                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
+    def __init__(
+        self,
+        anchors: Sequence[Mapping[str, Tensor]],
+        trainable: Sequence[bool] | None = None,
+        buffers: Sequence[Mapping[str, Tensor]] | None = None,
+    ):
         super().__init__()
         if len(anchors) == 0:
             raise UserError("a family needs at least one anchor point")
@@ -148,7 +170,7 @@ class LinearFamily(Family):
             raise UserError("trainable must have one flag per anchor")
         self.n_anchors = len(anchors)
         self._trainable = tuple(bool(t) for t in trainable)
-        for j, (a, t) in enumerate(zip(anchors, trainable)):
+        for j, (a, t) in enumerate(zip(anchors, trainable, strict=True)):
             flat = self.layout.flatten(a).detach().clone()
             if t:
                 self.register_parameter(f"anchor_{j}", nn.Parameter(flat))
@@ -175,7 +197,7 @@ class LinearFamily(Family):
     def coefficients(self, coords: Tensor) -> Tensor:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} must define coefficients(coords)")
 
-    def flat(self, coords) -> Tensor:
+    def flat(self, coords: Coords) -> Tensor:
         """Flat points [K, D] (or [D] for a single coordinate)."""
         c, single = self.as_coords(coords)
         w = self.matrix()
@@ -183,5 +205,5 @@ class LinearFamily(Family):
         out = a @ w
         return out[0] if single else out
 
-    def forward(self, coords) -> sp.Point:
+    def forward(self, coords: Coords) -> sp.Point:
         return self.layout.unflatten(self.flat(coords))

@@ -12,22 +12,22 @@ inner bends. Both return exactly w_0 at t = 0 and w_{n-1} at t = 1; the chain pa
 w_j at t = j / (n-1). Given the endpoints' ``buffers``, the point at t carries ``(1 - t) b_0 + t b_1``
 (BatchNorm statistics of the two trained networks; the curve's inner points have none of their own).
 
->>> curve = Bezier.on_segment(a, b, bends=3)        # inner bend initialised at the midpoint
->>> curve(0.5)                                      # a point: dict[str, Tensor]
->>> curve(torch.linspace(0, 1, 61))                 # a stacked point [61, ...]
->>> torch.optim.SGD(curve.parameters(), lr=0.01)    # only the inner bends train
+>>> curve = Bezier.on_segment(a, b, bends=3)  # inner bend initialised at the midpoint
+>>> curve(0.5)  # a point: dict[str, Tensor]
+>>> curve(torch.linspace(0, 1, 61))  # a stacked point [61, ...]
+>>> torch.optim.SGD(curve.parameters(), lr=0.01)  # only the inner bends train
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import LinearFamily
+from .base import Coords, LinearFamily
 
 Point = Mapping[str, Tensor]
 
@@ -45,9 +45,11 @@ class Curve(LinearFamily):
     def __init__(self, bends: Sequence[Point], buffers: Sequence[Point] | None = None):
         bends = list(bends)
         if len(bends) < 3:
-            raise UserError(f"a {type(self).__name__} needs at least 3 bends (two endpoints and one inner "
-                            f"bend); got {len(bends)}. For the straight segment use bends=3 with the "
-                            f"inner bend on the segment, or families.lines.Line")
+            raise UserError(
+                f"a {type(self).__name__} needs at least 3 bends (two endpoints and one inner "
+                f"bend); got {len(bends)}. For the straight segment use bends=3 with the "
+                f"inner bend on the segment, or families.lines.Line"
+            )
         super().__init__(bends, trainable=[False] + [True] * (len(bends) - 2) + [False], buffers=buffers)
         if self.n_buffer_anchors not in (0, 2):
             raise UserError(f"a curve carries the buffers of its two endpoints; got {self.n_buffer_anchors}")
@@ -60,8 +62,39 @@ class Curve(LinearFamily):
         t = coords[:, :1]
         return torch.cat([1.0 - t, t], dim=1)
 
+    # -- the point: the frozen endpoints stacked once, the inner bends differentiable ---------------
+    def _ends(self) -> dict:
+        """The two frozen endpoints stacked [2, D] and the inner bends' indices; rebuilt when an endpoint
+        changes (its version), moves or changes dtype. Not a registered buffer: never saved."""
+        last = self.n_anchors - 1
+        key = tuple((self.anchor(j).data_ptr(), self.anchor(j)._version, self.anchor(j).dtype) for j in (0, last))
+        cache = getattr(self, "_ends_cache", None)
+        if cache is None or cache["key"] != key:
+            w = torch.stack([self.anchor(0).detach(), self.anchor(last).detach()])
+            cache = {
+                "key": key,
+                "w": w,
+                "ends": torch.tensor([0, last], device=w.device),
+                "inner": torch.arange(1, last, device=w.device),
+            }
+            object.__setattr__(self, "_ends_cache", cache)
+        return cache
+
+    def flat(self, coords: Coords) -> Tensor:
+        """Flat points [K, D] (or [D]): ``coefficients @ W`` as two matrix products, the endpoints' part
+        from the cached stack and the inner bends' part differentiable, so that a training step copies
+        no bend and its backward writes only the inner bends' gradient [n - 2, D]."""
+        c, single = self.as_coords(coords)
+        cache = self._ends()
+        w = cache["w"]
+        a = self.coefficients(c.to(w.device)).to(w.dtype)  # [K, n]
+        inner = [self.anchor(j) for j in range(1, self.n_anchors - 1)]
+        wt = inner[0].unsqueeze(0) if len(inner) == 1 else torch.stack(inner)  # a view for 3 bends
+        out = (a.index_select(1, cache["ends"]) @ w).addmm_(a.index_select(1, cache["inner"]), wt)
+        return out.squeeze(0) if single else out  # squeeze: a view, whose backward copies nothing
+
     @classmethod
-    def on_segment(cls, a: Point, b: Point, bends: int = 3, buffers: Sequence[Point] | None = None) -> "Curve":
+    def on_segment(cls, a: Point, b: Point, bends: int = 3, buffers: Sequence[Point] | None = None) -> Curve:
         """The curve from ``a`` to ``b`` with inner bends on the segment: w_j = a + j/(n-1) (b - a)."""
         if bends < 3:
             raise UserError(f"bends must be >= 3, got {bends}")
@@ -73,7 +106,7 @@ class Curve(LinearFamily):
         return cls(pts, buffers)
 
     @classmethod
-    def through(cls, a: Point, b: Point, inner: Sequence[Point], buffers: Sequence[Point] | None = None) -> "Curve":
+    def through(cls, a: Point, b: Point, inner: Sequence[Point], buffers: Sequence[Point] | None = None) -> Curve:
         """The curve from ``a`` to ``b`` with inner bends initialised at the given points."""
         return cls([a, *inner, b], buffers)
 
@@ -85,8 +118,12 @@ class Curve(LinearFamily):
         return [self.bend(j) for j in range(self.n_bends)]
 
     def describe(self) -> dict:
-        return {"family": type(self).__name__, "coords": ["t"], "bends": self.n_bends,
-                "meaning": f"{self.kind} curve from bend 0 (t = 0) to bend {self.n_bends - 1} (t = 1)"}
+        return {
+            "family": type(self).__name__,
+            "coords": ["t"],
+            "bends": self.n_bends,
+            "meaning": f"{self.kind} curve from bend 0 (t = 0) to bend {self.n_bends - 1} (t = 1)",
+        }
 
 
 class Bezier(Curve):

@@ -17,7 +17,7 @@ reference's ``dir_type='states'``); a plane around one model carries that model'
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -32,16 +32,22 @@ class Line(LinearFamily):
 
     dim = 1
 
-    def __init__(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], trainable: tuple[bool, bool] = (False, False),
-                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
+    def __init__(
+        self,
+        a: Mapping[str, Tensor],
+        b: Mapping[str, Tensor],
+        trainable: tuple[bool, bool] = (False, False),
+        buffers: Sequence[Mapping[str, Tensor]] | None = None,
+    ):
         """``buffers``: ``(A's, B's)`` (combined with ``(1 - t, t)``) or ``(one model's,)``."""
         super().__init__([a, b], trainable, buffers)
         if self.n_buffer_anchors not in (0, 1, 2):
             raise UserError(f"a line carries the buffers of at most its two models; got {self.n_buffer_anchors}")
 
     @classmethod
-    def from_direction(cls, origin: Mapping[str, Tensor], direction: Mapping[str, Tensor],
-                       buffers: Mapping[str, Tensor] | None = None) -> "Line":
+    def from_direction(
+        cls, origin: Mapping[str, Tensor], direction: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None
+    ) -> Line:
         """The line ``origin + t * direction`` (so t = 0 is the origin), with the origin's ``buffers``."""
         return cls(origin, sp.add(origin, direction), buffers=None if buffers is None else [buffers])
 
@@ -63,8 +69,13 @@ class Plane(LinearFamily):
 
     dim = 2
 
-    def __init__(self, origin: Mapping[str, Tensor], dx: Mapping[str, Tensor], dy: Mapping[str, Tensor],
-                 buffers: Mapping[str, Tensor] | None = None):
+    def __init__(
+        self,
+        origin: Mapping[str, Tensor],
+        dx: Mapping[str, Tensor],
+        dy: Mapping[str, Tensor],
+        buffers: Mapping[str, Tensor] | None = None,
+    ):
         """``buffers``: the origin model's, kept at every point (default: none; the evaluator's own)."""
         super().__init__([origin, dx, dy], buffers=None if buffers is None else [buffers])
 
@@ -100,8 +111,15 @@ class PlaneThrough(Plane):
     models (exactly (1, 0, 0), (0, 1, 0), (0, 0, 1) at the models).
     """
 
-    def __init__(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tensor],
-                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
+    model_coords: Tensor  # a registered buffer (nn.Module attributes are otherwise typed Tensor | Module)
+
+    def __init__(
+        self,
+        a: Mapping[str, Tensor],
+        b: Mapping[str, Tensor],
+        c: Mapping[str, Tensor],
+        buffers: Sequence[Mapping[str, Tensor]] | None = None,
+    ):
         layout_names = list(a)
         fa = torch.cat([a[k].detach().reshape(-1).double() for k in layout_names])
         fb = torch.cat([b[k].detach().reshape(-1).double() for k in layout_names]).to(fa.device)
@@ -109,8 +127,9 @@ class PlaneThrough(Plane):
         ab, ac = fb - fa, fc - fa
         nab = ab.norm()
         if float(nab) == 0.0:
-            raise UserError("models A and B are the same point: a plane through them is not defined; "
-                            "pick a different B")
+            raise UserError(
+                "models A and B are the same point: a plane through them is not defined; pick a different B"
+            )
         u = ab / nab
         cu = ac @ u
         v = ac - cu * u
@@ -123,10 +142,12 @@ class PlaneThrough(Plane):
         dv = {k: t.to(a[k].dtype) for k, t in sp.unflatten(v, like).items()}
         LinearFamily.__init__(self, [a, du, dv], buffers=buffers)
         if self.n_buffer_anchors not in (0, 3):
-            raise UserError(f"the plane through three models carries all three models' buffers; got "
-                            f"{self.n_buffer_anchors}")
-        self.register_buffer("model_coords", torch.tensor([[0.0, 0.0], [float(nab), 0.0], [float(cu), float(nv)]],
-                                                          dtype=torch.float64))
+            raise UserError(
+                f"the plane through three models carries all three models' buffers; got {self.n_buffer_anchors}"
+            )
+        self.register_buffer(
+            "model_coords", torch.tensor([[0.0, 0.0], [float(nab), 0.0], [float(cu), float(nv)]], dtype=torch.float64)
+        )
 
     def barycentric(self, coords: Tensor) -> Tensor:
         """[K, 2] plane coordinates -> [K, 3] weights (alpha, beta, gamma) of a, b, c: the point's weights
@@ -141,5 +162,9 @@ class PlaneThrough(Plane):
         return self.barycentric(coords)
 
     def describe(self) -> dict:
-        return {"family": "PlaneThrough", "coords": ["x", "y"], "meaning": "a + x u + y v, orthonormal u, v",
-                "models": self.model_coords.tolist()}
+        return {
+            "family": "PlaneThrough",
+            "coords": ["x", "y"],
+            "meaning": "a + x u + y v, orthonormal u, v",
+            "models": self.model_coords.tolist(),
+        }

@@ -17,7 +17,7 @@ build one with `modescape.symmetry.swap_path`, which knows every axis the units 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
@@ -31,14 +31,27 @@ class SwapPath(Line):
     the swapped point's (its running statistics permuted the same way).
     """
 
-    def __init__(self, theta: Mapping[str, Tensor], swapped: Mapping[str, Tensor], perm: str, i: int, j: int,
-                 buffers: Sequence[Mapping[str, Tensor]] | None = None):
+    def __init__(
+        self,
+        theta: Mapping[str, Tensor],
+        swapped: Mapping[str, Tensor],
+        perm: str,
+        i: int,
+        j: int,
+        buffers: Sequence[Mapping[str, Tensor]] | None = None,
+    ):
         super().__init__(theta, swapped, buffers=buffers)
         self.perm, self.i, self.j = perm, int(i), int(j)
 
     def describe(self) -> dict:
-        return {"family": "SwapPath", "coords": ["t"], "perm": self.perm, "i": self.i, "j": self.j,
-                "meaning": "(1 - t) theta + t swap_ij(theta); t = 1/2 is the permutation point"}
+        return {
+            "family": "SwapPath",
+            "coords": ["t"],
+            "perm": self.perm,
+            "i": self.i,
+            "j": self.j,
+            "meaning": "(1 - t) theta + t swap_ij(theta); t = 1/2 is the permutation point",
+        }
 
 
 __all__ = ["SwapPath"]

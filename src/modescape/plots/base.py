@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePath
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,18 @@ PLOTLY_DASHES = {"-": "solid", "--": "dash", ":": "dot", "-.": "dashdot"}
 REFERENCE = {"color": "0.45", "lw": 0.9, "ls": ":"}
 """Keyword arguments of a reference line (``axhline``/``axvline``): a model's value, t = 0 and t = 1."""
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
-          "tab:olive", "tab:cyan")
+COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 is coprime with 10: (colour, marker) repeats after 70
 
 
@@ -77,8 +88,9 @@ def series_styles(n: int) -> list[dict[str, str]]:
     return [{"color": COLORS[k % len(COLORS)], "marker": MARKERS[k % len(MARKERS)]} for k in range(n)]
 
 
-def legend_outside(owner, handles=None, labels=None, where: str = "right", fontsize: float = 8, ncol: int | None = None,
-                   **kw):
+def legend_outside(
+    owner, handles=None, labels=None, where: str = "right", fontsize: float = 8, ncol: int | None = None, **kw
+):
     """A legend outside the plotting area: ``where="right"`` beside an Axes (upper left corner at its right
     edge), ``"below"`` / ``"above"`` a whole figure (needs ``layout="constrained"``, which makes room for it).
     ``owner``: the Axes (right) or the Figure (below, above)."""
@@ -88,8 +100,9 @@ def legend_outside(owner, handles=None, labels=None, where: str = "right", fonts
         labels = [h.get_label() for h in handles]
     kw = {"fontsize": fontsize, "frameon": False, **kw}
     if where == "right":
-        return owner.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                            ncol=ncol or 1, **kw)
+        return owner.legend(
+            handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, ncol=ncol or 1, **kw
+        )
     if where in ("below", "above"):
         loc = "outside lower center" if where == "below" else "outside upper center"
         return owner.legend(handles, labels, loc=loc, ncol=ncol or min(len(handles), 4), **kw)
@@ -126,8 +139,10 @@ def nice_levels(z: np.ndarray, n: int = 20, log: bool | None = None) -> tuple[np
     z = np.asarray(z, dtype=np.float64)
     finite = z[np.isfinite(z)]
     if finite.size == 0:
-        raise UserError("nothing to plot: every value is NaN or infinite (an unfinished sweep, or a loss that is "
-                        "not finite at these points: check the checkpoint's own loss)")
+        raise UserError(
+            "nothing to plot: every value is NaN or infinite (an unfinished sweep, or a loss that is "
+            "not finite at these points: check the checkpoint's own loss)"
+        )
     lo, hi = float(finite.min()), float(finite.max())
     if log is None:
         log = lo > 0 and hi > 10 * lo
@@ -138,18 +153,18 @@ def nice_levels(z: np.ndarray, n: int = 20, log: bool | None = None) -> tuple[np
         cand = np.array(sorted({float(f"{s}e{k}") for k in range(k0, k1 + 1) for s in subs}))
         first = int(np.searchsorted(cand, lo, side="right")) - 1
         last = int(np.searchsorted(cand, hi, side="left"))
-        levels = cand[max(first, 0): last + 1]
+        levels = cand[max(first, 0) : last + 1]
         return levels, LogNorm(vmin=float(levels[0]), vmax=float(levels[-1]))
     if hi <= lo:
         pad = max(abs(lo) * 1e-6, 1e-12)
         lo, hi = lo - pad, hi + pad
-    ticks = MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    ticks = np.asarray(MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
     step = float(ticks[1] - ticks[0])
     digits = max(0, -int(np.floor(np.log10(step))) + 2)
     ticks = np.round(ticks, digits)  # 0.30000000000000004 -> 0.3
     first = int(np.searchsorted(ticks, lo, side="right")) - 1
     last = int(np.searchsorted(ticks, hi, side="left"))
-    return ticks[max(first, 0): last + 1], None
+    return ticks[max(first, 0) : last + 1], None
 
 
 def round_colorbar(cb, nbins: int = 7):
@@ -196,7 +211,7 @@ def run_names(paths: Sequence[str | os.PathLike]) -> list[str]:
         paths = [os.path.abspath(p) for p in paths]
     parts = [_display_parts(p) for p in paths]
     if len(parts) == 1:
-        return ["/".join(parts[0][-2:]) or paths[0]]
+        return ["/".join(parts[0][-2:]) or os.fspath(paths[0])]
     # the last component when every path ends with the same one (final.safetensors), unless it is all there is
     if all(len(q) > 1 for q in parts) and len({q[-1] for q in parts}) == 1:
         parts = [q[:-1] for q in parts]
@@ -216,7 +231,7 @@ def labels_of(labels: Sequence[Any] | None) -> list[str] | None:
     labels = list(labels)
     idx = [i for i, v in enumerate(labels) if isinstance(v, os.PathLike)]
     out = [str(v) for v in labels]
-    for i, name in zip(idx, run_names([labels[i] for i in idx])):
+    for i, name in zip(idx, run_names([labels[i] for i in idx]), strict=True):
         out[i] = name
     return out
 
@@ -326,7 +341,30 @@ def save_text(text: str, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["COLORS", "MARKERS", "PLOTLY_JS", "REFERENCE", "SPLIT_STYLES", "capture_figures", "compared", "figure",
-           "labels_of", "legend_outside", "nice_levels", "plain_numbers", "plotly_dash", "pyplot", "round_colorbar",
-           "run_names", "save_figure", "save_html", "save_text", "series_styles", "split_handles", "split_of",
-           "split_style", "with_runs", "write_plotlyjs"]
+__all__ = [
+    "COLORS",
+    "MARKERS",
+    "PLOTLY_JS",
+    "REFERENCE",
+    "SPLIT_STYLES",
+    "capture_figures",
+    "compared",
+    "figure",
+    "labels_of",
+    "legend_outside",
+    "nice_levels",
+    "plain_numbers",
+    "plotly_dash",
+    "pyplot",
+    "round_colorbar",
+    "run_names",
+    "save_figure",
+    "save_html",
+    "save_text",
+    "series_styles",
+    "split_handles",
+    "split_of",
+    "split_style",
+    "with_runs",
+    "write_plotlyjs",
+]

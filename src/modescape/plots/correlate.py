@@ -25,14 +25,15 @@ def plot_correlation(result, path: str | Path, title: str | None = None) -> Path
     a.set_xlabel(f"Kendall tau with the generalisation gap ({result.gap})")
     gaps = np.array([r["gap"] for r in result.rows])
     gr = gaps.argsort().argsort()
-    for m, style in zip(ms, series_styles(len(ms))):
+    for m, style in zip(ms, series_styles(len(ms)), strict=True):
         v = np.array([r[m] for r in result.rows], dtype=float)
         b.plot(gr, v.argsort().argsort(), ls="none", alpha=0.75, ms=6, label=m, mfc="none", mew=1.4, **style)
     b.set_xlabel("rank of the gap")
     b.set_ylabel("rank of the measure")
     legend_outside(b, where="right", fontsize=7, ncol=1 if len(ms) <= 16 else 2)
-    fig.suptitle(title or f"sharpness measures against the generalisation gap over {len(result.rows)} runs",
-                 fontsize=10)
+    fig.suptitle(
+        title or f"sharpness measures against the generalisation gap over {len(result.rows)} runs", fontsize=10
+    )
     return save_figure(fig, path, dpi=120)
 
 

@@ -17,16 +17,29 @@ indexed [x, y] (the grid order of `modescape.landscape.Grid`); matplotlib wants 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import xarray as xr
 
 from ..errors import UserError
-from .base import REFERENCE, compared, figure, labels_of, legend_outside, nice_levels, plotly_dash, round_colorbar
+from .base import (
+    REFERENCE,
+    compared,
+    figure,
+    labels_of,
+    legend_outside,
+    nice_levels,
+    plotly_dash,
+    round_colorbar,
+    run_names,
+    save_figure,
+    save_html,
+    save_text,
+    split_style,
+)
 from .base import pyplot as _plt
-from .base import run_names, save_figure, save_html, save_text, split_style
 
 
 def _levels(z: np.ndarray, n: int = 20) -> np.ndarray:
@@ -48,7 +61,7 @@ def _markers(ds: xr.Dataset) -> tuple[list[tuple[str, float, float]], np.ndarray
     if isinstance(models, str):
         models = json.loads(models)
     if models:
-        for label, (mx, my) in zip(models["labels"], models["coords"]):
+        for label, (mx, my) in zip(models["labels"], models["coords"], strict=True):
             pts.append((str(label), float(mx), float(my)))
     path = ds.attrs.get("path")
     return pts, (np.asarray(path, dtype=np.float64) if path is not None and len(path) else None)
@@ -77,7 +90,7 @@ def _subject(ds: xr.Dataset, labels: Sequence | None = None) -> str:
         return f"around {names[0]}"
     pts, _ = _markers(ds)
     if len(pts) == len(names) and len(names) > 2:
-        return ", ".join(f"{p[0]} = {n}" for p, n in zip(pts, names))
+        return ", ".join(f"{p[0]} = {n}" for p, n in zip(pts, names, strict=True))
     return compared(names)
 
 
@@ -92,8 +105,15 @@ def _decorate(ax, ds: xr.Dataset) -> None:
         ax.plot(path[-1, 0], path[-1, 1], "*", color="crimson", ms=12)
     for label, mx, my in pts:
         ax.plot(mx, my, "o", color="white", mec="black", ms=8)
-        ax.annotate(label, (mx, my), textcoords="offset points", xytext=(6, 6), fontsize=10, weight="bold",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.75, "lw": 0})
+        ax.annotate(
+            label,
+            (mx, my),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=10,
+            weight="bold",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.75, "lw": 0},
+        )
     if path is not None:
         ax.legend(loc="upper right", fontsize=8)
 
@@ -126,8 +146,9 @@ def plot_line(ds: xr.Dataset, path: str | Path, title: str | None = None, labels
             target = ax if metric == "loss" else (ax2 or ax.twinx())
             if metric != "loss":
                 ax2 = target
-            lines += target.plot(t, ds[name].values, split_style(name), color=colors[metric],
-                                 label=name.replace("_", " "))
+            lines += target.plot(
+                t, ds[name].values, split_style(name), color=colors[metric], label=name.replace("_", " ")
+            )
     names = _runs(ds, labels)
     pts, _ = _markers(ds)
     family = ds.attrs.get("family")
@@ -144,9 +165,14 @@ def plot_line(ds: xr.Dataset, path: str | Path, title: str | None = None, labels
     return save_figure(fig, path)
 
 
-def plot_surface(ds: xr.Dataset, out_dir: str | Path, var: str = "train_loss", prefix: str | None = None,
-                 kinds: Sequence[str] = ("contour", "contourf", "heatmap", "surface"),
-                 labels: Sequence | None = None) -> list[Path]:
+def plot_surface(
+    ds: xr.Dataset,
+    out_dir: str | Path,
+    var: str = "train_loss",
+    prefix: str | None = None,
+    kinds: Sequence[str] = ("contour", "contourf", "heatmap", "surface"),
+    labels: Sequence | None = None,
+) -> list[Path]:
     """Contour lines, filled contours, heatmap and 3-D surface of ``var`` as ``{prefix}_{kind}.png``: levels
     and colorbar ticks on round numbers (log-spaced when positive values span more than a decade), titles
     naming the runs (``labels``, else the result's checkpoints)."""
@@ -175,7 +201,7 @@ def plot_surface(ds: xr.Dataset, out_dir: str | Path, var: str = "train_loss", p
             fig, ax = figure(figsize=(6.0, 5.0))
             if kind == "contour":
                 cs = ax.contour(x, y, z.T, levels=levels, cmap="viridis", norm=norm)
-                ax.clabel(cs, cs.levels[::max(1, len(cs.levels) // 6)], inline=True, fontsize=7, fmt="%g")
+                ax.clabel(cs, cs.levels[:: max(1, len(cs.levels) // 6)], inline=True, fontsize=7, fmt="%g")
             elif kind == "contourf":
                 cs = ax.contourf(x, y, z.T, levels=levels, cmap="viridis", norm=norm)
                 round_colorbar(fig.colorbar(cs, ax=ax, label=var))
@@ -207,8 +233,14 @@ def plot_convexity(ds: xr.Dataset, path: str | Path, labels: Sequence | None = N
     return save_figure(fig, path, dpi=100)
 
 
-def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title: str | None = None,
-               labels: Sequence | None = None, plotlyjs: str | Path | None = None) -> Path:
+def write_html(
+    ds: xr.Dataset,
+    path: str | Path,
+    var: str = "train_loss",
+    title: str | None = None,
+    labels: Sequence | None = None,
+    plotlyjs: str | Path | None = None,
+) -> Path:
     """An HTML page: interactive 3-D surface and contour of ``var`` (2-D), or the curves (1-D, train solid and
     test dashed). The camera shows the whole surface with its axis titles. The page loads ``plotly.min.js``
     from the folder ``plotlyjs`` (default: its own; written there once, so the pages of a result share it and
@@ -224,8 +256,10 @@ def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title:
         for name in ds.data_vars:
             if ds[name].dims != (dims[0],):
                 continue
-            fig.add_trace(go.Scatter(x=t, y=ds[name].values, name=str(name), line={"dash": plotly_dash(str(name))}),
-                          secondary_y=not str(name).endswith("loss"))
+            fig.add_trace(
+                go.Scatter(x=t, y=ds[name].values, name=str(name), line={"dash": plotly_dash(str(name))}),
+                secondary_y=not str(name).endswith("loss"),
+            )
         fig.update_xaxes(title_text=dims[0])
         fig.update_yaxes(title_text="loss", secondary_y=False)
         fig.update_yaxes(title_text="accuracy", secondary_y=True)
@@ -233,26 +267,59 @@ def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title:
     else:
         xl, yl = _axis_labels(ds)
         x, y, z = ds[dims[0]].values, ds[dims[1]].values, ds[var].values
-        fig = make_subplots(rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]], column_widths=[0.55, 0.45],
-                            horizontal_spacing=0.06, subplot_titles=(f"{var}: surface", f"{var}: contour"))
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            specs=[[{"type": "surface"}, {"type": "xy"}]],
+            column_widths=[0.55, 0.45],
+            horizontal_spacing=0.06,
+            subplot_titles=(f"{var}: surface", f"{var}: contour"),
+        )
         fig.add_trace(go.Surface(x=x, y=y, z=z.T, colorscale="Viridis", showscale=False, name=var), row=1, col=1)
-        fig.add_trace(go.Contour(x=x, y=y, z=z.T, colorscale="Viridis", ncontours=30, name=var,
-                                 colorbar={"title": {"text": var}}), row=1, col=2)
+        fig.add_trace(
+            go.Contour(
+                x=x, y=y, z=z.T, colorscale="Viridis", ncontours=30, name=var, colorbar={"title": {"text": var}}
+            ),
+            row=1,
+            col=2,
+        )
         pts, traj = _markers(ds)
         if traj is not None:
-            fig.add_trace(go.Scatter(x=traj[:, 0], y=traj[:, 1], mode="lines+markers", name="trajectory",
-                                     line={"color": "crimson"}), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=traj[:, 0], y=traj[:, 1], mode="lines+markers", name="trajectory", line={"color": "crimson"}
+                ),
+                row=1,
+                col=2,
+            )
         if pts:
-            fig.add_trace(go.Scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="markers+text",
-                                     text=[p[0] for p in pts], textposition="top right", name="models",
-                                     marker={"color": "white", "size": 10, "line": {"color": "black", "width": 1}}),
-                          row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[1] for p in pts],
+                    y=[p[2] for p in pts],
+                    mode="markers+text",
+                    text=[p[0] for p in pts],
+                    textposition="top right",
+                    name="models",
+                    marker={"color": "white", "size": 10, "line": {"color": "black", "width": 1}},
+                ),
+                row=1,
+                col=2,
+            )
         # the whole surface in view, its axes titled: a fixed box (z flatter than x, y) seen from a little
         # further out than plotly's default eye (1.25, 1.25, 1.25)
-        fig.update_scenes(xaxis_title_text=xl, yaxis_title_text=yl, zaxis_title_text=var, aspectmode="manual",
-                          aspectratio={"x": 1.0, "y": 1.0, "z": 0.7},
-                          camera={"eye": {"x": 1.55, "y": -1.55, "z": 1.05}, "center": {"x": 0, "y": 0, "z": -0.1},
-                                  "up": {"x": 0, "y": 0, "z": 1}})
+        fig.update_scenes(
+            xaxis_title_text=xl,
+            yaxis_title_text=yl,
+            zaxis_title_text=var,
+            aspectmode="manual",
+            aspectratio={"x": 1.0, "y": 1.0, "z": 0.7},
+            camera={
+                "eye": {"x": 1.55, "y": -1.55, "z": 1.05},
+                "center": {"x": 0, "y": 0, "z": -0.1},
+                "up": {"x": 0, "y": 0, "z": 1},
+            },
+        )
         fig.update_xaxes(title_text=xl, row=1, col=2)
         fig.update_yaxes(title_text=yl, row=1, col=2)
         fig.update_layout(height=620, width=1250, margin={"l": 10, "r": 10, "t": 80, "b": 40})
@@ -260,8 +327,9 @@ def write_html(ds: xr.Dataset, path: str | Path, var: str = "train_loss", title:
     return save_html(fig, path, plotlyjs)
 
 
-def export_vtk(ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: bool = False,
-               zmax: float | None = None) -> Path:
+def export_vtk(
+    ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: bool = False, zmax: float | None = None
+) -> Path:
     """A legacy VTK structured grid (ASCII) of ``var`` over (x, y), z = value (log10 when ``log``), for ParaView."""
     dims = list(ds[var].dims)
     if len(dims) != 2:
@@ -272,8 +340,14 @@ def export_vtk(ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: b
     if log:
         z = np.log10(np.maximum(z, 1e-12))
     nx, ny = len(x), len(y)
-    lines = ["# vtk DataFile Version 3.0", f"modescape {var}", "ASCII", "DATASET STRUCTURED_GRID",
-             f"DIMENSIONS {nx} {ny} 1", f"POINTS {nx * ny} double"]
+    lines = [
+        "# vtk DataFile Version 3.0",
+        f"modescape {var}",
+        "ASCII",
+        "DATASET STRUCTURED_GRID",
+        f"DIMENSIONS {nx} {ny} 1",
+        f"POINTS {nx * ny} double",
+    ]
     # VTK order: x fastest
     for j in range(ny):
         for i in range(nx):
@@ -285,8 +359,14 @@ def export_vtk(ds: xr.Dataset, path: str | Path, var: str = "train_loss", log: b
     return save_text("\n".join(lines) + "\n", path)
 
 
-def plot_result(ds: xr.Dataset, out_dir: str | Path, vtk: bool = False, var: str | None = None,
-                labels: Sequence | None = None, plotlyjs: str | Path | None = None) -> list[Path]:
+def plot_result(
+    ds: xr.Dataset,
+    out_dir: str | Path,
+    vtk: bool = False,
+    var: str | None = None,
+    labels: Sequence | None = None,
+    plotlyjs: str | Path | None = None,
+) -> list[Path]:
     """Every figure that fits the result into ``out_dir``: PNGs, ``landscape.html`` and optionally ``.vtk``.
     ``labels``: the runs' names for the titles (default: from the result's provenance); ``plotlyjs``: the
     folder of the shared ``plotly.min.js`` (default ``out_dir``; see `write_html`)."""
@@ -302,8 +382,10 @@ def plot_result(ds: xr.Dataset, out_dir: str | Path, vtk: bool = False, var: str
         raise UserError(f"no variable '{var}' in this result; it has {', '.join(data_vars)}")
     short = {d: int(ds.sizes[d]) for d in ds[var].dims if ds.sizes[d] < 2}
     if short:
-        raise UserError(f"a figure needs at least 2 points along each axis; this result has "
-                        f"{', '.join(f'{n} along {d}' for d, n in short.items())}")
+        raise UserError(
+            f"a figure needs at least 2 points along each axis; this result has "
+            f"{', '.join(f'{n} along {d}' for d, n in short.items())}"
+        )
     if len(ds[var].dims) == 1:
         written.append(plot_line(ds, out_dir / "line.png", labels=labels))
     else:

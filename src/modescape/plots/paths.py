@@ -10,13 +10,26 @@ dotted, legends outside the data, round colorbar ticks, and titles that name the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .base import (COLORS, REFERENCE, figure, labels_of, legend_outside, nice_levels, round_colorbar, save_figure,
-                   split_handles, split_of, split_style, with_runs)
+from .base import (
+    COLORS,
+    REFERENCE,
+    figure,
+    labels_of,
+    legend_outside,
+    nice_levels,
+    round_colorbar,
+    save_figure,
+    split_handles,
+    split_of,
+    split_style,
+    with_runs,
+)
 
 
 def _ends_label(labels: Sequence | None) -> str:
@@ -24,19 +37,30 @@ def _ends_label(labels: Sequence | None) -> str:
     return f"t  ({names[0]} at 0, {names[1]} at 1)" if names and len(names) == 2 else "t"
 
 
-def plot_paths(results: Sequence, path: str | Path, metrics: Sequence[str] = ("train_loss", "test_error"),
-               title: str | None = None, labels: Sequence | None = None) -> Path:
+def plot_paths(
+    results: Sequence,
+    path: str | Path,
+    metrics: Sequence[str] = ("train_loss", "test_error"),
+    title: str | None = None,
+    labels: Sequence | None = None,
+) -> Path:
     """Metrics along t for several paths (e.g. the curve and the straight segment), one panel per metric: a
     colour per path, train solid and test dashed. ``labels``: the two endpoints' runs (e.g. ``(Path(a),
     Path(b))``), named in the title and on the t axis."""
     metrics = [m for m in metrics if m in results[0].metrics.names]
     fig, axes = figure(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     handles = []
-    for ax, m in zip(axes[0], metrics):
+    for ax, m in zip(axes[0], metrics, strict=True):
         scale = 100.0 if m.endswith("error") else 1.0
         for k, r in enumerate(results):
-            (line,) = ax.plot(r.t.numpy(), (r.metrics[m] * scale).numpy(), split_style(m),
-                              color=COLORS[k % len(COLORS)], label=r.name, lw=1.8)
+            (line,) = ax.plot(
+                r.t.numpy(),
+                (r.metrics[m] * scale).numpy(),
+                split_style(m),
+                color=COLORS[k % len(COLORS)],
+                label=r.name,
+                lw=1.8,
+            )
             if ax is axes[0][0]:
                 handles.append(line)
         ax.set_xlabel(_ends_label(labels))
@@ -49,8 +73,9 @@ def plot_paths(results: Sequence, path: str | Path, metrics: Sequence[str] = ("t
     return save_figure(fig, path)
 
 
-def plot_plane(result, path: str | Path, metric: str = "test_error", title: str | None = None,
-               labels: Sequence | None = None) -> Path:
+def plot_plane(
+    result, path: str | Path, metric: str = "test_error", title: str | None = None, labels: Sequence | None = None
+) -> Path:
     """Filled contour of ``metric`` on the plane through a curve's bends, with the curve, its bends and the
     straight segment (Garipov et al. 2018, Figure 1); drawn to scale, levels and colorbar ticks on round
     numbers, the legend below the axes (clear of the x label). ``labels``: the endpoints' runs."""
@@ -67,14 +92,16 @@ def plot_plane(result, path: str | Path, metric: str = "test_error", title: str 
     ax.scatter(b[1:2, 0], b[1:2, 1], color="red", marker="x", zorder=3, s=40, label="bend")
     names = labels_of(labels)
     if names and len(names) == 2:
-        for name, (bx, by) in zip(names, b[[0, 2]]):
-            ax.annotate(name, (bx, by), textcoords="offset points", xytext=(5, 5), fontsize=8, color="white",
-                        weight="bold")
+        for name, (bx, by) in zip(names, b[[0, 2]], strict=True):
+            ax.annotate(
+                name, (bx, by), textcoords="offset points", xytext=(5, 5), fontsize=8, color="white", weight="bold"
+            )
     ax.set_aspect("equal")  # distances in weight space, to scale
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     # the curve and segment are white: a grey legend box keeps them visible
-    legend_outside(fig, *ax.get_legend_handles_labels(), where="below", ncol=4, frameon=True, facecolor="0.7")
+    leg_handles, leg_labels = ax.get_legend_handles_labels()
+    legend_outside(fig, leg_handles, leg_labels, where="below", ncol=4, frameon=True, facecolor="0.7")
     if title or labels:
         ax.set_title(title or with_runs(f"{metric.replace('_', ' ')} on the plane of the bends", labels), fontsize=10)
     return save_figure(fig, path)
@@ -94,8 +121,9 @@ def plot_swap(res: Mapping, path: str | Path, title: str | None = None, label: A
     return save_figure(fig, path)
 
 
-def plot_alignment(curves: Mapping, path: str | Path, title: str | None = None, log_loss: bool = False,
-                   labels: Sequence | None = None) -> Path:
+def plot_alignment(
+    curves: Mapping, path: str | Path, title: str | None = None, log_loss: bool = False, labels: Sequence | None = None
+) -> Path:
     """Loss and accuracy of every line of an alignment (``{name: PathResult}``) on one figure: a colour per
     line, train solid and test dashed. ``log_loss``: a logarithmic loss axis (aligned lines are often 100x
     flatter). ``labels``: A's and B's runs (e.g. ``(Path(a), Path(b))``), named in the title and on the t
@@ -104,12 +132,13 @@ def plot_alignment(curves: Mapping, path: str | Path, title: str | None = None, 
     handles, splits = [], []
     for k, (name, c) in enumerate(curves.items()):
         color = COLORS[k % len(COLORS)]
-        for ax, metric in zip(axes, ("loss", "accuracy")):
+        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
             for split in ("train", "test"):
                 key = f"{split}_{metric}"
                 if key in c.metrics.names:
-                    ax.plot(c.t.numpy(), c.metrics[key].numpy(), split_style(split), color=color,
-                            label=f"{name} ({split})")
+                    ax.plot(
+                        c.t.numpy(), c.metrics[key].numpy(), split_style(split), color=color, label=f"{name} ({split})"
+                    )
                     splits += [split] if split not in splits else []
         from matplotlib.lines import Line2D
 
@@ -122,8 +151,12 @@ def plot_alignment(curves: Mapping, path: str | Path, title: str | None = None, 
     for ax in axes:
         ax.set_xlabel(_ends_label(names) if names else "t  (A at 0, B at 1)")
         ax.grid(alpha=0.3)
-    legend_outside(fig, handles + split_handles([s for s in ("train", "test") if s in splits]), where="below",
-                   ncol=len(handles) + len(splits))
+    legend_outside(
+        fig,
+        handles + split_handles([s for s in ("train", "test") if s in splits]),
+        where="below",
+        ncol=len(handles) + len(splits),
+    )
     if title or labels:
         fig.suptitle(title or with_runs("interpolation before and after alignment", labels), fontsize=10)
     return save_figure(fig, path)
@@ -133,8 +166,13 @@ def _get(obj, key: str):
     return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
 
 
-def plot_fge(result, path: str | Path, title: str | None = None, label: Any = None,
-             baselines: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+def plot_fge(
+    result,
+    path: str | Path,
+    title: str | None = None,
+    label: Any = None,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
     """Fast geometric ensembling as members are added (`modescape.ensembles.FGEResult`, or its ``to_dict()``
     / ``fge.json``): test accuracy (%) and test NLL of the ensemble of the first m snapshots and of snapshot m
     alone, against m, with the start model as a reference line. ``label``: the start checkpoint, named in the
@@ -144,11 +182,14 @@ def plot_fge(result, path: str | Path, title: str | None = None, label: Any = No
     m = np.array([r["members"] for r in members])
     fig, axes = figure(1, 2, figsize=(9, 3.8))
     style = split_style("test")  # every number here is measured on the test data
-    for ax, key, scale, ylabel in ((axes[0], "accuracy", 100.0, "test accuracy (%)"),
-                                   (axes[1], "nll", 1.0, "test NLL")):
+    for ax, key, scale, ylabel in (
+        (axes[0], "accuracy", 100.0, "test accuracy (%)"),
+        (axes[1], "nll", 1.0, "test NLL"),
+    ):
         ax.plot(m, [scale * r[key] for r in members], style, marker="o", color=COLORS[0], label="FGE ensemble")
-        ax.plot(m, [scale * r[f"single_{key}"] for r in members], style, marker="s", color=COLORS[1],
-                label="snapshot alone")
+        ax.plot(
+            m, [scale * r[f"single_{key}"] for r in members], style, marker="s", color=COLORS[1], label="snapshot alone"
+        )
         if start and key in start:
             ax.axhline(scale * start[key], **REFERENCE, label="start model")
         for k, (name, values) in enumerate((baselines or {}).items()):
@@ -160,9 +201,11 @@ def plot_fge(result, path: str | Path, title: str | None = None, label: Any = No
         ax.set_xlabel("FGE members")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    legend_outside(fig, *axes[0].get_legend_handles_labels(), where="below")
-    name = labels_of([label])[0] if label is not None else None
-    fig.suptitle(title or ("fast geometric ensembling" + (f" from {name}" if name else "")), fontsize=10)
+    leg_handles, leg_labels = axes[0].get_legend_handles_labels()
+    legend_outside(fig, leg_handles, leg_labels, where="below")
+    label_names = labels_of([label]) if label is not None else None
+    run_name = label_names[0] if label_names else None
+    fig.suptitle(title or ("fast geometric ensembling" + (f" from {run_name}" if run_name else "")), fontsize=10)
     return save_figure(fig, path)
 
 

@@ -56,14 +56,17 @@ def plot_persistence_diagram(topo, path: str | Path | None = None, ax=None, thre
     ax.text(hi, top, "inf ", va="bottom", ha="right", fontsize=8, color="0.3")
     ax.scatter(b[~big], d[~big], s=6, color="0.55", lw=0, label=f"below threshold ({int((~big).sum())})")
     ax.scatter(b[big], d[big], s=22, color="tab:blue", lw=0, label=f"basins ({int(big.sum())} + global)")
-    ax.scatter([topo.births[0]], [top], marker="*", s=140, color="gold", edgecolor="black", zorder=5,
-               label="global minimum")
+    ax.scatter(
+        [topo.births[0]], [top], marker="*", s=140, color="gold", edgecolor="black", zorder=5, label="global minimum"
+    )
     ax.set_xlim(lo - 0.04 * span, hi + 0.04 * span)
     ax.set_ylim(lo - 0.04 * span, top + 0.06 * span)
     ax.set_xlabel(f"birth ({topo.metric})")
     ax.set_ylabel("death")
-    ax.set_title(f"persistence: {topo.n_minima} minima, {topo.basin_count(t)} basins, smoothness {topo.smoothness:.3f}",
-                 fontsize=10)
+    ax.set_title(
+        f"persistence: {topo.n_minima} minima, {topo.basin_count(t)} basins, smoothness {topo.smoothness:.3f}",
+        fontsize=10,
+    )
     _legend_below(ax)
     _done(ax, own, path)
     return ax
@@ -106,8 +109,9 @@ def _tree_layout(tree) -> np.ndarray:
     return x
 
 
-def plot_merge_tree(topo, path: str | Path | None = None, ax=None, threshold: float | str | None = 0.0,
-                    max_leaves: int = 200):
+def plot_merge_tree(
+    topo, path: str | Path | None = None, ax=None, threshold: float | str | None = 0.0, max_leaves: int = 200
+):
     """The join tree of the minima above ``threshold`` (default all); at most ``max_leaves`` leaves: the
     most persistent, the threshold raised to keep them (said in the title)."""
     from ..topology import resolve_threshold
@@ -131,16 +135,26 @@ def plot_merge_tree(topo, path: str | Path | None = None, ax=None, threshold: fl
     ax.add_collection(LineCollection(segs, colors="tab:blue", linewidths=1.0))
     r = tree.root
     span = topo.value_range or 1.0
-    ax.annotate("", xy=(x[r], topo.value_max + 0.06 * span), xytext=(x[r], y[r]),
-                arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 1.0})
+    ax.annotate(
+        "",
+        xy=(x[r], topo.value_max + 0.06 * span),
+        xytext=(x[r], y[r]),
+        arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 1.0},
+    )
     leaves = np.array(tree.leaves, dtype=np.int64)
     glob = leaves[tree.minimum[leaves] == 0]
     ax.scatter(x[leaves], y[leaves], s=12, color="tab:blue", zorder=3)
     ax.scatter(x[glob], y[glob], marker="*", s=140, color="gold", edgecolor="black", zorder=4)
     if leaves.size <= 30:
         for v in leaves:
-            ax.annotate(str(int(tree.minimum[v])), (x[v], y[v]), textcoords="offset points", xytext=(0, -11),
-                        ha="center", fontsize=7)
+            ax.annotate(
+                str(int(tree.minimum[v])),
+                (x[v], y[v]),
+                textcoords="offset points",
+                xytext=(0, -11),
+                ha="center",
+                fontsize=7,
+            )
     ax.set_xlim(-1, max(1.0, float(x.max()) + 1))
     ax.set_ylim(topo.value_min - 0.05 * span, topo.value_max + 0.1 * span)
     ax.set_xticks([])
@@ -150,8 +164,9 @@ def plot_merge_tree(topo, path: str | Path | None = None, ax=None, threshold: fl
     return ax
 
 
-def plot_minima(topo, path: str | Path | None = None, ax=None, threshold: float | str | None = None,
-                max_dots: int = 2000):
+def plot_minima(
+    topo, path: str | Path | None = None, ax=None, threshold: float | str | None = None, max_dots: int = 2000
+):
     """The landscape (2-D filled contours, or the 1-D curve) with its minima marked; None for N-D > 2."""
     from ..topology import resolve_threshold
 
@@ -187,26 +202,34 @@ def plot_minima(topo, path: str | Path | None = None, ax=None, threshold: float 
             qx, qy = at(topo.saddles[spurious])
             ax.plot(qx, qy, "x", color="red", ms=6, mew=1.5, label="their saddles")
             if spurious.size <= 30:
-                for i, xx, yy in zip(spurious, bx, by):
-                    ax.annotate(str(int(i)), (xx, yy), textcoords="offset points", xytext=(5, 4), fontsize=8,
-                                color="white", weight="bold")
+                for i, xx, yy in zip(spurious, bx, by, strict=True):
+                    ax.annotate(
+                        str(int(i)),
+                        (xx, yy),
+                        textcoords="offset points",
+                        xytext=(5, 4),
+                        fontsize=8,
+                        color="white",
+                        weight="bold",
+                    )
         gx, gy = at(topo.minima[:1])
         ax.plot(gx, gy, "*", color="gold", mec="black", ms=15, label="global minimum")
     else:
         c = axes[0]
         ax.plot(c, topo.values, color="tab:blue", lw=1.2)
-        for ids, style, label in ((small, dict(marker=".", color="0.4", ms=5), "other minima"),
-                                  (big[big > 0], dict(marker="o", color="white", mec="black", ms=7),
-                                   f"basins above {t:.3g}"),
-                                  (np.array([0]), dict(marker="*", color="gold", mec="black", ms=14),
-                                   "global minimum")):
+        for ids, style, label in (
+            (small, dict(marker=".", color="0.4", ms=5), "other minima"),
+            (big[big > 0], dict(marker="o", color="white", mec="black", ms=7), f"basins above {t:.3g}"),
+            (np.array([0]), dict(marker="*", color="gold", mec="black", ms=14), "global minimum"),
+        ):
             if ids.size:
                 ax.plot(c[topo.minima[ids, 0]], topo.births[ids], ls="none", label=label, **style)
         ax.set_xlabel(topo.dims[0])
         ax.set_ylabel(topo.metric)
     _legend_below(ax)
-    ax.set_title(f"{topo.metric}: {topo.basin_count(t)} basins, deepest spurious {topo.deepest_spurious_depth:.3g}",
-                 fontsize=10)
+    ax.set_title(
+        f"{topo.metric}: {topo.basin_count(t)} basins, deepest spurious {topo.deepest_spurious_depth:.3g}", fontsize=10
+    )
     _done(ax, own, path)
     return ax
 

@@ -14,8 +14,10 @@ unchanged, so every minimum comes with n! copies of itself. This package
   (Jordan et al. 2022) or the plain BN reset;
 * walks the path that swaps two units (Brea et al. 2019): `swap_path`, `swap_analysis`, `best_pair`.
 
+```python
 >>> spec = infer_spec(model)
 >>> b_perm = apply(spec, state_b, weight_matching(spec, params_a, params_b))
+```
 """
 
 from .align import AlignResult, align, interpolation, match, state_of
@@ -25,7 +27,29 @@ from .repair import RepairedLine, Repairer, repair
 from .spec import Axis, PermutationSpec, apply, compose, identity_perms, invert, permute_tensor, random_perms
 from .swap import best_pair, swap_analysis, swap_path
 
-__all__ = ["AlignResult", "Axis", "PermutationSpec", "RepairedLine", "Repairer", "activation_matching", "align",
-           "apply", "best_pair", "compose", "example_input", "identity_perms", "infer_spec", "interpolation",
-           "invert", "match", "permute_tensor", "random_perms", "repair", "state_of", "ste_matching",
-           "swap_analysis", "swap_path", "weight_matching"]
+__all__ = [
+    "AlignResult",
+    "Axis",
+    "PermutationSpec",
+    "RepairedLine",
+    "Repairer",
+    "activation_matching",
+    "align",
+    "apply",
+    "best_pair",
+    "compose",
+    "example_input",
+    "identity_perms",
+    "infer_spec",
+    "interpolation",
+    "invert",
+    "match",
+    "permute_tensor",
+    "random_perms",
+    "repair",
+    "state_of",
+    "ste_matching",
+    "swap_analysis",
+    "swap_path",
+    "weight_matching",
+]

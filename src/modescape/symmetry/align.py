@@ -14,8 +14,9 @@ reset, for BN models); ``running`` interpolates the endpoints' running statistic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -24,7 +25,7 @@ from ..evaluate import Evaluator, default_bn
 from ..paths import PathResult, evaluate_path, segment
 from .infer import example_input, infer_spec
 from .match import activation_matching, ste_matching, weight_matching
-from .repair import Repairer, RepairedLine
+from .repair import RepairedLine, Repairer
 from .spec import Perms, PermutationSpec, apply
 
 METHODS = ("weights", "activations", "ste")
@@ -42,10 +43,20 @@ def _spec(model: nn.Module, spec: PermutationSpec | None, data: Any) -> Permutat
     return infer_spec(model, data=data) if data is not None else infer_spec(model)
 
 
-def interpolation(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
-                  n_points: int = 25, bn: str | None = None, repair_data: Any = None,
-                  spec: PermutationSpec | None = None, evaluator: Evaluator | None = None,
-                  repair_batches: int = 10, progress: bool | None = None, name: str | None = None) -> PathResult:
+def interpolation(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    data: Any,
+    n_points: int = 25,
+    bn: str | None = None,
+    repair_data: Any = None,
+    spec: PermutationSpec | None = None,
+    evaluator: Evaluator | None = None,
+    repair_batches: int = 10,
+    progress: bool | None = None,
+    name: str | None = None,
+) -> PathResult:
     """The line (1 - t) a + t b at ``n_points`` evenly spaced t in [0, 1] (REPAIRed with ``repair_data``).
 
     ``data``: ``{"train": ..., "test": ...}`` (or one source) for the Evaluator; ``bn``: the policy,
@@ -62,8 +73,9 @@ def interpolation(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Ten
         path: Any = RepairedLine(rep, buffers)
     else:
         path = line
-    return evaluate_path(path, ev, n_points, name=name or ("repaired" if repair_data is not None else "line"),
-                         progress=progress)
+    return evaluate_path(
+        path, ev, n_points, name=name or ("repaired" if repair_data is not None else "line"), progress=progress
+    )
 
 
 @dataclass
@@ -77,17 +89,31 @@ class AlignResult:
     info: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, **self.info,
-                "barriers": {name: c.barriers() for name, c in self.curves.items()},
-                "bn": {name: c.bn for name, c in self.curves.items()}}
+        return {
+            "method": self.method,
+            **self.info,
+            "barriers": {name: c.barriers() for name, c in self.curves.items()},
+            "bn": {name: c.bn for name, c in self.curves.items()},
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary(), "perms": {p: v.tolist() for p, v in self.perms.items()},
-                "curves": {k: c.to_dict() for k, c in self.curves.items()}}
+        return {
+            **self.summary(),
+            "perms": {p: v.tolist() for p, v in self.perms.items()},
+            "curves": {k: c.to_dict() for k, c in self.curves.items()},
+        }
 
 
-def match(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], method: str = "weights",
-          data: Any = None, spec: PermutationSpec | None = None, seed: int = 0, **kwargs) -> Perms:
+def match(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    method: str = "weights",
+    data: Any = None,
+    spec: PermutationSpec | None = None,
+    seed: int = 0,
+    **kwargs,
+) -> Perms:
     """Permutations for B by ``method``: ``weights`` | ``activations`` (needs ``data``) | ``ste`` (needs (X, y))."""
     if method not in METHODS:
         raise UserError(f"unknown alignment method '{method}': use one of {', '.join(METHODS)}")
@@ -102,10 +128,22 @@ def match(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], me
     return ste_matching(model, a, b, data, spec=spec, seed=seed, **kwargs)
 
 
-def align(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Mapping[str, Any],
-          method: str = "weights", repair: bool = False, n_points: int = 25, bn: str | None = None,
-          spec: PermutationSpec | None = None, match_data: Any = None, seed: int = 0, curves: bool = True,
-          progress: bool | None = None, **match_kwargs) -> AlignResult:
+def align(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    data: Mapping[str, Any],
+    method: str = "weights",
+    repair: bool = False,
+    n_points: int = 25,
+    bn: str | None = None,
+    spec: PermutationSpec | None = None,
+    match_data: Any = None,
+    seed: int = 0,
+    curves: bool = True,
+    progress: bool | None = None,
+    **match_kwargs,
+) -> AlignResult:
     """Align B to A and measure the line before and after (and with REPAIR when ``repair``).
 
     ``data``: ``{"train": (X, y), "test": (X, y)}`` for the lines; ``match_data`` (default
@@ -123,8 +161,18 @@ def align(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], da
         result.curves["before"] = interpolation(model, a, b, data, n_points, bn, evaluator=ev, name="before")
         result.curves["after"] = interpolation(model, a, b_aligned, data, n_points, bn, evaluator=ev, name="after")
         if repair:
-            result.curves["after+repair"] = interpolation(model, a, b_aligned, data, n_points, bn, evaluator=ev,
-                                                          spec=spec, repair_data=match_data, name="after+repair")
+            result.curves["after+repair"] = interpolation(
+                model,
+                a,
+                b_aligned,
+                data,
+                n_points,
+                bn,
+                evaluator=ev,
+                spec=spec,
+                repair_data=match_data,
+                name="after+repair",
+            )
     return result
 
 

@@ -16,8 +16,9 @@ value; `InferContext.fail` makes the `UserError` that names the node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch.fx as fx
 from torch import nn
@@ -69,8 +70,10 @@ class Groups:
         elif len(parts) == 2:
             (o1, i1), (o2, i2) = parts
             if self.size[self.find(o1)] != self.size[self.find(o2)]:
-                raise UserError(f"{where}: ties permutations with two different group structures "
-                                f"({self.size[self.find(o1)]} and {self.size[self.find(o2)]} groups)")
+                raise UserError(
+                    f"{where}: ties permutations with two different group structures "
+                    f"({self.size[self.find(o1)]} and {self.size[self.find(o2)]} groups)"
+                )
             self.union(o1, o2, where)
             self.union(i1, i2, where)
             self.split[lo] = (self.find(o1), self.find(i1))
@@ -90,8 +93,10 @@ class Groups:
         if r in self.split:
             outer, inner = self.split[r]
             if self.size[self.find(outer)] != n_groups:
-                raise UserError(f"{where}: a permutation already split into {self.size[self.find(outer)]} "
-                                f"groups is used with {n_groups} groups")
+                raise UserError(
+                    f"{where}: a permutation already split into {self.size[self.find(outer)]} "
+                    f"groups is used with {n_groups} groups"
+                )
             return outer, inner
         outer = self.new(n_groups, f"{self.origin[r]}:groups")
         inner = self.new(n // n_groups, f"{self.origin[r]}:within")
@@ -177,8 +182,9 @@ class InferContext:
     def tie(self, a: int, b: int, where: str) -> int:
         return self.groups.union(a, b, where)
 
-    def claim(self, tensor: str, axis: int, group: int, block: int, where: str, groups: int = 1,
-              offset: int = 0) -> None:
+    def claim(
+        self, tensor: str, axis: int, group: int, block: int, where: str, groups: int = 1, offset: int = 0
+    ) -> None:
         """Record that axis ``axis`` of parameter/buffer ``tensor`` (its entries from ``offset``, in
         ``groups`` copies) is indexed by ``group`` (tied if seen)."""
         if tensor not in self.tensors:
@@ -188,8 +194,9 @@ class InferContext:
             raise UserError(f"{where}: axis {axis} of '{tensor}' is used with two block sizes")
         self.groups.union(old_g, group, where)
 
-    def claim_heads(self, tensor: str, axis: int, heads: int, inner: int, n_heads: int, head_dim: int,
-                    where: str, offset: int = 0) -> None:
+    def claim_heads(
+        self, tensor: str, axis: int, heads: int, inner: int, n_heads: int, head_dim: int, where: str, offset: int = 0
+    ) -> None:
         """An axis of ``n_heads`` heads of ``head_dim`` entries from ``offset``: the heads permuted as wholes
         (``heads``), the entries inside every head alike (``inner``)."""
         if n_heads > 1:
@@ -199,9 +206,11 @@ class InferContext:
 
     def fail(self, node: fx.Node, why: str) -> UserError:
         target = target_name(node, str(node.target))
-        return UserError(f"cannot infer the permutation spec at fx node '{node.name}' ({node.op} {target}): {why}. "
-                         f"Pass elementwise=['{target}'] if it acts on each channel separately, or write the "
-                         f"spec by hand (PermutationSpec.from_dict / --spec FILE.json)")
+        return UserError(
+            f"cannot infer the permutation spec at fx node '{node.name}' ({node.op} {target}): {why}. "
+            f"Pass elementwise=['{target}'] if it acts on each channel separately, or write the "
+            f"spec by hand (PermutationSpec.from_dict / --spec FILE.json)"
+        )
 
     def channel_in(self, node: fx.Node, v: Val, n_in: int, what: str) -> tuple[int, int]:
         """(group, block) feeding a layer that reads ``n_in`` input features on the channel axis."""
@@ -239,6 +248,7 @@ class InferContext:
         outer, inner = self.groups.split[r]
         n_groups = self.groups.size[self.groups.find(outer)]
         m = self.groups.size[self.groups.find(inner)]
+        assert n_groups is not None and m is not None  # a split group's parts have sizes (Groups.refine)
         return self.expand(outer, block * m, groups, offset) + self.expand(inner, block, groups * n_groups, offset)
 
 
@@ -256,7 +266,7 @@ def groups_of(v: Val) -> list[int]:
     return [g for g, _, _ in v.segs] if v.segs else [v.group]
 
 
-Rule = Callable[[InferContext, fx.Node], "Val | None"]
+Rule = Callable[[InferContext, fx.Node], "Val | tuple[Val, ...] | None"]  # a tuple: a module with several outputs
 
 
 __all__ = ["Groups", "InferContext", "Rule", "Val", "flat_vals", "groups_of", "target_name"]

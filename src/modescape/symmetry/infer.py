@@ -36,8 +36,11 @@ name of `context` is importable from here as well.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Iterable, Sequence
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -47,29 +50,95 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import UserError
 from ..zoo.models import SelfAttention
 from .context import Groups, InferContext, Rule, Val, flat_vals, groups_of, target_name
-from .rules import (rule_activation, rule_constant, rule_fixed, rule_flatten, rule_linear, rule_norm, rule_passthrough,
-                    rule_prelu, rule_reduce, rule_scale, rule_size, rule_tie)
-from .rules_layout import (rule_attention, rule_cat, rule_embedding, rule_getitem, rule_multihead_attention,
-                           rule_transpose)
+from .rules import (
+    rule_activation,
+    rule_constant,
+    rule_fixed,
+    rule_flatten,
+    rule_linear,
+    rule_norm,
+    rule_passthrough,
+    rule_prelu,
+    rule_reduce,
+    rule_scale,
+    rule_size,
+    rule_tie,
+)
+from .rules_layout import (
+    rule_attention,
+    rule_cat,
+    rule_embedding,
+    rule_getitem,
+    rule_multihead_attention,
+    rule_transpose,
+)
 from .spec import Axis, PermutationSpec
-
 
 # -- the tables ------------------------------------------------------------------------------------
 
 MODULE_RULES: dict[type, Rule] = {
     **dict.fromkeys((nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d), rule_linear),
     nn.Embedding: rule_embedding,
-    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d,
-                     nn.LazyBatchNorm2d, nn.LazyBatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-                     nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d, nn.GroupNorm, nn.LayerNorm),
-                    rule_norm),
-    **dict.fromkeys((nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Mish,
-                     nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid), rule_activation),
+    **dict.fromkeys(
+        (
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.BatchNorm3d,
+            nn.SyncBatchNorm,
+            nn.LazyBatchNorm1d,
+            nn.LazyBatchNorm2d,
+            nn.LazyBatchNorm3d,
+            nn.InstanceNorm1d,
+            nn.InstanceNorm2d,
+            nn.InstanceNorm3d,
+            nn.LazyInstanceNorm1d,
+            nn.LazyInstanceNorm2d,
+            nn.LazyInstanceNorm3d,
+            nn.GroupNorm,
+            nn.LayerNorm,
+        ),
+        rule_norm,
+    ),
+    **dict.fromkeys(
+        (
+            nn.ReLU,
+            nn.Tanh,
+            nn.GELU,
+            nn.SiLU,
+            nn.Sigmoid,
+            nn.LeakyReLU,
+            nn.ELU,
+            nn.Softplus,
+            nn.Mish,
+            nn.Hardtanh,
+            nn.ReLU6,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+        ),
+        rule_activation,
+    ),
     nn.PReLU: rule_prelu,
-    **dict.fromkeys((nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-                     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                     nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
-                    rule_passthrough),
+    **dict.fromkeys(
+        (
+            nn.Identity,
+            nn.Dropout,
+            nn.Dropout1d,
+            nn.Dropout2d,
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.MaxPool3d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AvgPool3d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.AdaptiveAvgPool3d,
+            nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d,
+        ),
+        rule_passthrough,
+    ),
     nn.Flatten: rule_flatten,
     SelfAttention: rule_attention,
     nn.MultiheadAttention: rule_multihead_attention,
@@ -83,10 +152,26 @@ MULTI_INPUT_MODULES: tuple[type, ...] = (nn.MultiheadAttention,)
 """Module classes whose rule takes several tensor inputs (query, key, value)."""
 
 FUNCTION_RULES: dict[str, Rule] = {
-    **dict.fromkeys(("relu", "tanh", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "softplus", "relu6", "hardtanh",
-                     "mish"), rule_activation),
-    **dict.fromkeys(("dropout", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
-                     "adaptive_avg_pool2d", "adaptive_max_pool2d", "contiguous", "clone", "detach"), rule_passthrough),
+    **dict.fromkeys(
+        ("relu", "tanh", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "softplus", "relu6", "hardtanh", "mish"),
+        rule_activation,
+    ),
+    **dict.fromkeys(
+        (
+            "dropout",
+            "max_pool1d",
+            "max_pool2d",
+            "avg_pool1d",
+            "avg_pool2d",
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_max_pool2d",
+            "contiguous",
+            "clone",
+            "detach",
+        ),
+        rule_passthrough,
+    ),
     **dict.fromkeys(("truediv", "div", "neg"), rule_scale),
     **dict.fromkeys(("add", "sub", "mul", "iadd", "isub", "imul"), rule_tie),
     **dict.fromkeys(("flatten", "view", "reshape"), rule_flatten),
@@ -102,7 +187,7 @@ FUNCTION_RULES: dict[str, Rule] = {
 def module_rule(ctx: InferContext, node: fx.Node) -> Rule:
     """The rule for a ``call_module`` node: by class, else `rule_activation` if named in
     ``elementwise=``, else `rule_fixed`."""
-    mod = ctx.modules[node.target]
+    mod = ctx.modules[target_name(node)]
     for cls in type(mod).__mro__:
         if cls in MODULE_RULES:
             return MODULE_RULES[cls]
@@ -122,6 +207,7 @@ def function_rule(ctx: InferContext, node: fx.Node) -> Rule:
 
 # -- inputs ----------------------------------------------------------------------------------------
 
+
 def example_input(data: Any, n: int = 2) -> Tensor:
     """The first ``n`` inputs of ``data``: ``(X, y)`` tensors, a Dataset, a DataLoader or any iterable of
     ``(x, y)`` batches, a dict of those (its ``"train"`` entry, else the first), or an object with
@@ -135,14 +221,16 @@ def example_input(data: Any, n: int = 2) -> Tensor:
     if hasattr(data, "train") and not isinstance(data, (nn.Module, torch.utils.data.Dataset)):
         return example_input(data.train, n)
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        xs = [_input_of(data[i]) for i in range(min(n, len(data)))]
+        xs = [_input_of(data[i]) for i in range(min(n, len(data)))]  # type: ignore[arg-type]  # a map-style Dataset has __len__
         x = torch.stack(xs) if xs and all(isinstance(v, Tensor) for v in xs) else (xs[0] if xs else None)
     elif hasattr(data, "__iter__") and not isinstance(data, dict):
         x = _input_of(next(iter(data), None))
         x = x[:n] if isinstance(x, Tensor) else x
     else:
-        raise UserError(f"example_input: data must be (X, y) tensors, a Dataset, a DataLoader, an iterable of "
-                        f"(x, y) batches, a dict of those or a split with .train; got {type(data).__name__}")
+        raise UserError(
+            f"example_input: data must be (X, y) tensors, a Dataset, a DataLoader, an iterable of "
+            f"(x, y) batches, a dict of those or a split with .train; got {type(data).__name__}"
+        )
     if not isinstance(x, Tensor):
         raise UserError(f"example_input: the data holds no input tensor (empty, or inputs of type {type(x).__name__})")
     return x
@@ -166,8 +254,10 @@ def _input_for(model: nn.Module, input_shape: Sequence[int] | None, example: Ten
         x = example_input(data)
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
     if input_shape is None:
-        raise UserError("infer_spec needs the shape of one input: pass input_shape=(C, H, W) or (features,), "
-                        "example=a batch of inputs, or data=the training data ((X, y), a Dataset or a DataLoader)")
+        raise UserError(
+            "infer_spec needs the shape of one input: pass input_shape=(C, H, W) or (features,), "
+            "example=a batch of inputs, or data=the training data ((X, y), a Dataset or a DataLoader)"
+        )
     if any(isinstance(m, nn.Embedding) for m in model.modules()):  # a token model: ids, not features
         return torch.zeros((2, *[int(s) for s in input_shape]), dtype=torch.long, device=device)
     return torch.zeros((2, *[int(s) for s in input_shape]), dtype=dtype, device=device)
@@ -196,10 +286,12 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         raise UserError(
             f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {first_line}. "
             "Write its permutation spec by hand (PermutationSpec.from_dict, or --spec FILE.json in the shape "
-            "printed by `modescape spec --json` for a traceable model)") from None
+            "printed by `modescape spec --json` for a traceable model)"
+        ) from None
 
 
 # -- the walk --------------------------------------------------------------------------------------
+
 
 def _collect(ctx: InferContext, order: list[str]) -> PermutationSpec:
     """Every claimed axis whose group is not tied to the fixed input/output, one permutation per root;
@@ -222,10 +314,12 @@ def _collect(ctx: InferContext, order: list[str]) -> PermutationSpec:
             node_axes[node.name] = v.axis
     sizes, axes, prods, nodes = {}, {}, {}, {}
     for r in sorted(roots):
-        if groups.size[r] == 1:
+        size = groups.size[r]
+        if size == 1:
             continue
+        assert size is not None  # every root that names a permutation has a size
         pname = groups.origin[r]
-        sizes[pname] = int(groups.size[r])
+        sizes[pname] = int(size)
         axes[pname] = sorted(roots[r], key=lambda a: (order.index(a.name), a.axis, a.offset, a.groups))
         prods[pname] = [m for g, ms in ctx.producers.items() if groups.find(g) == r for m in ms]
         nodes[pname] = node_groups.get(r, [])
@@ -233,8 +327,13 @@ def _collect(ctx: InferContext, order: list[str]) -> PermutationSpec:
     return PermutationSpec(sizes, axes, prods, nodes, {n: a for n, a in node_axes.items() if n in used})
 
 
-def infer_spec(model: nn.Module, input_shape: Sequence[int] | None = None, example: Tensor | None = None,
-               elementwise: Iterable[str] = (), data: Any = None) -> PermutationSpec:
+def infer_spec(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    example: Tensor | None = None,
+    elementwise: Iterable[str] = (),
+    data: Any = None,
+) -> PermutationSpec:
     """Infer the permutation spec of ``model`` from its ``torch.fx`` graph (model not modified).
 
     The input that teaches every node's shape: ``example`` (a batch), else ``input_shape`` (one
@@ -246,20 +345,34 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int] | None = None, examp
     GPT-2 family) gets that one, without tracing.
     Raises `UserError` naming the node it cannot handle.
     """
-    if callable(getattr(model, "permutation_spec", None)):
-        return model.permutation_spec()
+    own = getattr(model, "permutation_spec", None)
+    if callable(own):
+        return own()
     work = copy.deepcopy(model).eval()
     gm = _trace(work)
     x = _input_for(model, input_shape, example, data)
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints the traceback of a failing node itself: kept off the user's terminal
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(x)
     except Exception as e:
-        raise UserError(f"running {type(model).__name__} on an input of shape {list(x.shape)} failed ({e}); "
-                        "pass the right input_shape") from None
+        cause = e.__cause__ or e  # ShapeProp wraps the node's error in "ShapeProp error for: node=..."
+        text = str(cause).strip()
+        first = text.splitlines()[0] if text else type(cause).__name__
+        raise UserError(
+            f"the model {type(model).__name__} cannot run on an input of shape {list(x.shape)} "
+            f"({type(cause).__name__}: {first}): check that the model and the data belong together "
+            "(--model / --data), or pass the right input_shape"
+        ) from None
     # parameters, buffers and tied aliases (a head sharing its embedding's weight is in the state dict twice)
-    order = list(dict.fromkeys([*(n for n, _ in work.named_parameters()), *(n for n, _ in work.named_buffers()),
-                                *work.state_dict(keep_vars=True)]))
+    order = list(
+        dict.fromkeys(
+            [
+                *(n for n, _ in work.named_parameters()),
+                *(n for n, _ in work.named_buffers()),
+                *work.state_dict(keep_vars=True),
+            ]
+        )
+    )
     ctx = InferContext(Groups(), dict(gm.named_modules()), set(order), frozenset(elementwise))
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -283,5 +396,19 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int] | None = None, examp
     return _collect(ctx, order)
 
 
-__all__ = ["FUNCTION_RULES", "LEAF_MODULES", "MODULE_RULES", "MULTI_INPUT_MODULES", "Groups", "InferContext", "Rule",
-           "Val", "example_input", "function_rule", "infer_spec", "module_rule", "target_name", "trace"]
+__all__ = [
+    "FUNCTION_RULES",
+    "LEAF_MODULES",
+    "MODULE_RULES",
+    "MULTI_INPUT_MODULES",
+    "Groups",
+    "InferContext",
+    "Rule",
+    "Val",
+    "example_input",
+    "function_rule",
+    "infer_spec",
+    "module_rule",
+    "target_name",
+    "trace",
+]

@@ -25,7 +25,8 @@ model outside the zoo needs no input shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -36,30 +37,52 @@ from .. import space as sp
 from ..errors import UserError
 from ..evaluate import Evaluator, make_source
 from ..progress import bar
-from .probe import Probe, channel_rows
 from .infer import infer_spec
+from .probe import Probe, channel_rows
 from .spec import Perms, PermutationSpec, apply, identity_perms, permute_tensor, unit_rows
 
 
-def _cost(spec: PermutationSpec, p: str, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
-          perms: Mapping[str, Tensor], entries: dict[str, list]) -> Tensor:
-    """C[i, j] = sum over the tensors on permutation p of <unit i of A, unit j of B (others permuted)>.
+def _cost(
+    spec: PermutationSpec,
+    p: str,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    perms: Mapping[str, Tensor],
+    entries: dict[str, list],
+    cache: dict | None = None,
+) -> tuple[Tensor, bool]:
+    """C[i, j] = sum over the tensors on permutation p of <unit i of A, unit j of B (others permuted)>,
+    and whether every term came from ``cache``.
 
     "Others" are every other permutation of the tensor: on its other axes, and on other segments or
-    digits of the same axis (the heads of an attention projection around its within-head units)."""
+    digits of the same axis (the heads of an attention projection around its within-head units).
+    ``cache``: each term's product is kept with the permutations it was made with and reused while they
+    are unchanged (late in a descent most are): the same tensors, so the same bits."""
     n = spec.sizes[p]
     cost = None
+    all_cached = True
     nested: dict[str, Tensor] = {}  # inner permutation -> S [n, n, m, m] (see below)
-    for ax in spec.axes[p]:
+    for i_ax, ax in enumerate(spec.axes[p]):
         if ax.name not in a:
             continue
         inner = _inner(spec, ax, entries[ax.name], n)
+        used = [
+            (q, other)
+            for q, other in entries[ax.name]
+            if (other.axis != ax.axis or (q != p and other != ax)) and (inner is None or (q, other) != inner)
+        ]
+        hit = cache.get((p, i_ax)) if cache is not None and inner is None else None
+        if hit is not None and all(torch.equal(perms[q], v) for (q, _), v in zip(used, hit[0], strict=True)):
+            cost = hit[1] if cost is None else cost + hit[1]
+            continue
+        all_cached = False
         wb = b[ax.name]
-        for q, other in entries[ax.name]:
-            if (other.axis != ax.axis or (q != p and other != ax)) and (inner is None or (q, other) != inner):
-                wb = permute_tensor(wb, other.axis, perms[q], other.block, other.groups, other.offset)
+        for q, other in used:
+            wb = permute_tensor(wb, other.axis, perms[q], other.block, other.groups, other.offset)
         if inner is None:
             term = unit_rows(a[ax.name], ax, n) @ unit_rows(wb, ax, n).T
+            if cache is not None:
+                cache[(p, i_ax)] = ([perms[q].clone() for q, _ in used], term)
             cost = term if cost is None else cost + term
             continue
         q, other = inner  # each unit is m inner units: compare them under their best pairing
@@ -77,7 +100,7 @@ def _cost(spec: PermutationSpec, p: str, a: Mapping[str, Tensor], b: Mapping[str
         cost = best.to(s.device) if cost is None else cost + best.to(cost)
     if cost is None:
         raise UserError(f"permutation '{p}' touches none of the given tensors")
-    return cost
+    return cost, all_cached
 
 
 def _inner(spec: PermutationSpec, ax, entries: list, n: int):
@@ -87,16 +110,56 @@ def _inner(spec: PermutationSpec, ax, entries: list, n: int):
     which does not depend on the inner permutation's current estimate (coordinate descent on heads
     and within-head units separately gets stuck where the two must change together)."""
     for q, other in entries:
-        if (other.axis == ax.axis and other.offset == ax.offset and other.groups == n * ax.groups
-                and other.block * spec.sizes[q] == ax.block and spec.sizes[q] > 1):
+        if (
+            other.axis == ax.axis
+            and other.offset == ax.offset
+            and other.groups == n * ax.groups
+            and other.block * spec.sizes[q] == ax.block
+            and spec.sizes[q] > 1
+        ):
             return q, other
     return None
 
 
-def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
-                    max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
-                    dtype: torch.dtype = torch.float64, return_info: bool = False,
-                    only: Any = None, restarts: int | None = None) -> Perms | tuple[Perms, dict[str, Any]]:
+@overload
+def weight_matching(
+    spec: PermutationSpec,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    max_iter: int = ...,
+    seed: int = ...,
+    init: Mapping[str, Tensor] | None = ...,
+    dtype: torch.dtype = ...,
+    return_info: Literal[False] = ...,
+    only: Any = ...,
+    restarts: int | None = ...,
+) -> Perms: ...
+@overload
+def weight_matching(
+    spec: PermutationSpec,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    max_iter: int = ...,
+    seed: int = ...,
+    init: Mapping[str, Tensor] | None = ...,
+    dtype: torch.dtype = ...,
+    *,
+    return_info: Literal[True],
+    only: Any = ...,
+    restarts: int | None = ...,
+) -> tuple[Perms, dict[str, Any]]: ...
+def weight_matching(
+    spec: PermutationSpec,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    max_iter: int = 100,
+    seed: int = 0,
+    init: Mapping[str, Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
+    return_info: bool = False,
+    only: Any = None,
+    restarts: int | None = None,
+) -> Perms | tuple[Perms, dict[str, Any]]:
     """Permutations for ``b`` maximising sum_W <W_A, permuted W_B> (coordinate descent, see module doc).
 
     ``a``, ``b``: points (parameters; buffers are ignored unless given). ``init``: starting
@@ -117,7 +180,7 @@ def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[s
     order = list(spec.sizes) if only is None else [p for p in spec.sizes if p in set(only)]
     if restarts is None:
         restarts = 4 if any(p.endswith(":heads") for p in order) else 1
-    best = None
+    best: tuple[Perms, dict[str, Any]] | None = None
     for r in range(max(1, int(restarts))):
         perms = {**identity_perms(spec), **{p: v.clone() for p, v in (init or {}).items()}}
         passes = _descend(spec, a64, b64, perms, entries, order, np.random.default_rng(seed + r), max_iter)
@@ -127,18 +190,27 @@ def weight_matching(spec: PermutationSpec, a: Mapping[str, Tensor], b: Mapping[s
         objective = float(sum((a64[n].double() * bp[n].double()).sum() for n in names))
         if best is None or objective > best[1]["objective"] + 1e-12:
             best = (perms, {"passes": passes, "objective": objective, "restart": r})
+    assert best is not None  # at least one restart ran
     return best if return_info else best[0]
 
 
 def _descend(spec: PermutationSpec, a64, b64, perms: Perms, entries, order: list[str], rng, max_iter: int) -> int:
     """Coordinate descent in place on ``perms``; returns the passes made."""
     passes = 0
-    for passes in range(1, max_iter + 1):
+    terms: dict = {}  # (permutation, axis) -> (the other permutations used, the product)
+    solved: dict[str, np.ndarray] = {}  # permutation -> its last assignment
+    while passes < max_iter:
+        passes += 1
         progress = False
         for idx in rng.permutation(len(order)):
             p = order[idx]
-            cost = _cost(spec, p, a64, b64, perms, entries).double().cpu().numpy()
-            _, cols = linear_sum_assignment(cost, maximize=True)
+            c, same = _cost(spec, p, a64, b64, perms, entries, terms)
+            cost = c.double().cpu().numpy()
+            if same and p in solved:  # the cost matrix of its last assignment, bit for bit: the same answer
+                cols = solved[p]
+            else:
+                _, cols = linear_sum_assignment(cost, maximize=True)
+                solved[p] = cols
             rows = np.arange(len(cols))
             old = cost[rows, perms[p].cpu().numpy()].sum()
             new = cost[rows, cols].sum()
@@ -153,8 +225,10 @@ def _match_nodes(spec: PermutationSpec) -> dict[str, list[str]]:
     """Per permutation, the traced values whose units are compared: its activations, else all; the
     permutations without traced values (inside a module, such as attention heads) are left out."""
     if not any(spec.nodes.values()):
-        raise UserError("this permutation spec has no traced nodes (hand-written?): activation matching and "
-                        "REPAIR need a spec from infer_spec(model)")
+        raise UserError(
+            "this permutation spec has no traced nodes (hand-written?): activation matching and "
+            "REPAIR need a spec from infer_spec(model)"
+        )
     out = {}
     for p in spec.sizes:
         nodes = spec.nodes.get(p, [])
@@ -170,16 +244,18 @@ class _Moments:
 
     def __init__(self) -> None:
         self.n = 0
-        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+        empty = torch.zeros(0, dtype=torch.float64)
+        self.sa, self.sb, self.saa, self.sbb, self.sab = empty, empty, empty, empty, empty
 
     def add(self, xa: Tensor, xb: Tensor, axis: int = 1) -> None:
         ra, rb = channel_rows(xa, axis).double(), channel_rows(xb, axis).double()
         parts = (ra.sum(1), rb.sum(1), (ra * ra).sum(1), (rb * rb).sum(1), ra @ rb.T)
-        if self.sa is None:
+        if self.n == 0:
             self.sa, self.sb, self.saa, self.sbb, self.sab = parts
         else:
-            self.sa, self.sb, self.saa, self.sbb, self.sab = (s + q for s, q in zip(
-                (self.sa, self.sb, self.saa, self.sbb, self.sab), parts))
+            self.sa, self.sb, self.saa, self.sbb, self.sab = (
+                s + q for s, q in zip((self.sa, self.sb, self.saa, self.sbb, self.sab), parts, strict=True)
+            )
         self.n += ra.shape[1]
 
     def correlation(self, eps: float = 1e-8) -> Tensor:
@@ -197,9 +273,17 @@ class _Moments:
 OBJECTIVES = ("correlation", "cross-moment")
 
 
-def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
-                        spec: PermutationSpec | None = None, batch_size: int = 500, max_batches: int | None = None,
-                        progress: bool | None = None, objective: str = "correlation") -> Perms:
+def activation_matching(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    data: Any,
+    spec: PermutationSpec | None = None,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    progress: bool | None = None,
+    objective: str = "correlation",
+) -> Perms:
     """Permutations for ``b`` maximising the similarity of its units' activations with A's over ``data``.
 
     ``a``, ``b``: states (parameters, optionally with buffers; missing buffers are the model's).
@@ -211,8 +295,7 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
     module, which is one node of the graph) are then found by weight matching, the others held fixed.
     """
     if objective not in OBJECTIVES:
-        raise UserError(f"unknown activation-matching objective {objective!r}; choose 'correlation' or "
-                        f"'cross-moment'")
+        raise UserError(f"unknown activation-matching objective {objective!r}; choose 'correlation' or 'cross-moment'")
     spec = spec or infer_spec(model, data=data)
     chosen = _match_nodes(spec)
     flat = sorted({n for ns in chosen.values() for n in ns})
@@ -225,15 +308,15 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
         for k, (x, _) in enumerate(src):
             if max_batches is not None and k >= max_batches:
                 break
-            for name, xa, xb in zip(flat, probe(a, x), probe(b, x)):
+            for name, xa, xb in zip(flat, probe(a, x), probe(b, x), strict=True):
                 moments[name].add(xa, xb, spec.node_axes.get(name, 1))
             advance()
     perms = {}
     for p, nodes in chosen.items():
-        if objective == "correlation":
-            score = sum(moments[n].correlation() for n in nodes)
-        else:
-            score = sum(moments[n].cross_moment() for n in nodes)
+        scores = [moments[n].correlation() if objective == "correlation" else moments[n].cross_moment() for n in nodes]
+        score = scores[0]
+        for s in scores[1:]:  # summed in order, as sum() would
+            score = score + s
         _, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
         perms[p] = torch.as_tensor(cols, dtype=torch.long)
     rest = [p for p in spec.sizes if p not in perms]
@@ -244,9 +327,19 @@ def activation_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[st
     return perms
 
 
-def ste_matching(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: tuple[Tensor, Tensor],
-                 spec: PermutationSpec | None = None, steps: int = 200, lr: float = 1e-3, batch_size: int = 256,
-                 seed: int = 0, progress: bool | None = None, return_info: bool = False):
+def ste_matching(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    data: tuple[Tensor, Tensor],
+    spec: PermutationSpec | None = None,
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool | None = None,
+    return_info: bool = False,
+):
     """Straight-through-estimator matching (Ainsworth et al. 2022, Algorithm 2).
 
     A proxy point W~ starts at A. Each step: P = weight_matching(W~, B) (warm-started), the midpoint

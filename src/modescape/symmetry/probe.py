@@ -9,7 +9,7 @@ ordinary module called with ``functional_call`` (parameters and buffers passed i
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 

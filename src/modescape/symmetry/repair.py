@@ -23,7 +23,8 @@ measures it like any other path.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -33,8 +34,8 @@ from .. import space as sp
 from ..errors import UserError
 from ..evaluate import make_source
 from ..families.base import Family
-from .probe import Probe, channel_rows
 from .infer import infer_spec
+from .probe import Probe, channel_rows
 from .spec import PermutationSpec
 
 
@@ -48,8 +49,11 @@ def repair_layers(model: nn.Module, spec: PermutationSpec) -> list[tuple[str, st
         if node.name not in wanted or node.op != "call_module":
             continue
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(
-                modules.get(users[0].target), nn.modules.batchnorm._BatchNorm):
+        if (
+            len(users) == 1
+            and users[0].op == "call_module"
+            and isinstance(modules.get(users[0].target), nn.modules.batchnorm._BatchNorm)
+        ):
             continue
         out.append((node.name, node.target))
     return out
@@ -63,8 +67,10 @@ def _stats(probe: Probe, state: Mapping[str, Tensor], batches: Sequence[Tensor])
         for x in batches:
             outs = [channel_rows(o).double() for o in probe(state, x, bn_train=True)]
             part = [(o.sum(1), (o * o).sum(1)) for o in outs]
-            sums = part if sums is None else [(s + p, q + r) for (s, q), (p, r) in zip(sums, part)]
+            sums = part if sums is None else [(s + p, q + r) for (s, q), (p, r) in zip(sums, part, strict=True)]
             n += outs[0].shape[1]
+    if sums is None:
+        raise UserError("REPAIR needs at least one batch of data")
     out = []
     for s, q in sums:
         mean = s / n
@@ -80,9 +86,17 @@ class Repairer:
     are used.
     """
 
-    def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: Any,
-                 spec: PermutationSpec | None = None, batch_size: int = 500, max_batches: int | None = 10,
-                 eps: float = 1e-8):
+    def __init__(
+        self,
+        model: nn.Module,
+        a: Mapping[str, Tensor],
+        b: Mapping[str, Tensor],
+        data: Any,
+        spec: PermutationSpec | None = None,
+        batch_size: int = 500,
+        max_batches: int | None = 10,
+        eps: float = 1e-8,
+    ):
         spec = spec or infer_spec(model, data=data)
         self.layers = repair_layers(model, spec)
         self.param_names = [n for n, _ in model.named_parameters()]
@@ -104,7 +118,7 @@ class Repairer:
         point = {n: v.clone() for n, v in sp.lerp(self.a, self.b, float(t)).items()}
         if self.probe is None:
             return point
-        for i, (node, module) in enumerate(self.layers):
+        for i, (_node, module) in enumerate(self.layers):
             mean_a, std_a = self.stats_a[i]
             mean_b, std_b = self.stats_b[i]
             goal_mean = (1 - t) * mean_a + t * mean_b
@@ -119,14 +133,18 @@ class Repairer:
         return point
 
     def _measure(self, point: sp.Point, i: int) -> tuple[Tensor, Tensor]:
-        sums = s2 = None
+        sums: Tensor | None = None
+        s2: Tensor | None = None
         n = 0
+        assert self.probe is not None  # only measured when there are layers to repair
         with torch.no_grad():
             for x in self.batches:
                 o = channel_rows(self.probe(point, x, bn_train=True)[i]).double()
                 sums = o.sum(1) if sums is None else sums + o.sum(1)
                 s2 = (o * o).sum(1) if s2 is None else s2 + (o * o).sum(1)
                 n += o.shape[1]
+        if sums is None or s2 is None:
+            raise UserError("REPAIR needs at least one batch of data")
         mean = sums / n
         return mean, (s2 / n - mean * mean).clamp_min(0).sqrt()
 
@@ -159,8 +177,15 @@ class RepairedLine(Family):
         return torch.cat([1.0 - t, t], dim=1)
 
 
-def repair(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float, data: Any,
-           spec: PermutationSpec | None = None, **kwargs) -> sp.Point:
+def repair(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    t: float,
+    data: Any,
+    spec: PermutationSpec | None = None,
+    **kwargs,
+) -> sp.Point:
     """The REPAIRed interpolation (1 - t) a + t b (parameters; see the module docstring).
 
     For many t, build one `Repairer` and call it (endpoint statistics are measured once). BatchNorm

@@ -17,8 +17,8 @@ symmetry, read and tested on its own (every rule is exercised by ``tests/test_sy
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch.fx as fx
 from torch import nn
@@ -154,7 +154,7 @@ def rule_tie(ctx: InferContext, node: fx.Node) -> Val:
             raise ctx.fail(node, "combines tensors whose channels are on different axes")
         if v.block != first.block or [e for _, _, e in ctx.parts(v)] != [e for _, _, e in ctx.parts(first)]:
             raise ctx.fail(node, "adds tensors with different channel layouts")
-        for (ga, _, _), (gb, _, _) in zip(ctx.parts(first), ctx.parts(v)):
+        for (ga, _, _), (gb, _, _) in zip(ctx.parts(first), ctx.parts(v), strict=True):
             ctx.groups.union(ga, gb, where)
     for v in ranked:
         if v.group == 0:
@@ -171,11 +171,11 @@ def _reshape_axis(in_shape: Sequence[int], out_shape: Sequence[int], axis: int) 
     """Where the channel ``axis`` of ``in_shape`` goes in ``out_shape``: (new axis, block factor), or None
     when the reshape splits or moves it. Kept whole (factor 1), or merged with everything after it into
     the last axis (a flatten: each channel a block of the trailing size)."""
-    outer, inner = math.prod(in_shape[:axis]), math.prod(in_shape[axis + 1:])
+    outer, inner = math.prod(in_shape[:axis]), math.prod(in_shape[axis + 1 :])
     size = in_shape[axis]
     for a2 in range(len(out_shape)):
         if math.prod(out_shape[:a2]) == outer:
-            if out_shape[a2] == size and math.prod(out_shape[a2 + 1:]) == inner:
+            if out_shape[a2] == size and math.prod(out_shape[a2 + 1 :]) == inner:
                 return a2, 1
             if a2 == len(out_shape) - 1 and out_shape[a2] == size * inner:
                 return a2, inner
@@ -212,7 +212,7 @@ def rule_reduce(ctx: InferContext, node: fx.Node) -> Val | None:
     if not dims or 0 in dims or v.axis in dims:
         raise ctx.fail(node, "a reduction over the channel axis")
     keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-    axis = v.axis if keep else v.axis - sum(d < v.axis for d in dims)
+    axis = v.axis if keep else v.axis - len([d for d in dims if d < v.axis])
     return replace(v, shape=ctx.shape(node), axis=axis)
 
 
@@ -239,5 +239,17 @@ def rule_fixed(ctx: InferContext, node: fx.Node) -> Val:
     raise ctx.fail(node, "an operation not known to act channel-wise")
 
 
-__all__ = ["rule_activation", "rule_constant", "rule_fixed", "rule_flatten", "rule_linear", "rule_norm",
-           "rule_passthrough", "rule_prelu", "rule_reduce", "rule_scale", "rule_size", "rule_tie"]
+__all__ = [
+    "rule_activation",
+    "rule_constant",
+    "rule_fixed",
+    "rule_flatten",
+    "rule_linear",
+    "rule_norm",
+    "rule_passthrough",
+    "rule_prelu",
+    "rule_reduce",
+    "rule_scale",
+    "rule_size",
+    "rule_tie",
+]

@@ -83,7 +83,7 @@ def rule_transpose(ctx: InferContext, node: fx.Node) -> Val:
         dims = [d % rank for d in (args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)]
         axis = dims.index(v.axis)
     else:
-        d0, d1 = (a % rank for a in args[:2])
+        d0, d1 = (int(a) % rank for a in args[:2])
         axis = d1 if v.axis == d0 else d0 if v.axis == d1 else v.axis
     return replace(v, shape=shape, axis=axis)
 
@@ -116,8 +116,11 @@ def rule_cat(ctx: InferContext, node: fx.Node) -> Val:
 def _attention_groups(ctx: InferContext, name: str, n_heads: int, head_dim: int) -> tuple[int, int, int]:
     """New permutations of one attention module: its heads, the units inside every head of the queries
     and keys, and those of the values (and of the output projection's input)."""
-    return (ctx.groups.new(n_heads, f"{name}:heads"), ctx.groups.new(head_dim, f"{name}:qk"),
-            ctx.groups.new(head_dim, f"{name}:vo"))
+    return (
+        ctx.groups.new(n_heads, f"{name}:heads"),
+        ctx.groups.new(head_dim, f"{name}:qk"),
+        ctx.groups.new(head_dim, f"{name}:vo"),
+    )
 
 
 def rule_attention(ctx: InferContext, node: fx.Node) -> Val:
@@ -177,8 +180,11 @@ def rule_multihead_attention(ctx: InferContext, node: fx.Node) -> tuple[Val, Val
         for i, inner in enumerate(inners):
             ctx.claim_heads(f"{name}.in_proj_weight", 0, heads, inner, n_heads, head_dim, name, offset=i * e)
     else:
-        for proj, v, n_in, inner in (("q_proj_weight", vals[0], e, qk), ("k_proj_weight", vals[1], mod.kdim, qk),
-                                     ("v_proj_weight", vals[2], mod.vdim, vo)):
+        for proj, v, n_in, inner in (
+            ("q_proj_weight", vals[0], e, qk),
+            ("k_proj_weight", vals[1], mod.kdim, qk),
+            ("v_proj_weight", vals[2], mod.vdim, vo),
+        ):
             for g_in, b_in, off in ctx.consume(node, v, n_in, "attention"):
                 ctx.claim(f"{name}.{proj}", 1, g_in, b_in, name, offset=off)
             ctx.claim_heads(f"{name}.{proj}", 0, heads, inner, n_heads, head_dim, name)
@@ -197,5 +203,4 @@ def rule_multihead_attention(ctx: InferContext, node: fx.Node) -> tuple[Val, Val
     return Val(g, 1, shape, len(shape) - 1 if shape is not None else 2), Val(0)
 
 
-__all__ = ["rule_attention", "rule_cat", "rule_embedding", "rule_getitem", "rule_multihead_attention",
-           "rule_transpose"]
+__all__ = ["rule_attention", "rule_cat", "rule_embedding", "rule_getitem", "rule_multihead_attention", "rule_transpose"]

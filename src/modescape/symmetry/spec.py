@@ -24,12 +24,14 @@ permutation, so unit ``k`` of the result is unit ``perms[p][k]`` of the input.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checks import input_file
 from ..errors import UserError
 
 Perms = dict[str, Tensor]  # permutation name -> LongTensor [n]
@@ -96,8 +98,10 @@ class PermutationSpec:
             for a in axes:
                 key = (a.name, a.axis, a.offset, a.groups, a.block)
                 if key in seen:
-                    raise UserError(f"axis {a.axis} of '{a.name}' is claimed by two permutations "
-                                    f"('{seen[key]}' and '{p}'): they must be one")
+                    raise UserError(
+                        f"axis {a.axis} of '{a.name}' is claimed by two permutations "
+                        f"('{seen[key]}' and '{p}'): they must be one"
+                    )
                 seen[key] = p
 
     # -- views -------------------------------------------------------------------------------
@@ -132,39 +136,51 @@ class PermutationSpec:
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"permutations": {p: {"size": self.sizes[p],
-                                                    "axes": [a.to_list() for a in self.axes[p]],
-                                                    "producers": self.producers.get(p, []),
-                                                    "nodes": [list(n) for n in self.nodes.get(p, [])]}
-                                                for p in self.sizes}}
+        out: dict[str, Any] = {
+            "permutations": {
+                p: {
+                    "size": self.sizes[p],
+                    "axes": [a.to_list() for a in self.axes[p]],
+                    "producers": self.producers.get(p, []),
+                    "nodes": [list(n) for n in self.nodes.get(p, [])],
+                }
+                for p in self.sizes
+            }
+        }
         if self.node_axes:
             out["node_axes"] = dict(self.node_axes)
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PermutationSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> PermutationSpec:
         """Inverse of `to_dict`: ``{"permutations": {name: {"size": n, "axes": [[tensor, axis, block], ...]}}}``
         (an axis may add ``groups, offset``: ``[tensor, axis, block, groups, offset]``)."""
         try:
             perms = d["permutations"]
             sizes = {p: int(v["size"]) for p, v in perms.items()}
-            axes = {p: [Axis(str(a[0]), int(a[1]), *[int(x) for x in a[2:5]]) for a in v["axes"]]
-                    for p, v in perms.items()}
+            axes = {
+                p: [Axis(str(a[0]), int(a[1]), *[int(x) for x in a[2:5]]) for a in v["axes"]] for p, v in perms.items()
+            }
             producers = {p: list(v.get("producers", [])) for p, v in perms.items()}
             nodes = {p: [(str(n[0]), str(n[1])) for n in v.get("nodes", [])] for p, v in perms.items()}
             node_axes = {str(k): int(v) for k, v in d.get("node_axes", {}).items()}
-        except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise UserError(f"malformed permutation spec ({e!r}); expected "
-                            '{"permutations": {name: {"size": n, "axes": [[tensor, axis, block], ...]}}}') from None
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+            raise UserError(
+                f"malformed permutation spec ({e!r}); expected "
+                '{"permutations": {name: {"size": n, "axes": [[tensor, axis, block], ...]}}}'
+            ) from None
         return cls(sizes, axes, producers, nodes, node_axes)
 
     @classmethod
-    def load(cls, path) -> "PermutationSpec":
+    def load(cls, path) -> PermutationSpec:
+        input_file(path, "permutation spec")  # a regular file: a FIFO would hang the reader
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 return cls.from_dict(json.load(f))
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read permutation spec {path}: {e}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"cannot read permutation spec {path}: not a text (JSON) file") from None
 
     def check(self, state: Mapping[str, Tensor]) -> None:
         """Raise `UserError` if a tensor the spec names has the wrong size on a permuted axis.
@@ -184,9 +200,11 @@ class PermutationSpec:
                     alone = a.whole and shared[(a.name, a.axis)] == 1  # then it must fill the axis exactly
                     if size is None or (size != need if alone else size < a.offset + need):
                         where = "" if a.whole else f" from entry {a.offset}"
-                        raise UserError(f"tensor '{a.name}' has shape {list(t.shape)}, but permutation '{p}' "
-                                        f"expects {need} entries on axis {a.axis}{where}: "
-                                        f"the spec is for a different model")
+                        raise UserError(
+                            f"tensor '{a.name}' has shape {list(t.shape)}, but permutation '{p}' "
+                            f"expects {need} entries on axis {a.axis}{where}: "
+                            f"the spec is for a different model"
+                        )
 
     def summary(self) -> str:
         """Human-readable listing, one permutation per block."""
@@ -200,6 +218,7 @@ class PermutationSpec:
 
 # -- applying permutations ---------------------------------------------------------------------
 
+
 def axis_index(perm: Tensor, block: int = 1, groups: int = 1, offset: int = 0, length: int | None = None) -> Tensor:
     """The index along a whole axis of ``length`` entries (default: just the segment) that applies
     ``perm`` to the units of the segment ``offset : offset + groups * n * block`` seen as [groups, n, block]."""
@@ -211,7 +230,7 @@ def axis_index(perm: Tensor, block: int = 1, groups: int = 1, offset: int = 0, l
     if offset == 0 and length == seg.shape[0]:
         return seg
     idx = torch.arange(length, device=perm.device)
-    idx[offset:offset + seg.shape[0]] = seg + offset
+    idx[offset : offset + seg.shape[0]] = seg + offset
     return idx
 
 
@@ -224,7 +243,7 @@ def permute_tensor(t: Tensor, axis: int, perm: Tensor, block: int = 1, groups: i
 def unit_rows(t: Tensor, a: Axis, n: int) -> Tensor:
     """The ``n`` units of axis ``a`` of ``t`` as rows: [n, everything else of the segment] (for matching)."""
     t = t.movedim(a.axis, 0)
-    seg = t[a.offset:a.offset + a.groups * n * a.block]
+    seg = t[a.offset : a.offset + a.groups * n * a.block]
     return seg.reshape(a.groups, n, a.block, -1).transpose(0, 1).reshape(n, -1)
 
 
@@ -283,5 +302,17 @@ def compose(first: Mapping[str, Tensor], then: Mapping[str, Tensor]) -> Perms:
     return {p: first[p][then[p]] if p in then else first[p] for p in first}
 
 
-__all__ = ["Axis", "PermutationSpec", "Perms", "apply", "axis_index", "compose", "head_blocks", "identity_perms",
-           "invert", "permute_tensor", "random_perms", "unit_rows"]
+__all__ = [
+    "Axis",
+    "PermutationSpec",
+    "Perms",
+    "apply",
+    "axis_index",
+    "compose",
+    "head_blocks",
+    "identity_perms",
+    "invert",
+    "permute_tensor",
+    "random_perms",
+    "unit_rows",
+]

@@ -16,7 +16,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +40,15 @@ def transposition(n: int, i: int, j: int) -> Tensor:
     return p
 
 
-def swap_path(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: int, j: int,
-              spec: PermutationSpec | None = None, data: Any = None) -> SwapPath:
+def swap_path(
+    model: nn.Module,
+    point: Mapping[str, Tensor],
+    layer: str,
+    i: int,
+    j: int,
+    spec: PermutationSpec | None = None,
+    data: Any = None,
+) -> SwapPath:
     """The `SwapPath` exchanging units ``i`` and ``j`` of ``layer`` (a module or permutation name).
 
     ``point``: parameters, optionally with buffers (then the path carries them, permuted at its far end).
@@ -69,8 +77,16 @@ def _tied_axes(spec: PermutationSpec, perm: str) -> list:
     return [a for a in spec.axes[perm] if a.axis == 0]
 
 
-def relax(ev: Evaluator, point: Mapping[str, Tensor], spec: PermutationSpec, perm: str, i: int, j: int,
-          steps: int = 100, lr: float = 0.05) -> dict[str, Tensor]:
+def relax(
+    ev: Evaluator,
+    point: Mapping[str, Tensor],
+    spec: PermutationSpec,
+    perm: str,
+    i: int,
+    j: int,
+    steps: int = 100,
+    lr: float = 0.05,
+) -> dict[str, Tensor]:
     """Gradient descent on the loss from ``point`` keeping units i and j tied (see module docstring).
 
     The gradient of each tied tensor is averaged over rows i and j (the projection onto the
@@ -86,19 +102,33 @@ def relax(ev: Evaluator, point: Mapping[str, Tensor], spec: PermutationSpec, per
         with torch.no_grad():
             for name, a in tied.items():
                 g = params[name].grad
+                assert g is not None  # every tied tensor is in the loss
                 b = a.block
-                gi, gj = g[i * b:(i + 1) * b], g[j * b:(j + 1) * b]
+                gi, gj = g[i * b : (i + 1) * b], g[j * b : (j + 1) * b]
                 mean = (gi + gj) / 2
-                g[i * b:(i + 1) * b] = mean
-                g[j * b:(j + 1) * b] = mean
+                g[i * b : (i + 1) * b] = mean
+                g[j * b : (j + 1) * b] = mean
         opt.step()
     return {n: t.detach() for n, t in params.items()}
 
 
-def swap_analysis(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: int, j: int, data: Any = None,
-                  n_points: int = 25, k: int = 5, spec: PermutationSpec | None = None,
-                  evaluator: Evaluator | None = None, eigen: bool = True, eigen_at_start: bool = False,
-                  relax_steps: int = 0, relax_lr: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def swap_analysis(
+    model: nn.Module,
+    point: Mapping[str, Tensor],
+    layer: str,
+    i: int,
+    j: int,
+    data: Any = None,
+    n_points: int = 25,
+    k: int = 5,
+    spec: PermutationSpec | None = None,
+    evaluator: Evaluator | None = None,
+    eigen: bool = True,
+    eigen_at_start: bool = False,
+    relax_steps: int = 0,
+    relax_lr: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Loss along the swap path, its barrier, and the ``k`` smallest Hessian eigenvalues at t = 1/2.
 
     Returns ``{"perm", "i", "j", "t" [T], "loss" [T], "accuracy" [T], "barrier": {...},
@@ -112,21 +142,32 @@ def swap_analysis(model: nn.Module, point: Mapping[str, Tensor], layer: str, i: 
     res = evaluate_path(path, ev, n_points, name="swap")
     first = res.metrics.names[0].rsplit("_", 1)[0] + "_" if "_" in res.metrics.names[0] else ""
     loss, acc = res.metrics[first + "loss"], res.metrics[first + "accuracy"]
-    out: dict[str, Any] = {"perm": path.perm, "i": path.i, "j": path.j, "t": res.t.tolist(), "loss": loss.tolist(),
-                           "accuracy": acc.tolist(), "barrier": res.barriers()[first + "loss"], "bn": ev.bn,
-                           "midpoint_loss": float(ev.loss(path(0.5)))}
+    out: dict[str, Any] = {
+        "perm": path.perm,
+        "i": path.i,
+        "j": path.j,
+        "t": res.t.tolist(),
+        "loss": loss.tolist(),
+        "accuracy": acc.tolist(),
+        "barrier": res.barriers()[first + "loss"],
+        "bn": ev.bn,
+        "midpoint_loss": float(ev.loss(path(0.5))),
+    }
     if eigen:
-        res = curvature.eigenvalues(ev, point=path(0.5), k=k, which="smallest", seed=seed)
-        out["eigenvalues"] = res.values.tolist()
+        eig = curvature.eigenvalues(ev, point=path(0.5), k=k, which="smallest", seed=seed)
+        out["eigenvalues"] = eig.values.tolist()
         out["eigen_method"] = "lanczos (modescape.curvature.eigenvalues, which='smallest')"
         if eigen_at_start:
-            out["start_eigenvalues"] = curvature.eigenvalues(ev, point=path(0.0), k=k, which="smallest",
-                                                             seed=seed).values.tolist()
+            out["start_eigenvalues"] = curvature.eigenvalues(
+                ev, point=path(0.0), k=k, which="smallest", seed=seed
+            ).values.tolist()
     if relax_steps > 0:
         relaxed = relax(ev, path(0.5), spec, path.perm, path.i, path.j, steps=relax_steps, lr=relax_lr)
-        r = {"steps": relax_steps, "lr": relax_lr, "loss": float(ev.loss(relaxed))}
+        r: dict[str, Any] = {"steps": relax_steps, "lr": relax_lr, "loss": float(ev.loss(relaxed))}
         if eigen:
-            r["eigenvalues"] = curvature.eigenvalues(ev, point=relaxed, k=k, which="smallest", seed=seed).values.tolist()
+            r["eigenvalues"] = curvature.eigenvalues(
+                ev, point=relaxed, k=k, which="smallest", seed=seed
+            ).values.tolist()
         out["relaxed"] = r
     return out
 
@@ -137,14 +178,24 @@ def pair_distances(spec: PermutationSpec, point: Mapping[str, Tensor], perm: str
     ||theta - swap_ij(theta)||^2 = 2 * D[i, j].
     """
     n = spec.sizes[perm]
-    rows = [point[a.name].detach().double().movedim(a.axis, 0).reshape(n, -1) for a in spec.axes[perm] if a.name in point]
+    rows = [
+        point[a.name].detach().double().movedim(a.axis, 0).reshape(n, -1) for a in spec.axes[perm] if a.name in point
+    ]
     u = torch.cat(rows, dim=1)
     sq = (u * u).sum(1)
     return (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0)
 
 
-def best_pair(model: nn.Module, point: Mapping[str, Tensor], layer: str, data: Any = None, candidates: int = 10,
-              n_points: int = 9, spec: PermutationSpec | None = None, evaluator: Evaluator | None = None) -> dict[str, Any]:
+def best_pair(
+    model: nn.Module,
+    point: Mapping[str, Tensor],
+    layer: str,
+    data: Any = None,
+    candidates: int = 10,
+    n_points: int = 9,
+    spec: PermutationSpec | None = None,
+    evaluator: Evaluator | None = None,
+) -> dict[str, Any]:
     """The pair of ``layer`` whose swap path has the lowest loss barrier (``barrier_linear``).
 
     Returns ``{"i", "j", "barrier", "scored": [{"i", "j", "distance", "barrier"}], "exhaustive"}``.
@@ -166,8 +217,14 @@ def best_pair(model: nn.Module, point: Mapping[str, Tensor], layer: str, data: A
         bar_ = res.barriers()[ev.names[0]]["barrier_linear"]
         scored.append({"i": i, "j": j, "distance": float(dist[idx]), "barrier": bar_})
     best = min(scored, key=lambda r: r["barrier"])
-    return {"perm": perm, "i": best["i"], "j": best["j"], "barrier": best["barrier"], "scored": scored,
-            "exhaustive": len(order) == len(dist)}
+    return {
+        "perm": perm,
+        "i": best["i"],
+        "j": best["j"],
+        "barrier": best["barrier"],
+        "scored": scored,
+        "exhaustive": len(order) == len(dist),
+    }
 
 
 __all__ = ["best_pair", "pair_distances", "relax", "swap_analysis", "swap_path", "transposition"]

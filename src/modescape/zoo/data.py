@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from modescape.errors import UserError
 from modescape.zoo.models import coerce_args
 
@@ -59,16 +60,12 @@ def tensors_of(x: np.ndarray, y: np.ndarray) -> Pair:
     )
 
 
-def _stratified_split(
-    x: np.ndarray, y: np.ndarray, seed: int, what: str, test_size: float = 0.2
-) -> tuple[Pair, Pair]:
+def _stratified_split(x: np.ndarray, y: np.ndarray, seed: int, what: str, test_size: float = 0.2) -> tuple[Pair, Pair]:
     """Seeded stratified split into train and test pairs."""
     from sklearn.model_selection import train_test_split  # deferred: slow to import
 
     try:
-        train_idx, test_idx = train_test_split(
-            np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed
-        )
+        train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
     except ValueError as e:
         raise UserError(f"cannot split {what} into train/test ({e}); use more samples") from None
     return tensors_of(x[train_idx], y[train_idx]), tensors_of(x[test_idx], y[test_idx])
@@ -106,9 +103,7 @@ def _digits(root: str | None, *, split_seed: int = 0) -> tuple[Pair, Pair, int]:
     return ((xtr - mean) / std, ytr), ((xte - mean) / std, yte), 10
 
 
-def _spirals(
-    root: str | None, *, n: int = 1000, noise: float = 0.2, split_seed: int = 0
-) -> tuple[Pair, Pair, int]:
+def _spirals(root: str | None, *, n: int = 1000, noise: float = 0.2, split_seed: int = 0) -> tuple[Pair, Pair, int]:
     """Two interleaved spirals of 1.25 turns in the plane, radius 0.5 to 3, plus Gaussian noise."""
     require(n >= 10, f"spirals needs n >= 10 samples, got {n}")
     require(noise >= 0, f"spirals noise must be >= 0, got {noise}")
@@ -139,9 +134,7 @@ def _blobs(
     require(n >= 5 * centers, f"blobs needs n >= 5 * centers = {5 * centers}, got {n}")
     from sklearn.datasets import make_blobs
 
-    x, y = make_blobs(
-        n_samples=n, centers=centers, n_features=dim, cluster_std=std, random_state=split_seed
-    )
+    x, y = make_blobs(n_samples=n, centers=centers, n_features=dim, cluster_std=std, random_state=split_seed)
     train, test = _stratified_split(x, y, split_seed, "blobs")
     return train, test, centers
 
@@ -165,7 +158,7 @@ def _random_cifar(
 # ----------------------------------------------------------------------------------------------
 
 from modescape.zoo.files import cifar10_files, mnist_files, read_idx_images, read_idx_labels  # noqa: E402
-from modescape.zoo.sequences import char_lm, modular_add, corpus_text  # noqa: E402
+from modescape.zoo.sequences import char_lm, corpus_text, modular_add  # noqa: E402
 
 _LOADERS: dict[str, Callable[..., tuple[Pair, Pair, int]]] = {
     "digits": _digits,
@@ -209,7 +202,8 @@ def load_dataset(name: str = "digits", root: str | None = None, **args: Any) -> 
         import hashlib
 
         meta["text_sha256"] = hashlib.sha256(
-            corpus_text(clean.get("text", defaults["text"].default)).encode()).hexdigest()[:16]
+            corpus_text(clean.get("text", defaults["text"].default)).encode()
+        ).hexdigest()[:16]
     return DataSplit(
         name=name,
         train=train,
@@ -251,7 +245,7 @@ def as_split(obj: Any, name: str = "custom") -> DataSplit:
             f"{tuple(test[0].shape[1:])}); make them the same"
         )
     num_classes = int(max(train[1].max(), test[1].max())) + 1
-    meta = {
+    meta: dict[str, Any] = {
         "name": name,
         "args": {},
         "root": None,
@@ -294,8 +288,7 @@ def _as_pair(part: Any, what: str) -> Pair:
             y = torch.as_tensor([int(s[1]) for s in samples])
         except (TypeError, ValueError, IndexError, RuntimeError) as e:
             raise UserError(
-                f"{what} dataset must yield (x, y) samples of equal shape with integer labels "
-                f"({e})"
+                f"{what} dataset must yield (x, y) samples of equal shape with integer labels ({e})"
             ) from None
     else:
         raise UserError(f"{what} must be an (X, y) pair or a dataset, got {type(part).__name__}")

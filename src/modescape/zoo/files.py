@@ -24,7 +24,6 @@ import torch
 from modescape.errors import UserError
 from modescape.zoo.data import Pair, subset, tensors_of
 
-
 # ----------------------------------------------------------------------------------------------
 # MNIST: the original IDX files
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +102,7 @@ def _find_mnist_file(folder: Path, stem: str) -> Path:
 def _data_folder(name: str, root: str | None, expected: str) -> Path:
     if root is None:
         raise UserError(
-            f"dataset {name!r} reads local files: pass --data-root (root=...) pointing at the "
-            f"folder with {expected}"
+            f"dataset {name!r} reads local files: pass --data-root (root=...) pointing at the folder with {expected}"
         )
     folder = Path(root).expanduser()
     if not folder.is_dir():
@@ -208,9 +206,7 @@ class _CifarUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UserError(
-            f"{self._path} uses pickle persistent ids: this file is not a plain CIFAR-10 batch"
-        )
+        raise UserError(f"{self._path} uses pickle persistent ids: this file is not a plain CIFAR-10 batch")
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -264,8 +260,7 @@ def cifar10_files(
     missing = [n for n in [*_CIFAR_TRAIN, _CIFAR_TEST] if not (folder / n).is_file()]
     if missing:
         raise UserError(
-            f"CIFAR-10 files {', '.join(missing)} not found in {folder}; pass --data-root "
-            f"pointing at {expected}"
+            f"CIFAR-10 files {', '.join(missing)} not found in {folder}; pass --data-root pointing at {expected}"
         )
     train = _cifar_pair([folder / n for n in _CIFAR_TRAIN])
     test = _cifar_pair([folder / _CIFAR_TEST])

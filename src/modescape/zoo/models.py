@@ -19,15 +19,23 @@ import math
 import types
 import typing
 from collections import OrderedDict
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from modescape.errors import UserError
 
-__all__ = ["BasicBlock", "SelfAttention", "Transformer", "TransformerBlock", "build_model", "coerce_args",
-           "model_names"]
+__all__ = [
+    "BasicBlock",
+    "SelfAttention",
+    "Transformer",
+    "TransformerBlock",
+    "build_model",
+    "coerce_args",
+    "model_names",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,11 +53,7 @@ def coerce_args(what: str, fn: Callable[..., Any], args: dict[str, Any]) -> dict
     `what` names the thing being configured (e.g. "model 'mlp'") for error messages. Keys may use
     dashes instead of underscores. Returns a new dict holding only the given arguments.
     """
-    params = {
-        p.name: p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    params = {p.name: p for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     hints = typing.get_type_hints(fn)
     out: dict[str, Any] = {}
     for raw_key, value in args.items():
@@ -65,9 +69,7 @@ def _coerce_value(value: Any, hint: Any, label: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        if type(None) in options and (
-            value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
-        ):
+        if type(None) in options and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _coerce_value(value, inner, label)
@@ -208,8 +210,7 @@ class BasicBlock(nn.Module):
 def _require_image(model: str, input_shape: tuple[int, ...]) -> None:
     _require(
         len(input_shape) == 3,
-        f"model {model!r} needs image inputs of shape (C, H, W), got {input_shape}; "
-        "use 'mlp' for vector data",
+        f"model {model!r} needs image inputs of shape (C, H, W), got {input_shape}; use 'mlp' for vector data",
     )
 
 
@@ -310,8 +311,27 @@ _VGG_CONFIGS: dict[int, list[int | str]] = {
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     19: [
-        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
     ],  # fmt: skip
 }
 
@@ -399,8 +419,11 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads, causal)
         self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([("fc", nn.Linear(width, mlp_width)), ("act", nn.GELU()),
-                                              ("proj", nn.Linear(mlp_width, width))]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("fc", nn.Linear(width, mlp_width)), ("act", nn.GELU()), ("proj", nn.Linear(mlp_width, width))]
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -413,8 +436,19 @@ class Transformer(nn.Module):
     when ``tied``). ``output="last"``: logits of the last position [B, V] (a sequence classified by its
     last token, as modular arithmetic); ``"all"``: every position [B, T, V] (a language model)."""
 
-    def __init__(self, vocab: int, classes: int, length: int, width: int, layers: int, heads: int,
-                 mlp_width: int, tied: bool, output: str, causal: bool = True) -> None:
+    def __init__(
+        self,
+        vocab: int,
+        classes: int,
+        length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_width: int,
+        tied: bool,
+        output: str,
+        causal: bool = True,
+    ) -> None:
         super().__init__()
         self.output = output
         self.tok = nn.Embedding(vocab, width)
@@ -467,11 +501,14 @@ def _transformer(
     _require(mlp_ratio >= 1, f"transformer mlp_ratio must be >= 1, got {mlp_ratio}")
     vocab = num_classes if vocab is None else vocab
     _require(vocab >= 1, f"transformer vocab must be >= 1, got {vocab}")
-    _require(not tied or vocab == num_classes,
-             f"a tied head needs vocab == num_classes, got vocab {vocab} and {num_classes} classes")
+    _require(
+        not tied or vocab == num_classes,
+        f"a tied head needs vocab == num_classes, got vocab {vocab} and {num_classes} classes",
+    )
     length = input_shape[0] if max_len is None else max_len
-    _require(length >= input_shape[0], f"transformer max_len ({length}) is shorter than the sequences "
-                                       f"({input_shape[0]})")
+    _require(
+        length >= input_shape[0], f"transformer max_len ({length}) is shorter than the sequences ({input_shape[0]})"
+    )
     return Transformer(vocab, num_classes, length, width, layers, heads, mlp_ratio * width, tied, output, causal)
 
 
@@ -489,9 +526,7 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, **args: Any
-) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **args: Any) -> nn.Module:
     """Build zoo model `name` for inputs of `input_shape` (one sample) and `num_classes` outputs.
 
     Initialisation uses torch's global RNG, so call `torch.manual_seed` first for a reproducible
@@ -513,7 +548,7 @@ def build_model(
     _require(classes >= 1, f"num_classes must be >= 1, got {num_classes!r}")
     clean = coerce_args(f"model {name!r}", builder, args)
     model = builder(shape, classes, **clean)
-    model.modescape_spec = {
+    model.modescape_spec = {  # type: ignore[assignment]  # a plain attribute; torch types them Tensor | Module
         "name": name,
         "args": clean,
         "input_shape": list(shape),

@@ -15,7 +15,6 @@ import torch
 from modescape.errors import UserError
 from modescape.zoo.data import Pair, require
 
-
 # ----------------------------------------------------------------------------------------------
 # Sequence tasks made here: modular addition (grokking) and a character-level language model
 # ----------------------------------------------------------------------------------------------
@@ -55,8 +54,11 @@ def _zen_of_python() -> str:
     if spec is None or spec.origin is None:
         raise UserError("the standard library module 'this' is missing: pass text=module:NAME instead")
     tree = ast.parse(Path(spec.origin).read_text())
-    encoded = next(ast.literal_eval(node.value) for node in tree.body
-                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "s")
+    encoded = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "s"
+    )
     return codecs.decode(encoded, "rot13")
 
 
@@ -76,8 +78,10 @@ def corpus_text(text: str) -> str:
         except (ImportError, ValueError):
             spec = None
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            raise UserError(f"char-lm text {text!r}: no pure-Python module {name!r} to read; use text=zen or "
-                            "text=module:NAME with a module such as textwrap")
+            raise UserError(
+                f"char-lm text {text!r}: no pure-Python module {name!r} to read; use text=zen or "
+                "text=module:NAME with a module such as textwrap"
+            )
         return Path(spec.origin).read_text(encoding="utf-8")
     raise UserError(f"unknown char-lm text {text!r}: use zen or module:NAME (e.g. module:textwrap)")
 
