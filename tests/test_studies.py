@@ -132,6 +132,21 @@ def test_a_folder_of_another_run_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_data_root_resumes_however_it_is_spelled(tmp_path, monkeypatch):
+    """The MNIST variant stopped after training, resumed with the same folder spelled relative and then absolute,
+    gives one result (the runs record the resolved folder)."""
+    from test_zoo import make_mnist
+
+    make_mnist(tmp_path / "data", n_train=300, n_test=100)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StudyStopped):
+        run_study("goodfellow-interpolation", smoke=True, data_root="data", out="g", device="cpu", stop_after="train")
+    resumed = run_study("goodfellow-interpolation", smoke=True, data_root=tmp_path / "data", out="g", device="cpu")
+    whole = run_study("goodfellow-interpolation", smoke=True, data_root="data", out="whole", device="cpu")
+    assert resumed["numbers"] == whole["numbers"]
+
+
+@pytest.mark.slow
 def test_study_command_writes_result_and_copies_figures(tmp_path, capsys):
     out, figs = tmp_path / "gi", tmp_path / "figs"
     code, stdout, err = run_cli(

@@ -281,7 +281,8 @@ def run_study(
     study = get(name)
     if stop_after is not None and stop_after not in study.stages:
         raise UserError(f"study {name} has no stage '{stop_after}': its stages are {', '.join(study.stages)}")
-    data_root = None if data_root is None else str(data_root)
+    # one spelling of the folder (relative or absolute, from any working directory): what the runs record
+    data_root = None if data_root is None else str(Path(data_root).resolve())
     settings = study.settings(preset, smoke=smoke, mnist=data_root is not None, tour=tour)
     data = settings.get("data", "digits")
     if data in FILE_DATA and data_root is None:  # before anything is written: a rerun with the root then starts clean
