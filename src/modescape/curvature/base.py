@@ -17,6 +17,7 @@ that (`with_leaves`, `loss_of`, `outputs_of`, `combine`, `sync`) are public so t
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -135,7 +136,7 @@ def jvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
     return out[0], out[1]
 
 
-class CurvatureOperator:
+class CurvatureOperator(ABC):
     """A curvature matrix of the whole-dataset mean loss at ``point``, over the parameters ``params``.
 
     What the Hessian, the GGN and the empirical Fisher share: ``op.size`` = P (number of selected
@@ -238,10 +239,10 @@ class CurvatureOperator:
         return outputs_of
 
     # -- products -----------------------------------------------------------------------------
+    @abstractmethod
     def batch_product(self, vs: Sequence[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
         """The product of batch ``(x, y)``'s mean-loss matrix with ``vs`` (one tensor per selected name):
         what a subclass implements (it may be called under ``vmap``, see `matmat`)."""
-        raise NotImplementedError
 
     def local_matvec(self, vs: list[Tensor]) -> list[Tensor]:
         """This rank's product ``sum_b (n_b / N_local) P_b vs``, before `combine`."""
@@ -312,7 +313,9 @@ class CurvatureOperator:
         return False
 
     def release(self) -> None:
-        """Free what the operator holds between products (the Hessian's retained graph)."""
+        """Free what the operator holds between products (the Hessian's retained graph); the GGN and the
+        Fisher hold nothing, so by default there is nothing to free."""
+        return None
 
     def sync(self) -> None:
         """Wait for the device's queued work (for timing)."""
