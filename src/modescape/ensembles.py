@@ -234,6 +234,19 @@ def cached_probs(cache: str | Path | None, name: str, key: Mapping[str, Any], co
     return probs
 
 
+def train_test_evaluator(
+    model: nn.Module, data: Any, what: str, **options: Any
+) -> tuple[Evaluator, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """An `Evaluator` of loss and accuracy on the train and test splits of ``data`` (``options``: the
+    evaluator's), with the splits: what every ensemble evaluation starts from. Test data is required;
+    ``what`` names the method in the error."""
+    (xtr, ytr), test = train_test(data)
+    if test is None:
+        raise UserError(f"{what} is evaluated on test data: pass a DataSplit or {{'train', 'test'}}")
+    ev = Evaluator(model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), **options)
+    return ev, (xtr, ytr), test
+
+
 def deep_ensemble(
     model: nn.Module,
     members: Sequence[Any],
@@ -259,18 +272,8 @@ def deep_ensemble(
     if len(members) == 0:
         raise UserError("an ensemble needs at least one member")
     space = sp.WeightSpace(model)
-    (xtr, ytr), test = train_test(data)
-    if test is None:
-        raise UserError("an ensemble is evaluated on test data: pass a DataSplit or {'train', 'test'}")
-    ev = Evaluator(
-        model,
-        {"train": (xtr, ytr), "test": test},
-        metrics=("loss", "accuracy"),
-        bn=bn,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        precision=precision,
+    ev, _, test = train_test_evaluator(
+        model, data, "an ensemble", bn=bn, device=device, dtype=dtype, batch_size=batch_size, precision=precision
     )
     epochs, labels, probs, states = [], [], [], []
     for i, member in enumerate(members):  # every member read and checked before any is evaluated (or cached)
@@ -376,12 +379,7 @@ def fge(
             start_epochs = budget_epochs(io.read_meta(checkpoint))
         checkpoint, _ = io.load_model(checkpoint)
     start, start_buffers = space.split_state(checkpoint, "FGE start")
-    (xtr, ytr), test = train_test(data)
-    if test is None:
-        raise UserError("fge needs test data to evaluate the ensemble: pass a DataSplit or {'train', 'test'}")
-    ev = Evaluator(
-        model, {"train": (xtr, ytr), "test": test}, metrics=("loss", "accuracy"), bn=bn, device=device, dtype=dtype
-    )
+    ev, (xtr, ytr), test = train_test_evaluator(model, data, "fge", bn=bn, device=device, dtype=dtype)
     point = {k: v.to(ev.device, ev.dtype).clone().requires_grad_(True) for k, v in start.items()}
     # the statistics BatchNorm tracks along the run, from the start's own (they stay the model's if none)
     tracked = sp.to(sp.clone(start_buffers or ev.buffers), ev.device, ev.dtype)

@@ -55,6 +55,7 @@ from .ensembles import (
     ensemble_metrics,
     evaluate_ensemble,
     predict_proba,
+    train_test_evaluator,
 )
 from .errors import UserError
 from .evaluate import Evaluator, default_bn
@@ -348,15 +349,8 @@ def swa(
     hist = train(
         net, split, config, out=out, device=device, meta=run_meta, progress=progress, momentum_buffers=momentum_buffers
     )
-    ev = Evaluator(
-        net,
-        {"train": split.train, "test": split.test},
-        metrics=("loss", "accuracy"),
-        bn="running",
-        device=device,
-        precision=precision,
-    )  # the evaluations; training above is the trainer's
-    targets = split.test[1]
+    # the evaluations; training above is the trainer's
+    ev, _, (_, targets) = train_test_evaluator(net, split, "swa", bn="running", device=device, precision=precision)
     start_m, _ = _single(ev, params, buffers or None, targets)
     last_m, _ = _single(ev, space.point(net), space.buffers(net) or None, targets)
     swag = hist.swag
@@ -408,19 +402,9 @@ def swag_ensemble(
     (``"fp32"`` or ``"bf16"``)."""
     if n_samples < 1:
         raise UserError(f"SWAG needs at least 1 sample, got {n_samples}")
-    (xtr, ytr), test = train_test(data)
-    if test is None:
-        raise UserError("SWAG is evaluated on test data: pass a DataSplit or {'train', 'test'}")
     bn = bn or default_bn(model)
-    ev = Evaluator(
-        model,
-        {"train": (xtr, ytr), "test": test},
-        metrics=("loss", "accuracy"),
-        bn=bn,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        precision=precision,
+    ev, _, test = train_test_evaluator(
+        model, data, "SWAG", bn=bn, device=device, dtype=dtype, batch_size=batch_size, precision=precision
     )
     state_hash = io.tensor_hash({"mean64": swag.mean64, "m2": swag.m2, "deviations": swag.deviations})
     settings = {"n_samples": n_samples, "scale": scale, "cov": cov, "seed": seed}
