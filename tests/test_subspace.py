@@ -45,6 +45,25 @@ def test_projection_gradient_is_p_transpose_grad_and_columns_have_unit_norm(kind
     assert not torch.equal(make_projection(kind, D, d, seed=4).matrix(), proj.matrix())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_affine_is_origin_plus_p_z_on_every_path(kind, dtype):
+    """theta_0 + P z and its gradient for one point, in float64 (the CSR transpose product) and bfloat16
+    (no CSR products: the gather fallback), against the matrix P formed in float64."""
+    D, d = 500, 17
+    proj = make_projection(kind, D, d, seed=5, dtype=dtype)
+    m = make_projection(kind, D, d, seed=5, dtype=torch.float64).matrix()
+    origin = torch.randn(D, dtype=torch.float64).to(dtype)
+    z = torch.randn(1, d, dtype=torch.float64).to(dtype).requires_grad_(True)
+    g = torch.randn(1, D, dtype=torch.float64).to(dtype)
+    out = proj.affine(origin, z)
+    tol = 1e-9 if dtype == torch.float64 else 0.1
+    assert out.dtype == dtype and out.shape == (1, D)
+    assert torch.allclose(out.double(), origin.double() + z.detach().double() @ m.T, atol=tol)
+    (out * g).sum().backward()
+    assert torch.allclose(z.grad.double(), g.double() @ m, atol=tol * 10)
+
+
 def test_fastfood_is_h_g_pi_h_b_truncated_and_hadamard_is_sylvesters():
     x = torch.randn(3, 256, dtype=torch.float64)
     assert torch.allclose(hadamard(x), x @ torch.from_numpy(scipy.linalg.hadamard(256)).double(), atol=1e-10)

@@ -192,6 +192,7 @@ def sgd_epoch(
     iters = math.ceil(n / batch_size)
     # running sums stay on the device: no host synchronisation per step
     sums = torch.zeros(3, dtype=torch.float64, device=ev.device)  # loss sum, correct, seen
+    sums_seen = 0
     track = ev.functional.tracking() if buffers is not None else contextlib.nullcontext()
     with track:
         for it in range(iters):
@@ -209,20 +210,19 @@ def sgd_epoch(
             xb, yb = prepare(x[local], ev.device, ev.dtype), y[local].to(ev.device)  # token ids stay int
             out = ev.forward(point, ev.buffers if buffers is None else buffers, xb, bn_train=True)
             per = ev.loss_fn(out, yb)
-            loss = per.sum() / idx.numel() + wd * half_squared_norm(flat) / world
+            loss = per.sum() / idx.numel()
+            if wd:  # (wd = 0: no pass over the weights)
+                loss = loss + wd * half_squared_norm(flat) / world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_grads(params)
             opt.step()
             with torch.no_grad():
-                sums += torch.stack(
-                    [
-                        per.sum().double(),
-                        (out.argmax(-1) == yb).sum().double(),
-                        torch.tensor(float(yb.numel()), dtype=torch.float64, device=ev.device),
-                    ]
-                )
+                sums[0] += per.sum()
+                sums[1] += (out.argmax(-1) == yb).sum()
+            sums_seen += yb.numel()
             advance(1)
+    sums[2] = sums_seen
     distributed.all_reduce(sums)
     loss_sum, correct, seen = sums.tolist()
     if not math.isfinite(loss_sum):
