@@ -197,13 +197,49 @@ class LinearFamily(Family):
     def coefficients(self, coords: Tensor) -> Tensor:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} must define coefficients(coords)")
 
+    def split_anchors(self) -> tuple[list[int], list[int]]:
+        """The indices of the frozen anchors and of the trainable ones."""
+        frozen = [j for j, t in enumerate(self.trainable) if not t]
+        return frozen, [j for j, t in enumerate(self.trainable) if t]
+
+    def frozen_stack(self) -> dict[str, Any]:
+        """The frozen anchors stacked once ``w`` [F, D], with the frozen and trainable anchors' indices
+        (``frozen``, ``train``: lists and index tensors ``frozen_index``, ``train_index``); rebuilt when a frozen
+        anchor changes (its version), moves or changes dtype. Not a registered buffer: never saved."""
+        frozen, train = self.split_anchors()
+        key = tuple((self.anchor(j).data_ptr(), self.anchor(j)._version, self.anchor(j).dtype) for j in frozen)
+        cache = getattr(self, "_frozen_stack", None)
+        if cache is None or cache["key"] != key:
+            ref = self.anchor(0)
+            w = torch.stack([self.anchor(j).detach() for j in frozen]) if frozen else ref.new_zeros(0, ref.numel())
+            cache = {
+                "key": key,
+                "w": w,
+                "frozen": frozen,
+                "train": train,
+                "frozen_index": torch.tensor(frozen, dtype=torch.long, device=w.device),
+                "train_index": torch.tensor(train, dtype=torch.long, device=w.device),
+            }
+            object.__setattr__(self, "_frozen_stack", cache)
+        return cache
+
     def flat(self, coords: Coords) -> Tensor:
-        """Flat points [K, D] (or [D] for a single coordinate)."""
+        """Flat points [K, D] (or [D] for a single coordinate): ``coefficients @ W`` as two matrix products,
+        the frozen anchors' part from the cached stack (`frozen_stack`) and the trainable anchors' part
+        differentiable, so that a training step stacks no frozen anchor and its backward writes only the
+        trainable anchors' gradient (measured: faster on the CPU than a hand-written backward or elementwise
+        sums, bench notes in BENCHMARKS.md)."""
         c, single = self.as_coords(coords)
-        w = self.matrix()
-        a = self.coefficients(c.to(w.device)).to(w.dtype)
-        out = a @ w
-        return out[0] if single else out
+        cache = self.frozen_stack()
+        w = cache["w"]
+        a = self.coefficients(c.to(w.device)).to(w.dtype)  # [K, n]
+        train = [self.anchor(j) for j in cache["train"]]
+        if not train or not cache["frozen"]:
+            out = a @ self.matrix()
+        else:
+            wt = train[0].unsqueeze(0) if len(train) == 1 else torch.stack(train)  # a view for one trainable anchor
+            out = (a.index_select(1, cache["frozen_index"]) @ w).addmm_(a.index_select(1, cache["train_index"]), wt)
+        return out.squeeze(0) if single else out  # squeeze: a view, whose backward copies nothing
 
     def forward(self, coords: Coords) -> sp.Point:
         return self.layout.unflatten(self.flat(coords))

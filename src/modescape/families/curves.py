@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Coords, LinearFamily
+from .base import LinearFamily
 
 Point = Mapping[str, Tensor]
 
@@ -61,37 +61,6 @@ class Curve(LinearFamily):
     def buffer_coefficients(self, coords: Tensor) -> Tensor:
         t = coords[:, :1]
         return torch.cat([1.0 - t, t], dim=1)
-
-    # -- the point: the frozen endpoints stacked once, the inner bends differentiable ---------------
-    def _ends(self) -> dict:
-        """The two frozen endpoints stacked [2, D] and the inner bends' indices; rebuilt when an endpoint
-        changes (its version), moves or changes dtype. Not a registered buffer: never saved."""
-        last = self.n_anchors - 1
-        key = tuple((self.anchor(j).data_ptr(), self.anchor(j)._version, self.anchor(j).dtype) for j in (0, last))
-        cache = getattr(self, "_ends_cache", None)
-        if cache is None or cache["key"] != key:
-            w = torch.stack([self.anchor(0).detach(), self.anchor(last).detach()])
-            cache = {
-                "key": key,
-                "w": w,
-                "ends": torch.tensor([0, last], device=w.device),
-                "inner": torch.arange(1, last, device=w.device),
-            }
-            object.__setattr__(self, "_ends_cache", cache)
-        return cache
-
-    def flat(self, coords: Coords) -> Tensor:
-        """Flat points [K, D] (or [D]): ``coefficients @ W`` as two matrix products, the endpoints' part
-        from the cached stack and the inner bends' part differentiable, so that a training step copies
-        no bend and its backward writes only the inner bends' gradient [n - 2, D]."""
-        c, single = self.as_coords(coords)
-        cache = self._ends()
-        w = cache["w"]
-        a = self.coefficients(c.to(w.device)).to(w.dtype)  # [K, n]
-        inner = [self.anchor(j) for j in range(1, self.n_anchors - 1)]
-        wt = inner[0].unsqueeze(0) if len(inner) == 1 else torch.stack(inner)  # a view for 3 bends
-        out = (a.index_select(1, cache["ends"]) @ w).addmm_(a.index_select(1, cache["inner"]), wt)
-        return out.squeeze(0) if single else out  # squeeze: a view, whose backward copies nothing
 
     @classmethod
     def on_segment(cls, a: Point, b: Point, bends: int = 3, buffers: Sequence[Point] | None = None) -> Curve:

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Coords, LinearFamily
+from .base import LinearFamily
 
 Point = Mapping[str, Tensor]
 # vertices as rows: a [n, D] tensor, or a sequence of n tensors (each flattened to a row)
@@ -286,56 +286,22 @@ class Simplex(LinearFamily):
         return [self.vertex(j) for j in range(self.n_vertices)]
 
     # -- the frozen vertices, stacked once (training touches only the trainable ones per step) -------
-    def _split(self) -> tuple[list[int], list[int]]:
-        frozen = [j for j, t in enumerate(self.trainable) if not t]
-        return frozen, [j for j, t in enumerate(self.trainable) if t]
-
     def _frozen_cache(self) -> dict[str, Any]:
-        """The frozen vertices stacked [F, D], their float64 mean c, X_F = W_F - c (float64) and X_F X_F^T;
-        rebuilt when a frozen vertex changes (its version), moves or changes dtype."""
-        frozen, _ = self._split()
-        key = tuple((self.anchor(j).data_ptr(), self.anchor(j)._version, self.anchor(j).dtype) for j in frozen)
-        cache = getattr(self, "_frozen", None)
-        if cache is None or cache["key"] != key:
-            w = torch.stack([self.anchor(j).detach() for j in frozen])
+        """`frozen_stack` (the frozen vertices W_F [F, D]) plus their float64 mean c, X_F = W_F - c (float64)
+        and X_F X_F^T, rebuilt with it."""
+        cache = self.frozen_stack()
+        if "gram" not in cache:
+            w = cache["w"]
             c = w.double().mean(0)
             x = w.double() - c
-            _, train = self._split()
-            cache = {
-                "key": key,
-                "index": torch.tensor(frozen, device=w.device),
-                "w": w,
-                "c": c,
-                "x": x,
-                "gram": x @ x.T,
-                "train": torch.tensor(train, device=w.device),
-                "c_low": c.to(w.dtype),
-                "x_low": x.to(w.dtype),
-            }
-            object.__setattr__(self, "_frozen", cache)  # not a registered buffer: never saved, rebuilt on demand
+            cache.update(c=c, x=x, gram=x @ x.T, c_low=c.to(w.dtype), x_low=x.to(w.dtype))
         return cache
-
-    def flat(self, coords: Coords) -> Tensor:
-        """Flat points [K, D] (or [D]): the frozen vertices' part from the cached stack, plus the
-        trainable vertices' (differentiable); the same values as ``coefficients @ W``."""
-        c, single = self.as_coords(coords)
-        frozen, train = self._split()
-        if not train or not frozen:
-            return super().flat(coords)
-        cache = self._frozen_cache()
-        w = cache["w"]
-        a = c.to(device=w.device, dtype=w.dtype)
-        wt = self.anchor(train[0]).unsqueeze(0) if len(train) == 1 else torch.stack([self.anchor(j) for j in train])
-        # both parts as matrix products: the trainable vertices' gradient is one product too (a broadcast
-        # multiply's backward would reduce over the K points in a second pass)
-        out = torch.addmm(a.index_select(1, cache["index"]) @ w, a.index_select(1, cache["train"]), wt)
-        return out[0] if single else out
 
     def _gram(self) -> tuple[Tensor, list[int]]:
         """The float64 Gram matrix K of the vertices centred on the frozen vertices' mean (any common centre
         gives the same simplex volumes), in the order ``order`` (frozen vertices first): only the trainable
         rows are computed per call."""
-        frozen, train = self._split()
+        frozen, train = self.split_anchors()
         if not frozen or not train:
             v = self.matrix().double()
             x = v - v.mean(0, keepdim=True).detach()
