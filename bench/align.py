@@ -70,7 +70,7 @@ def function_diff(before: torch.nn.Module, after: torch.nn.Module, shape) -> flo
         return float((before(x) - after(x)).abs().max())
 
 
-def time_ours(key: str, dtype: torch.dtype = torch.float64) -> dict:
+def time_ours(key: str, dtype: torch.dtype | None = None) -> dict:
     a, b, shape = pair(key)
     t0 = time.perf_counter()
     spec = infer_spec(a)
@@ -139,13 +139,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--dtype",
-        choices=("float64", "float32"),
-        default="float64",
-        help="our cost matrices' dtype (float64: the default of weight_matching; float32: what rebasin computes in)",
+        choices=("default", "float64", "float32"),
+        default="default",
+        help="our cost matrices' dtype (default: weight_matching's, the parameters' own: float32 here, as rebasin)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    dtype = getattr(torch, args.dtype)
+    dtype = None if args.dtype == "default" else getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     try:
         import rebasin  # noqa: F401
