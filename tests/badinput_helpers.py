@@ -149,6 +149,8 @@ def make_inputs(root: Path) -> dict[str, Path]:
     raw("bare", state, side=False)  # no sidecar
     raw("badside", state)
     (d / "badside.json").write_text('{"model": {"name": "mlp", ')  # a sidecar cut mid-write
+    raw("listside", state)
+    (d / "listside.json").write_text('["mlp", 1]')  # valid JSON, not an object
     blob = p["a"].read_bytes()
     for name, content in (("empty", b""), ("garbage", b"\x00garbage" * 10), ("trunc", blob[: len(blob) // 2])):
         p[name] = d / f"{name}.safetensors"

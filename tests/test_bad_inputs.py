@@ -51,6 +51,9 @@ CASES = [
     pytest.param(
         ["eval", "{badside}"], ["badside.json is not valid JSON", "restore or delete it"], id="sidecar-corrupt"
     ),
+    pytest.param(
+        ["eval", "{listside}"], ["listside.json holds a JSON list, not an object"], id="sidecar-not-an-object"
+    ),
     pytest.param(["eval", "{bare}"], ["no sidecar", "--model"], id="checkpoint-without-sidecar"),
     pytest.param(
         ["eval", "{evil}", "--model", "mlp", "--model-args", "depth=1,width=8"],

@@ -559,3 +559,23 @@ def test_data_parallel_products_under_torchrun_match_one_process(tmp_path):
         assert r2[kind]["n"] < r1[kind]["n"]  # rank 0 held only its shard ...
         torch.testing.assert_close(torch.tensor(r2[kind]["eig"]), torch.tensor(r1[kind]["eig"]), rtol=1e-9, atol=0)
         assert r2[kind]["trace"] == pytest.approx(r1[kind]["trace"], rel=1e-9)  # ... and the same numbers
+
+
+def test_empirical_fisher_refuses_a_loss_without_per_sample_values():
+    """The empirical Fisher is built from per-sample losses: a loss returning one scalar is a user error
+    (one line naming reduction='none'), not an IndexError deep in the product."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    fisher = cv.EmpiricalFisher(net, (x, y), loss=lambda out, t: F.cross_entropy(out, t))  # a mean: [] not [N]
+    with pytest.raises(UserError, match="one loss per sample.*reduction='none'"):
+        fisher.matvec(torch.randn(fisher.size))
+    per_sample = cv.EmpiricalFisher(net, (x, y), loss=lambda out, t: F.cross_entropy(out, t, reduction="none"))
+    v = torch.randn(per_sample.size)
+    grads = []  # the definition: (1/N) sum_i g_i g_i^T v, with per-sample gradients by hand
+    for i in range(12):
+        net.zero_grad()
+        F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    g = torch.stack(grads)
+    assert torch.allclose(per_sample.matvec(v), g.T @ (g @ v) / 12, atol=1e-5)

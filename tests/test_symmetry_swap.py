@@ -62,6 +62,42 @@ def test_repair_gives_each_unit_the_interpolated_statistics(digits):
     assert all(torch.allclose(at_a[k], a[k], atol=1e-5) for k in at_a)
 
 
+def test_repair_corrects_sequence_models_on_their_last_axis():
+    """A Linear applied to [B, T, C] values (a token MLP): REPAIR measures each unit over samples and
+    positions on the last axis and gives it the interpolated statistics (it used to skip such layers)."""
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4)
+        )
+
+    a_net, b_net = net(0), net(1)
+    x, y = torch.randn(50, 7, 6), torch.randint(0, 4, (50, 7))
+    rep = Repairer(a_net, state_of(a_net), state_of(b_net), (x, y), batch_size=50)
+    assert [m for _, m in rep.layers] == ["0", "2"]
+
+    def stats(model):
+        seen = {}
+        hooks = [
+            model[i].register_forward_hook(lambda m, inp, o, i=i: seen.__setitem__(i, o.detach().double()))
+            for i in (0, 2)
+        ]
+        with torch.no_grad():
+            model(x)
+        for h in hooks:
+            h.remove()
+        return {i: (o.reshape(-1, 12).mean(0), o.reshape(-1, 12).std(0, unbiased=False)) for i, o in seen.items()}
+
+    t = 0.5
+    repaired = net(2)
+    repaired.load_state_dict(rep(t))
+    sa, sb, got = stats(a_net), stats(b_net), stats(repaired)
+    for i in (0, 2):
+        assert torch.allclose(got[i][0], (1 - t) * sa[i][0] + t * sb[i][0], atol=1e-4), i
+        assert torch.allclose(got[i][1], (1 - t) * sa[i][1] + t * sb[i][1], atol=1e-4), i
+
+
 def test_repair_leaves_batchnorm_layers_to_the_bn_reset():
     net = mlp(0, norm="bn")
     assert repair_layers(net, infer_spec(net)) == []
@@ -297,3 +333,38 @@ def test_swap_path_carries_the_permuted_running_statistics(digits):
     path = swap_path(net, state_of(net), "fc0", 0, 3)
     start, end = path.buffers_at(0.0)["norm0.running_mean"], path.buffers_at(1.0)["norm0.running_mean"]
     assert torch.equal(end[[0, 3]], start[[3, 0]]) and torch.equal(end[1:3], start[1:3])
+
+
+def test_relaxation_keeps_attention_heads_tied_in_every_segment():
+    """Two heads of a fused q/k/v projection (three segments of one tensor, a block per head): relaxing
+    from the swap midpoint keeps the heads' q, k and v rows equal (only the q segment stayed tied before)."""
+    from modescape.evaluate import Evaluator
+    from modescape.symmetry.swap import relax
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = torch.nn.Linear(4, 8)
+            self.att = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            a, _ = self.att(h, h, h, need_weights=False)
+            return self.out(a).mean(1)
+
+    torch.manual_seed(0)
+    net = Net()
+    x, y = torch.randn(16, 5, 4), torch.randint(0, 3, (16,))
+    spec = infer_spec(net, data=(x, y))
+    theta = {k: v.detach() for k, v in net.named_parameters()}
+    mid = swap_path(net, theta, "att:heads", 0, 1, spec=spec)(0.5)
+    # the outgoing weights are free: make them differ, so that the two heads' gradients differ too
+    mid["att.out_proj.weight"] = mid["att.out_proj.weight"] + torch.randn(8, 8) * torch.tensor([0.0] * 4 + [1.0] * 4)
+    ev = Evaluator(net, (x, y), progress=False)
+    relaxed = relax(ev, mid, spec, "att:heads", 0, 1, steps=5, lr=0.5)
+    w, b = relaxed["att.in_proj_weight"], relaxed["att.in_proj_bias"]
+    assert not torch.allclose(w, mid["att.in_proj_weight"])  # it moved
+    for seg in (0, 8, 16):  # q, k, v: head h holds rows seg + 4 h : seg + 4 h + 4
+        assert torch.allclose(w[seg : seg + 4], w[seg + 4 : seg + 8], atol=1e-6), seg
+        assert torch.allclose(b[seg : seg + 4], b[seg + 4 : seg + 8], atol=1e-6), seg

@@ -80,7 +80,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable curve checkpoint ({e}): delete it or pick another") from None
     if header.get("format") != CURVE_FORMAT:
         raise UserError(f"{path} is not a modescape curve (format {header.get('format')!r})")
-    return json.loads(header["meta"])
+    try:
+        meta = json.loads(header.get("meta", ""))
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} has no readable settings in its header: delete it or pick another curve file")
+    return meta
 
 
 # -- curves: save, load, train ------------------------------------------------------------------------

@@ -322,11 +322,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     input_file(side, "sidecar")  # a regular file: a FIFO would hang the reader
     try:
-        return json.loads(side.read_text())
+        meta = json.loads(side.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{side} is not valid JSON ({e.msg} at line {e.lineno}): restore or delete it") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the sidecar {side} ({type(e).__name__}): restore or delete it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{side} holds a JSON {type(meta).__name__}, not an object: restore or delete it")
+    return meta
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> nn.Module:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from .base import CurvatureOperator, jvp
 
 
@@ -60,6 +61,11 @@ class EmpiricalFisher(CurvatureOperator):
 
         prim = tuple(self.point[n] for n in self.names)
         losses, s = jvp(per_sample, (prim,), (tuple(vs),))
+        if losses.dim() != 1:
+            raise UserError(
+                f"the empirical Fisher needs one loss per sample, but the loss returned shape {list(losses.shape)}: "
+                f"give a loss with reduction='none' ([N] values)"
+            )
         pullback = torch.func.vjp(per_sample, prim)[1]
         return [g / losses.shape[0] for g in pullback(s)[0]]
 

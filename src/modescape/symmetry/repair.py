@@ -38,15 +38,19 @@ from .infer import infer_spec
 from .probe import Probe, channel_rows
 from .spec import PermutationSpec
 
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight [C_out, ...]: the correction scales axis 0
+
 
 def repair_layers(model: nn.Module, spec: PermutationSpec) -> list[tuple[str, str]]:
-    """[(fx node name, module name)] of the layers REPAIR corrects, in graph order."""
+    """[(fx node name, module name)] of the layers REPAIR corrects, in graph order: Linear and Conv layers
+    (whose weight's axis 0 is the output channel) on a permuted channel, wherever their output's channel
+    axis is (``linear``: axis 1; ``proj``: the last axis of a sequence model's [B, T, C] values)."""
     gm = fx.symbolic_trace(model)
     modules = dict(gm.named_modules())
-    wanted = {n for nodes in spec.nodes.values() for n, kind in nodes if kind == "linear"}
+    wanted = {n for nodes in spec.nodes.values() for n, kind in nodes if kind in ("linear", "proj")}
     out = []
     for node in gm.graph.nodes:
-        if node.name not in wanted or node.op != "call_module":
+        if node.name not in wanted or node.op != "call_module" or not isinstance(modules.get(node.target), _LAYERS):
             continue
         users = list(node.users)
         if (
@@ -59,13 +63,16 @@ def repair_layers(model: nn.Module, spec: PermutationSpec) -> list[tuple[str, st
     return out
 
 
-def _stats(probe: Probe, state: Mapping[str, Tensor], batches: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """Per probed value: (mean [C], std [C]) over all samples and positions, float64."""
+def _stats(
+    probe: Probe, state: Mapping[str, Tensor], batches: Sequence[Tensor], axes: Sequence[int]
+) -> list[tuple[Tensor, Tensor]]:
+    """Per probed value: (mean [C], std [C]) over all samples and positions, float64; ``axes``: each value's
+    channel axis (1, or -1 for the [B, T, C] values of a sequence model: the spec's ``node_axes``)."""
     sums = None
     n = 0
     with torch.no_grad():
         for x in batches:
-            outs = [channel_rows(o).double() for o in probe(state, x, bn_train=True)]
+            outs = [channel_rows(o, ax).double() for o, ax in zip(probe(state, x, bn_train=True), axes, strict=True)]
             part = [(o.sum(1), (o * o).sum(1)) for o in outs]
             sums = part if sums is None else [(s + p, q + r) for (s, q), (p, r) in zip(sums, part, strict=True)]
             n += outs[0].shape[1]
@@ -108,10 +115,11 @@ class Repairer:
         src = make_source(data, "repair data", batch_size=batch_size, device=dev)
         self.batches = [x for k, (x, _) in enumerate(src) if max_batches is None or k < max_batches]
         self.eps = eps
+        self.axes = [spec.node_axes.get(n, 1) for n, _ in self.layers]  # where each layer's channels are
         self.probe = Probe(model, [n for n, _ in self.layers]) if self.layers else None
         if self.probe is not None:
-            self.stats_a = _stats(self.probe, a, self.batches)
-            self.stats_b = _stats(self.probe, b, self.batches)
+            self.stats_a = _stats(self.probe, a, self.batches, self.axes)
+            self.stats_b = _stats(self.probe, b, self.batches, self.axes)
 
     def __call__(self, t: float) -> sp.Point:
         """The repaired point for (1 - t) a + t b."""
@@ -139,7 +147,7 @@ class Repairer:
         assert self.probe is not None  # only measured when there are layers to repair
         with torch.no_grad():
             for x in self.batches:
-                o = channel_rows(self.probe(point, x, bn_train=True)[i]).double()
+                o = channel_rows(self.probe(point, x, bn_train=True)[i], self.axes[i]).double()
                 sums = o.sum(1) if sums is None else sums + o.sum(1)
                 s2 = (o * o).sum(1) if s2 is None else s2 + (o * o).sum(1)
                 n += o.shape[1]

@@ -28,7 +28,7 @@ from ..evaluate import Evaluator, default_bn
 from ..families.swap import SwapPath
 from ..paths import evaluate_path
 from .infer import infer_spec
-from .spec import PermutationSpec, apply
+from .spec import Axis, PermutationSpec, apply
 
 
 def transposition(n: int, i: int, j: int) -> Tensor:
@@ -72,6 +72,13 @@ def _evaluator(model: nn.Module, data: Any, evaluator: Evaluator | None) -> Eval
     return Evaluator(model, data, metrics=("loss", "accuracy"), bn=default_bn(model), progress=False)
 
 
+def _unit_entries(a: Axis, n: int, unit: int, device: torch.device) -> Tensor:
+    """The indices along ``a``'s axis of one unit's entries: ``offset + g * n * block + unit * block + k``
+    for every group g and k < block (see `Axis`)."""
+    groups = torch.arange(a.groups, device=device)[:, None] * (n * a.block)
+    return (a.offset + groups + unit * a.block + torch.arange(a.block, device=device)).reshape(-1)
+
+
 def _tied_axes(spec: PermutationSpec, perm: str) -> list:
     """The axes that hold the units' own parameters (axis 0: incoming weights, bias, norm)."""
     return [a for a in spec.axes[perm] if a.axis == 0]
@@ -92,22 +99,27 @@ def relax(
     The gradient of each tied tensor is averaged over rows i and j (the projection onto the
     constraint, for a point that satisfies it), so the units stay equal.
     """
-    tied = {a.name: a for a in _tied_axes(spec, perm) if a.name in point}
-    params = {n: t.detach().clone().requires_grad_(True) for n, t in point.items()}
+    n = spec.sizes[perm]
+    # per tied axis: the entries of unit i and of unit j on axis 0 (every block, group and offset; a tensor
+    # can carry the permutation on several segments, e.g. the q, k and v parts of a fused projection)
+    tied = [
+        (a.name, _unit_entries(a, n, i, point[a.name].device), _unit_entries(a, n, j, point[a.name].device))
+        for a in _tied_axes(spec, perm)
+        if a.name in point
+    ]
+    params = {name: t.detach().clone().requires_grad_(True) for name, t in point.items()}
     opt = torch.optim.SGD(list(params.values()), lr=lr)
     for _ in range(steps):
         loss = ev.loss(params)
         opt.zero_grad()
         loss.backward()
         with torch.no_grad():
-            for name, a in tied.items():
+            for name, ei, ej in tied:
                 g = params[name].grad
                 assert g is not None  # every tied tensor is in the loss
-                b = a.block
-                gi, gj = g[i * b : (i + 1) * b], g[j * b : (j + 1) * b]
-                mean = (gi + gj) / 2
-                g[i * b : (i + 1) * b] = mean
-                g[j * b : (j + 1) * b] = mean
+                mean = (g.index_select(0, ei) + g.index_select(0, ej)) / 2
+                g.index_copy_(0, ei, mean)
+                g.index_copy_(0, ej, mean)
         opt.step()
     return {n: t.detach() for n, t in params.items()}
 
