@@ -51,15 +51,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy (the default loss): [N].
 
-    For [N, C] logits and class-index targets it is ``logsumexp(outputs) - outputs[target]``: the same
-    value as ``F.cross_entropy`` (to float rounding) and 3-5x faster on the CPU for few classes, where
-    ``log_softmax`` dominated landscape sweeps of small models. For sequence outputs [N, T, V] with
+    For [N, C] logits and class-index targets it is ``F.cross_entropy(..., reduction="none")`` (torch 2.13:
+    2-4x faster on the CPU than ``logsumexp(outputs) - outputs[target]``, forward and backward, which an
+    earlier torch favoured; measured at N = 128-10,000, C = 2-100). For sequence outputs [N, T, V] with
     targets [N, T] (a language model predicting every position) it is the per-token cross-entropy
     averaged over the T positions of each sample, so the mean over samples is the mean per token.
     Other shapes use ``F.cross_entropy``.
     """
     if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
-        return torch.logsumexp(outputs, 1) - outputs.gather(1, targets[:, None])[:, 0]
+        return F.cross_entropy(outputs, targets, reduction="none")
     if outputs.dim() == 3 and not targets.is_floating_point():
         if targets.shape != outputs.shape[:2]:
             raise UserError(
