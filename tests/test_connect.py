@@ -438,3 +438,55 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     # each rank takes half of every minibatch; the all-reduced gradient is the full-batch gradient
     torch.testing.assert_close(c2.anchor(1), c1.anchor(1), rtol=1e-4, atol=1e-5)
     assert m2["history"][-1]["train_loss"] == pytest.approx(m1["history"][-1]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("bends", [3, 4])
+def test_curve_steps_through_the_flat_binding_equal_the_functional_steps(digits, bends):
+    """`sgd_epoch`'s fast path (w(t) written into the model's flat parameters, the gradient read from one
+    flat vector, the L2 penalty's gradient added by hand) and its functional path (w(t) through autograd,
+    `functional_call`, the penalty in the loss) give the same bends and losses after an epoch, on a
+    BatchNorm MLP (batch statistics) with weight decay."""
+    from modescape.train import sgd_epoch
+
+    model = _mlp(digits, 0, width=16, norm="bn")
+    a, b = sp.WeightSpace(model).point(model), sp.WeightSpace(model).point(_mlp(digits, 1, width=16, norm="bn"))
+    x, y = digits.train
+    runs = []
+    for fast in (False, True):
+        fam = Bezier.on_segment(a, b, bends)
+        params = [p for p in fam.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+        ev = Evaluator(model, (x[:2], y[:2]), bn="train", mode="loop")
+
+        def make_point(gen, fam=fam):
+            flat = fam.flat(torch.rand((), generator=gen, dtype=torch.float64))
+            return fam.layout.unflatten(flat), flat
+
+        class Step:
+            def write(self, gen, out, fam=fam):
+                return fam.write_flat(torch.rand((), generator=gen, dtype=torch.float64), out)
+
+            def pull(self, coefs, grad, fam=fam):
+                fam.pull_flat(coefs, grad)
+
+        stats = sgd_epoch(
+            ev,
+            params,
+            opt,
+            None if fast else make_point,
+            x,
+            y,
+            0,
+            3,
+            64,
+            5e-3,
+            lambda i, n: 0.05,
+            lambda k: None,
+            flat_step=Step() if fast else None,
+        )
+        runs.append((stats, [p.detach().clone() for p in params]))
+    (s0, p0), (s1, p1) = runs
+    assert s0["loss"] == pytest.approx(s1["loss"], rel=1e-5) and s0["error"] == s1["error"]
+    for u, v in zip(p0, p1, strict=True):
+        assert (u - v).abs().max() < 1e-5 * max(1.0, float(u.abs().max()))
+    assert not torch.equal(p0[0], Bezier.on_segment(a, b, bends).anchor(1))  # the bends moved

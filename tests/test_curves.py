@@ -185,3 +185,34 @@ def test_family_point_and_gradient_equal_the_dense_coefficient_product(k, traina
             assert not fam.anchor(j).requires_grad
     one = fam.flat(coords[0])  # a single coordinate: [D]
     assert one.shape == (17,) and torch.allclose(one.detach(), ref[0].detach(), atol=1e-12)
+
+
+@pytest.mark.parametrize("trainable", [(False, True, True, False), (True, False, False, True)])
+def test_write_flat_and_pull_flat_equal_the_point_and_its_gradient(trainable):
+    """The training fast path: `write_flat` writes coefficients @ W in place, and `pull_flat` gives each
+    trainable anchor coefficient_j * G, as autograd through coefficients @ W does (accumulating)."""
+    from modescape.families.simplex import Simplex
+
+    gen = torch.Generator().manual_seed(3)
+    pts = [
+        {
+            "w": torch.randn(3, 4, generator=gen, dtype=torch.float64),
+            "b": torch.randn(5, generator=gen, dtype=torch.float64),
+        }
+        for _ in range(4)
+    ]
+    fam = Simplex(pts, simplices=[(0, 1, 2, 3)], trainable=list(trainable))
+    coords = fam.sample(1, generator=gen)
+    out = torch.full((17,), float("nan"), dtype=torch.float64)
+    coefs = fam.write_flat(coords[0], out)
+    leaves = [fam.anchor(j).detach().clone().requires_grad_(True) for j in range(4)]
+    ref = (fam.coefficients(coords).double() @ torch.stack(leaves))[0]
+    assert torch.allclose(out, ref.detach(), atol=1e-12)
+    g = torch.randn(17, generator=gen, dtype=torch.float64)
+    (ref * g).sum().backward()
+    assert not out.requires_grad
+    fam.pull_flat(coefs, g)
+    fam.pull_flat(coefs, g)  # a second sample accumulates
+    for j, t in enumerate(trainable):
+        if t:
+            assert torch.allclose(fam.anchor(j).grad, 2 * leaves[j].grad, atol=1e-12)

@@ -227,10 +227,12 @@ def train_curve(
             opt.state[family.anchor(j)]["momentum_buffer"] = buf.to(ev.device, ev.dtype).clone()
         start, history = int(meta["epoch"]), list(meta.get("history", []))
 
-    def make_point(gen: torch.Generator) -> tuple[sp.Point, Tensor]:
-        t = torch.rand((), generator=gen, dtype=torch.float64)
-        flat = family.flat(t)
-        return family.layout.unflatten(flat), flat
+    class Step:  # t ~ U[0, 1] per minibatch, w(t) written into the evaluator's flat binding (`sgd_epoch`)
+        def write(self, gen: torch.Generator, out: Tensor) -> list[float]:
+            return family.write_flat(torch.rand((), generator=gen, dtype=torch.float64), out)
+
+        def pull(self, coefs: list[float], grad: Tensor) -> None:
+            family.pull_flat(coefs, grad)
 
     iters = math.ceil(xtr.shape[0] / batch_size)
     stop = epochs if stop_after is None else max(start, min(epochs, int(stop_after)))
@@ -239,7 +241,19 @@ def train_curve(
             t0 = time.perf_counter()
             lr_e = reference_schedule(lr, epoch, epochs)
             stats = sgd_epoch(
-                ev, params, opt, make_point, xtr, ytr, epoch, seed, batch_size, wd, constant_lr(lr_e), advance
+                ev,
+                params,
+                opt,
+                None,
+                xtr,
+                ytr,
+                epoch,
+                seed,
+                batch_size,
+                wd,
+                constant_lr(lr_e),
+                advance,
+                flat_step=Step(),
             )
             history.append(
                 {

@@ -30,10 +30,8 @@ under ``bn="recompute"``, and records its training budget in epochs.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,8 +171,13 @@ def _simplex_epoch(
     lr: float,
     advance: Callable[[int], Any],
 ) -> _EpochStats:
-    """One epoch of SPRO on the trainable vertices; data order and samples are functions of (seed, key)."""
+    """One epoch of SPRO on the trainable vertices; data order and samples are functions of (seed, key).
+
+    Each sample's point runs through the evaluator's `FlatBinding` (written into the model's flat
+    parameters; the gradient with respect to it read from one flat vector and scaled onto the trainable
+    vertices by `Simplex.pull_flat`), the volume term through autograd."""
     n = x.shape[0]
+    binding = ev.flat_binding()
     order = epoch_order(n, seed, key)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key) + 7_919)
     for g in opt.param_groups:
@@ -191,23 +194,23 @@ def _simplex_epoch(
             advance(1)
             continue
         xb, yb = x[idx].to(ev.device, ev.dtype), y[idx].to(ev.device)
-        # [S, D]: every sample's point in one matrix product; unbind: one backward for all S rows (indexing
-        # row s would write a zero [S, D] gradient per sample)
-        flats = family.flat(coords).unbind(0)
-        losses = []
-        for s in range(samples):
-            out = ev.forward(family.layout.unflatten(flats[s]), ev.buffers, xb, bn_train=True)
-            losses.append(ev.loss_fn(out, yb).mean())
+        opt.zero_grad(set_to_none=True)
+        data_loss = torch.zeros((), dtype=torch.float64, device=ev.device)
+        for s in range(samples):  # each sample: its point written into the flat binding, forward, backward
             with torch.no_grad():
+                coefs = family.write_flat(coords[s], binding.values)
+            binding.grads.zero_()
+            out = binding(xb)
+            loss_s = ev.loss_fn(out, yb).mean()
+            loss_s.backward()
+            family.pull_flat([c / samples for c in coefs], binding.grads)  # the mean over the samples
+            with torch.no_grad():
+                data_loss += loss_s.detach()
                 correct += (out.argmax(-1) == yb).sum()
-        data_loss: Tensor = functools.reduce(operator.add, losses)  # l_0 + l_1 + ..., in order (samples >= 1)
-        loss = data_loss / samples
         if lam:
             logv = family.log_volume(eps)
-            loss = loss - lam * logv.to(loss.dtype)
+            (-lam * logv).backward()  # the volume term's gradient, added to the data term's
             lv_sum += logv.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         opt.step()
         loss_sum += data_loss.detach() * (idx.numel() / samples)
         seen += idx.numel()

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -160,11 +160,21 @@ def half_squared_norm(v: Tensor) -> Tensor:
     return _HalfSquaredNorm.apply(v)
 
 
+class FlatStep(Protocol):
+    """The fast path of `sgd_epoch` for a point that is a function of a few trainable tensors: ``write``
+    draws what the step needs from the generator and writes the point into ``out`` [D] (no graph); ``pull``
+    sets the trainable tensors' ``.grad`` from the gradient with respect to the point [D]."""
+
+    def write(self, generator: torch.Generator, out: Tensor) -> Any: ...
+
+    def pull(self, state: Any, grad: Tensor) -> None: ...
+
+
 def sgd_epoch(
     ev: Evaluator,
     params: Sequence[Tensor],
     opt: torch.optim.Optimizer,
-    make_point: Callable[[torch.Generator], tuple[sp.Point, Tensor]],
+    make_point: Callable[[torch.Generator], tuple[sp.Point, Tensor]] | None,
     x: Tensor,
     y: Tensor,
     epoch: int,
@@ -175,6 +185,7 @@ def sgd_epoch(
     advance: Callable,
     lrs: list[float] | None = None,
     buffers: dict[str, Tensor] | None = None,
+    flat_step: FlatStep | None = None,
 ) -> dict[str, float]:
     """One epoch of minibatch SGD on a point made by ``make_point``; returns mean loss and error.
 
@@ -184,6 +195,11 @@ def sgd_epoch(
     layer's own momentum), as a train-mode ``nn.Module`` does. The data order and every random draw are
     pure functions of (seed, epoch), so resumed runs repeat exactly. Under torchrun every rank takes its
     slice of each minibatch; gradients are summed across ranks (tracked statistics stay per rank).
+
+    ``flat_step`` (without ``buffers``): the same step through the evaluator's `FlatBinding` instead of
+    ``make_point`` (the point written into one flat vector that the model's parameters view, the gradient
+    read from one flat vector): the same values to float rounding, with no ``functional_call`` and no
+    per-step split and concatenation over the D weights (curve training: 1.6x a plain step -> 1.15x).
     """
     rank, world = distributed.rank_world()
     n = x.shape[0]
@@ -194,6 +210,9 @@ def sgd_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=ev.device)  # loss sum, correct, seen
     sums_seen = 0
     track = ev.functional.tracking() if buffers is not None else contextlib.nullcontext()
+    fast = (flat_step, ev.flat_binding()) if flat_step is not None and buffers is None else None
+    if fast is None and make_point is None:
+        raise ValueError("sgd_epoch needs make_point unless a flat_step runs without tracked buffers")
     with track:
         for it in range(iters):
             idx = order[it * batch_size : (it + 1) * batch_size]
@@ -203,18 +222,29 @@ def sgd_epoch(
                 g["lr"] = lr
             if lrs is not None:
                 lrs.append(lr)
-            point, flat = make_point(gen)
+            if fast is not None:
+                with torch.no_grad():
+                    state = fast[0].write(gen, fast[1].values)
+            elif make_point is not None:
+                point, flat = make_point(gen)
             if ev.bn_modules and idx.numel() < 2 * world:  # BatchNorm cannot normalise a single sample
                 advance(1)  # (decided on the global batch, so that every rank skips it together)
                 continue
             xb, yb = prepare(x[local], ev.device, ev.dtype), y[local].to(ev.device)  # token ids stay int
-            out = ev.forward(point, ev.buffers if buffers is None else buffers, xb, bn_train=True)
+            if fast is not None:
+                fast[1].grads.zero_()
+                out = fast[1](xb)
+            else:
+                out = ev.forward(point, ev.buffers if buffers is None else buffers, xb, bn_train=True)
             per = ev.loss_fn(out, yb)
             loss = per.sum() / idx.numel()
-            if wd:  # (wd = 0: no pass over the weights)
+            if wd and fast is None:  # (wd = 0: no pass over the weights)
                 loss = loss + wd * half_squared_norm(flat) / world
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if fast is not None:  # the penalty's gradient wd theta / world, then the trainable tensors'
+                grads, values = fast[1].grads, fast[1].values
+                fast[0].pull(state, grads.add_(values, alpha=wd / world) if wd else grads)
             distributed.all_reduce_grads(params)
             opt.step()
             with torch.no_grad():

@@ -37,7 +37,7 @@ from ..progress import bar
 from .batchnorm import Statistics, check_policy
 from .family_path import MODES as FAMILY_MODES
 from .family_path import FamilyPath
-from .functional import FunctionalModule, map_points
+from .functional import FlatBinding, FunctionalModule, map_points
 from .sources import Source, make_source
 
 if TYPE_CHECKING:
@@ -263,6 +263,15 @@ class Evaluator:
                     )
 
     # -- functional pieces shared with the methods (curvature, training of families) -------------
+    def flat_binding(self) -> FlatBinding:
+        """The `FlatBinding` of this evaluator's model (its parameters as views of one flat vector, in the
+        weight space's order), made on first use: the fast path of training through a point."""
+        binding = getattr(self, "_flat_binding", None)
+        if binding is None:
+            binding = FlatBinding(self.functional, list(self.space.names))
+            self._flat_binding = binding
+        return binding
+
     def forward(
         self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, bn_train: bool | None = None
     ) -> Tensor:

@@ -112,6 +112,47 @@ class FunctionalModule:
                 m.track_running_stats, m.momentum = saved[name]
 
 
+class FlatBinding:
+    """A copy of a `FunctionalModule`'s module whose parameters are views of one flat vector ``values`` [D]
+    (in the order of ``names``) and whose gradients land in views of ``grads`` [D].
+
+    The fast path of training through a point (curves, subspaces): a step writes the point into ``values``
+    in place, zeroes ``grads``, runs ``module(x)`` and calls ``backward``; the whole gradient with respect to
+    the point is then ``grads``, with no ``functional_call``, no per-tensor split of the point and no
+    concatenation of the per-tensor gradients (autograd adds each parameter's gradient into its view).
+    BatchNorm layers normalise with the batch's statistics and track nothing (as ``bn_train=True`` without
+    `FunctionalModule.tracking`)."""
+
+    def __init__(self, fm: FunctionalModule, names: list[str]):
+        self.fm = fm
+        self.module = copy.deepcopy(fm.module)
+        for m in batchnorm_modules(self.module).values():
+            m.training = True
+        params = dict(self.module.named_parameters())
+        missing = [n for n in params if n not in set(names)]
+        for n in missing:  # parameters outside the point stay fixed at the model's values
+            params[n].requires_grad_(False)
+        total = sum(params[n].numel() for n in names)
+        ref = params[names[0]]
+        self.names = list(names)
+        self.values = torch.empty(total, device=ref.device, dtype=ref.dtype)
+        self.grads = torch.zeros(total, device=ref.device, dtype=ref.dtype)
+        offset = 0
+        for n in names:
+            p, k = params[n], params[n].numel()
+            p.data = self.values[offset : offset + k].view_as(p)
+            p.grad = self.grads[offset : offset + k].view_as(p)
+            offset += k
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The module at ``values`` on ``x`` (under the functional module's autocast, outputs in its dtype)."""
+        if self.fm.autocast is None:
+            return self.module(x)
+        with self.fm.autocast_context():
+            out = self.module(x)
+        return out.to(self.fm.dtype)
+
+
 def map_points(
     fn: Callable, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, vectorised: bool, shared: bool
 ) -> Tensor | tuple[Tensor, ...]:
@@ -133,4 +174,4 @@ def map_points(
     return torch.stack(outs)
 
 
-__all__ = ["BatchNorm", "FunctionalModule", "batchnorm_modules", "map_points"]
+__all__ = ["BatchNorm", "FlatBinding", "FunctionalModule", "batchnorm_modules", "map_points"]

@@ -241,5 +241,30 @@ class LinearFamily(Family):
             out = (a.index_select(1, cache["frozen_index"]) @ w).addmm_(a.index_select(1, cache["train_index"]), wt)
         return out.squeeze(0) if single else out  # squeeze: a view, whose backward copies nothing
 
+    def write_flat(self, coords: Coords, out: Tensor) -> list[float]:
+        """Write the flat point at one coordinate into ``out`` [D] in place (no graph: the training fast path,
+        `modescape.train.FlatStep`); returns the trainable anchors' coefficients, for `pull_flat`."""
+        c, single = self.as_coords(coords)
+        if c.shape[0] != 1:
+            raise UserError(f"write_flat takes one coordinate; got {c.shape[0]}")
+        cache = self.frozen_stack()
+        a = self.coefficients(c.to(torch.float64))[0].tolist()  # float64 coefficients, as Python floats
+        terms = [(cache["w"][i], a[j]) for i, j in enumerate(cache["frozen"])]
+        terms += [(self.anchor(j).detach(), a[j]) for j in cache["train"]]
+        torch.mul(terms[0][0], terms[0][1], out=out)
+        for w, coef in terms[1:]:
+            out.add_(w, alpha=coef)
+        return [a[j] for j in cache["train"]]
+
+    def pull_flat(self, coefs: list[float], grad: Tensor) -> None:
+        """The trainable anchors' gradients from the gradient ``grad`` [D] with respect to the point written
+        by `write_flat`: anchor j gets coefficient_j * grad (added to its ``.grad`` when it has one)."""
+        for j, coef in zip(self.frozen_stack()["train"], coefs, strict=True):
+            anchor = self.anchor(j)
+            if anchor.grad is None:
+                anchor.grad = grad * coef
+            else:
+                anchor.grad.add_(grad, alpha=coef)
+
     def forward(self, coords: Coords) -> sp.Point:
         return self.layout.unflatten(self.flat(coords))
