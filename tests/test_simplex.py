@@ -145,6 +145,54 @@ def test_training_volume_term_and_its_gradient_cover_every_simplex_of_the_comple
     assert abs(float(first.detach()) - float(ref.detach())) > 0.1
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "edge at the centroid",
+        "edge",
+        "triangle + 1 at the centroid",
+        "tetrahedron",
+        "complex of 3 modes",
+        "complex, 2 added",
+        "5-simplex",
+    ],
+)
+def test_volume_step_adds_autograds_gradient_of_the_volume_term(shape):
+    """`Simplex.volume_step` (the closed-form derivative SPRO uses) against autograd through `log_volume`:
+    the same log-volume and the same gradient on the trainable vertices, also at a degenerate simplex
+    (a new vertex at the centroid), for complexes and for determinants of every size path (k = 1, 2, >= 3)."""
+    g = torch.Generator().manual_seed(4)
+    pts = [{"w": torch.randn(40, generator=g, dtype=torch.float64)} for _ in range(5)]
+
+    def moved(fam, j):
+        with torch.no_grad():
+            fam.anchor(j).add_(torch.randn(40, generator=g, dtype=torch.float64))
+        return fam
+
+    fam = {
+        "edge at the centroid": lambda: Simplex(pts[:1], simplices=[(0,)]).add_vertex(),
+        "edge": lambda: moved(Simplex(pts[:1], simplices=[(0,)]).add_vertex(), 1),
+        "triangle + 1 at the centroid": lambda: Simplex(pts[:3], simplices=[(0, 1, 2)]).add_vertex(),
+        "tetrahedron": lambda: moved(Simplex(pts[:3], simplices=[(0, 1, 2)]).add_vertex(), 3),
+        "complex of 3 modes": lambda: moved(Simplex(pts[:3], simplices=[(0,), (1,), (2,)]).add_vertex(), 3),
+        "complex, 2 added": lambda: moved(
+            moved(Simplex(pts[:3], simplices=[(0,), (1,), (2,)]).add_vertex(), 3).add_vertex(), 4
+        ),
+        "5-simplex": lambda: moved(Simplex(pts, simplices=[(0, 1, 2, 3, 4)]).add_vertex(), 5),
+    }[shape]()
+    ws = [fam.anchor(j) for j, t in enumerate(fam.trainable) if t]
+    ref = fam.log_volume(1e-4)
+    (-1e-3 * ref).backward()
+    grads = [w.grad.clone() for w in ws]
+    for w in ws:
+        w.grad = torch.ones_like(w)  # volume_step adds to a gradient already there
+    got = fam.volume_step(1e-4, 1e-3)
+    assert float(got) == pytest.approx(float(ref.detach()), rel=1e-12, abs=1e-12)
+    for w, r in zip(ws, grads, strict=True):
+        assert torch.allclose(w.grad - 1.0, r, rtol=1e-9, atol=1e-15)
+    assert any(float(r.abs().max()) > 0 for r in grads) or shape.endswith("centroid")
+
+
 def test_add_vertex_starts_at_the_centroid_and_freezes_the_older_vertices():
     torch.manual_seed(0)
     pts = [{"w": torch.randn(10), "b": torch.randn(2)} for _ in range(3)]

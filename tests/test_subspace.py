@@ -62,6 +62,7 @@ def test_affine_is_origin_plus_p_z_on_every_path(kind, dtype):
     assert torch.allclose(out.double(), origin.double() + z.detach().double() @ m.T, atol=tol)
     (out * g).sum().backward()
     assert torch.allclose(z.grad.double(), g.double() @ m, atol=tol * 10)
+    assert torch.allclose(proj.transpose(g).double(), g.double() @ m, atol=tol * 10)  # the training fast path's
 
 
 def test_fastfood_is_h_g_pi_h_b_truncated_and_hadamard_is_sylvesters():

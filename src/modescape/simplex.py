@@ -175,7 +175,7 @@ def _simplex_epoch(
 
     Each sample's point runs through the evaluator's `FlatBinding` (written into the model's flat
     parameters; the gradient with respect to it read from one flat vector and scaled onto the trainable
-    vertices by `Simplex.pull_flat`), the volume term through autograd."""
+    vertices by `Simplex.pull_flat`), the volume term's gradient added by `Simplex.volume_step`."""
     n = x.shape[0]
     binding = ev.flat_binding()
     order = epoch_order(n, seed, key)
@@ -208,9 +208,7 @@ def _simplex_epoch(
                 data_loss += loss_s.detach()
                 correct += (out.argmax(-1) == yb).sum()
         if lam:
-            logv = family.log_volume(eps)
-            (-lam * logv).backward()  # the volume term's gradient, added to the data term's
-            lv_sum += logv.detach()
+            lv_sum += family.volume_step(eps, lam)  # the volume term's gradient, added to the data term's
         opt.step()
         loss_sum += data_loss.detach() * (idx.numel() / samples)
         seen += idx.numel()

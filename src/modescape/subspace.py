@@ -238,11 +238,12 @@ def train_subspace(
             opt.load_state_dict({"state": {0: state}, "param_groups": opt.state_dict()["param_groups"]})
         start_epoch, history = int(meta["epoch"]), list(meta.get("history", []))
 
-    no_penalty = z.new_zeros(0)
+    class Step:  # theta_0 + P z written into the evaluator's flat binding; z's gradient P^T g (`sgd_epoch`)
+        def write(self, gen: torch.Generator, out: Tensor) -> None:
+            family.write_flat(z, out)
 
-    def make_point(gen: torch.Generator) -> tuple[sp.Point, Tensor]:
-        flat = family.at(z)
-        return family.layout.unflatten(flat), (flat if wd else no_penalty)  # wd = 0: no pass over |theta|^2
+        def pull(self, state: None, grad: Tensor) -> None:
+            family.pull_flat(z, grad)
 
     iters = math.ceil(xtr.shape[0] / batch_size)
     stop = epochs if stop_after is None else max(start_epoch, min(epochs, int(stop_after)))
@@ -250,7 +251,9 @@ def train_subspace(
         for epoch in range(start_epoch, stop):
             t0 = time.perf_counter()
             lr_at = functools.partial(learning_rate, tconfig, epoch)  # (step, steps) -> this epoch's rate
-            stats = sgd_epoch(ev, [z], opt, make_point, xtr, ytr, epoch, seed, batch_size, wd, lr_at, advance)
+            stats = sgd_epoch(
+                ev, [z], opt, None, xtr, ytr, epoch, seed, batch_size, wd, lr_at, advance, flat_step=Step()
+            )
             history.append(
                 {
                     "epoch": epoch + 1,

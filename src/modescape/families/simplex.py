@@ -144,6 +144,49 @@ def dirichlet(n: int, k: int, generator: torch.Generator | None = None) -> Tenso
     return e / e.sum(1, keepdim=True)
 
 
+def _adjugate(g: Tensor) -> Tensor:
+    """adj(G) of a symmetric k x k matrix (d det G / dG), also where G is singular: Q diag(prod_{j != i}
+    lambda_j) Q^T from G's eigen-decomposition (the smallest k by their formulas)."""
+    k = g.shape[0]
+    if k == 1:
+        return torch.ones_like(g)
+    if k == 2:
+        return torch.stack([torch.stack([g[1, 1], -g[0, 1]]), torch.stack([-g[1, 0], g[0, 0]])])
+    lam, q = torch.linalg.eigh(g)
+    others = torch.stack([torch.cat([lam[:i], lam[i + 1 :]]).prod() for i in range(k)])
+    return (q * others) @ q.T
+
+
+def _log_volume_gram_grad(gram: Tensor, members: list, eps: float) -> tuple[Tensor, Tensor]:
+    """(d f / dK, f) for f = log sum_s sqrt(max(V_s^2, 0) + eps), V_s^2 = det(G_s) / (k_s!)^2 with G_s the edge
+    Gram matrix of simplex s read from the vertex Gram matrix K (``members``: `Simplex._members`): the
+    closed form of what autograd computes through `Simplex.log_volume`."""
+    dk = torch.zeros_like(gram)
+    parts: list[tuple[tuple[int, Tensor, Tensor] | None, Tensor]] = []
+    for m in members:
+        if m is None:  # a bare vertex: V^2 = 1, a constant
+            parts.append((None, torch.ones((), dtype=gram.dtype, device=gram.device)))
+            continue
+        i0, rest = m
+        rows = gram.index_select(0, rest)
+        g = rows.index_select(1, rest) - rows[:, i0 : i0 + 1] - gram[i0 : i0 + 1].index_select(1, rest) + gram[i0, i0]
+        parts.append(((i0, rest, g), gram_volume_squared(g)))
+    roots = [torch.sqrt(v2.clamp_min(0.0) + eps) for _, v2 in parts]
+    total = torch.stack(roots).sum()
+    for (m, v2), r in zip(parts, roots, strict=True):
+        if m is None:
+            continue
+        i0, rest, g = m
+        k = g.shape[0]
+        # d f / d V^2 (clamp_min passes the gradient where V^2 >= 0), then d V^2 / dG = adj(G) / (k!)^2
+        a = _adjugate(g) * ((v2 >= 0).to(g.dtype) / (2.0 * r * total * math.factorial(k) ** 2))
+        dk.index_put_((rest[:, None], rest[None, :]), a, accumulate=True)
+        dk[:, i0].index_add_(0, rest, -a.sum(1))  # G_ab = K_ab - K_a0 - K_0b + K_00
+        dk[i0].index_add_(0, rest, -a.sum(0))
+        dk[i0, i0] += a.sum()
+    return dk, torch.log(total)
+
+
 class _TrainableGram(torch.autograd.Function):
     """The Gram rows of the trainable vertices W [T, D] against the frozen ones, centred on c:
     X_T = W - c, returns (X_T X_F^T [T, F], X_T X_T^T [T, T]) in float64; the backward is one product,
@@ -366,6 +409,38 @@ class Simplex(LinearFamily):
         if eps == 0.0:
             return torch.log(sq.sqrt().sum())
         return torch.log(torch.sqrt(sq + eps).sum())
+
+    def volume_step(self, eps: float, lam: float) -> Tensor:
+        """The volume term of a SPRO step: adds the gradient of ``-lam log_volume(eps)`` to the trainable
+        vertices' ``.grad`` (in place) and returns the log-volume (float64, detached).
+
+        The same value and gradient as autograd through `log_volume`, without its graph: the trainable
+        vertices' Gram rows (two passes over D) in the weights' dtype, the derivative of the log-volume with
+        respect to the k x k Gram matrix in closed form (d det G / dG = adj G, from G's eigenvalues: also
+        at a degenerate simplex), then one product back onto each trainable vertex."""
+        frozen, train = self.split_anchors()
+        if not frozen or not train or eps <= 0.0:
+            logv = self.log_volume(eps)
+            (-lam * logv).backward()
+            return logv.detach()
+        cache = self._frozen_cache()
+        with torch.no_grad():
+            ws = [self.anchor(j) for j in train]
+            xs = [w - cache["c_low"] for w in ws]  # X_T, one pass each
+            xt = xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(xs)  # [T, D] (a view for one vertex)
+            tf, tt = (xt @ cache["x_low"].T).double(), (xt @ xt.T).double()
+            gram = torch.cat([torch.cat([cache["gram"], tf.T], 1), torch.cat([tf, tt], 1)], 0)
+            dk, logv = _log_volume_gram_grad(gram, self._members(frozen + train, gram.device), eps)
+            f = len(frozen)
+            g_tf = (dk[f:, :f] + dk[:f, f:].T).to(xt.dtype)  # [T, F]: K_TF appears twice (K symmetric)
+            g_tt = (dk[f:, f:] + dk[f:, f:].T).to(xt.dtype)
+            for t, w in enumerate(ws):  # w.grad += -lam (g_TF X_F + (g_TT + g_TT^T) X_T), two passes
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+                w.grad.addmv_(cache["x_low"].T, g_tf[t], alpha=-lam)
+                for u, x in enumerate(xs):
+                    w.grad.addcmul_(x, g_tt[t, u], value=-lam)  # (a 0-dim factor: no host synchronisation)
+        return logv
 
     # -- growing the complex (SPRO) ----------------------------------------------------------------
     def add_vertex(self, point: Point | None = None, to: Sequence[int] | None = None) -> Simplex:

@@ -73,6 +73,13 @@ class Projection(nn.Module):
         sum into it."""
         return origin + self(z)
 
+    def transpose(self, g: Tensor) -> Tensor:
+        """P^T g: [B, D] -> [B, d] (the backward of P z, by default through autograd)."""
+        with torch.enable_grad():
+            z = torch.zeros(g.shape[0], self.d, dtype=g.dtype, device=g.device, requires_grad=True)
+            (out,) = torch.autograd.grad(self(z), z, g)
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "D": self.D, "d": self.d}
 
@@ -90,6 +97,9 @@ class IdentityProjection(Projection):
     def forward(self, z: Tensor) -> Tensor:
         return z
 
+    def transpose(self, g: Tensor) -> Tensor:
+        return g
+
 
 class DenseProjection(Projection):
     """P [D, d] Gaussian with unit-norm columns; ``P z`` is one matrix product."""
@@ -106,6 +116,9 @@ class DenseProjection(Projection):
 
     def forward(self, z: Tensor) -> Tensor:
         return z @ self.weight.T
+
+    def transpose(self, g: Tensor) -> Tensor:
+        return g @ self.weight
 
 
 def _transpose_product(csr: Tensor, g: Tensor) -> Tensor:
@@ -129,12 +142,7 @@ class _Sparse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:
-        p = ctx.proj
-        csr = p.csr_transpose()
-        if csr is not None:
-            return None, _transpose_product(csr, g), None
-        per = g.index_select(-1, p.rows_by_col) * p.values_by_col  # [B, d * k], column-major
-        return None, per.view(g.shape[0], p.d, -1).sum(-1), None
+        return None, ctx.proj.transpose(g), None
 
 
 class SparseProjection(Projection):
@@ -191,6 +199,13 @@ class SparseProjection(Projection):
             object.__setattr__(self, "_csr", cache)
         return cache[1]
 
+    def transpose(self, g: Tensor) -> Tensor:
+        csr = self.csr_transpose()
+        if csr is not None:
+            return _transpose_product(csr, g)
+        per = g.index_select(-1, self.rows_by_col) * self.values_by_col  # [B, d * k], column-major
+        return per.view(g.shape[0], self.d, -1).sum(-1)
+
     def forward(self, z: Tensor) -> Tensor:
         return self.affine(z.new_zeros(()), z)
 
@@ -213,9 +228,7 @@ class _Hashed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:
-        p = ctx.proj
-        sums = g.new_zeros(g.shape[0], 2 * p.d).index_add_(1, p.signed_bucket, g)
-        return None, (sums[:, : p.d] - sums[:, p.d :]) * p.scale, None
+        return None, ctx.proj.transpose(g), None
 
 
 class HashedProjection(Projection):
@@ -240,6 +253,10 @@ class HashedProjection(Projection):
         counts = torch.bincount(bucket, minlength=d).double()
         self.register_buffer("signed_bucket", bucket + d * (signs < 0).long())  # [0, d): +, [d, 2d): -
         self.register_buffer("scale", (1.0 / counts.sqrt()).to(dtype))  # [d]: unit columns
+
+    def transpose(self, g: Tensor) -> Tensor:
+        sums = g.new_zeros(g.shape[0], 2 * self.d).index_add_(1, self.signed_bucket, g)
+        return (sums[:, : self.d] - sums[:, self.d :]) * self.scale
 
     def forward(self, z: Tensor) -> Tensor:
         return self.affine(z.new_zeros(()), z)
@@ -294,11 +311,7 @@ class _Fastfood(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
-        p = ctx.proj
-        gl = torch.nn.functional.pad(g, (0, p.L - p.D))
-        u = hadamard(gl) * p.gauss  # [B, L]
-        acc = g.new_zeros(g.shape[0], p.m).index_add_(1, p.perm_mod, u)  # Pi^T, then the tile's sum
-        return (hadamard(acc) * p.signs[: p.m])[:, : p.d], None
+        return ctx.proj.transpose(g), None
 
 
 class FastfoodProjection(Projection):
@@ -326,6 +339,12 @@ class FastfoodProjection(Projection):
         self.register_buffer("perm", perm)
         self.register_buffer("perm_mod", perm % m)  # the tiled first transform: entry i of the tile is h[i mod m]
         self.register_buffer("gauss", (gauss * scale).to(dtype))  # the divisor folded into G
+
+    def transpose(self, g: Tensor) -> Tensor:
+        gl = torch.nn.functional.pad(g, (0, self.L - self.D))
+        u = hadamard(gl) * self.gauss  # [B, L]
+        acc = g.new_zeros(g.shape[0], self.m).index_add_(1, self.perm_mod, u)  # Pi^T, then the tile's sum
+        return (hadamard(acc) * self.signs[: self.m])[:, : self.d]
 
     def forward(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
@@ -391,6 +410,15 @@ class AffineSubspace(Family):
     def at(self, z: Tensor) -> Tensor:
         """Flat theta_0 + P z [D] for z [d] (or [K, D] for [K, d]), differentiable in z (the training path)."""
         return self.projection.affine(self.origin_flat, z.to(self.origin_flat.dtype))
+
+    def write_flat(self, z: Tensor, out: Tensor) -> None:
+        """theta_0 + P z written into ``out`` [D] (no graph: the training fast path, `modescape.train.FlatStep`)."""
+        out.copy_(self.projection.affine(self.origin_flat, z.detach().to(self.origin_flat.dtype)))
+
+    def pull_flat(self, z: Tensor, grad: Tensor) -> None:
+        """z's gradient P^T grad from the gradient ``grad`` [D] with respect to the point (added to ``z.grad``)."""
+        g = self.projection.transpose(grad.unsqueeze(0))[0].to(z.dtype)
+        z.grad = g if z.grad is None else z.grad.add_(g)
 
     def flat(self, coords: Coords) -> Tensor:
         """Flat points [K, D] at coordinates [K, d] (or [D] for one point)."""
