@@ -63,6 +63,9 @@ def test_affine_is_origin_plus_p_z_on_every_path(kind, dtype):
     (out * g).sum().backward()
     assert torch.allclose(z.grad.double(), g.double() @ m, atol=tol * 10)
     assert torch.allclose(proj.transpose(g).double(), g.double() @ m, atol=tol * 10)  # the training fast path's
+    into = torch.full((D,), float("nan"), dtype=dtype)
+    proj.affine_into(origin, z.detach()[0], into)
+    assert torch.allclose(into.double(), origin.double() + z.detach().double()[0] @ m.T, atol=tol)
 
 
 def test_fastfood_is_h_g_pi_h_b_truncated_and_hadamard_is_sylvesters():

@@ -428,16 +428,21 @@ class Simplex(LinearFamily):
             ws = [self.anchor(j) for j in train]
             xs = [w - cache["c_low"] for w in ws]  # X_T, one pass each
             xt = xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(xs)  # [T, D] (a view for one vertex)
-            tf, tt = (xt @ cache["x_low"].T).double(), (xt @ xt.T).double()
+            # the centred frozen rows sum to zero: F - 1 of them give the last (none at all for F = 1)
+            xr = cache["x_low"][:-1]
+            tr = (xt @ xr.T).double() if xr.shape[0] else xt.new_zeros(xt.shape[0], 0, dtype=torch.float64)
+            tf, tt = torch.cat([tr, -tr.sum(1, keepdim=True)], 1), (xt @ xt.T).double()
             gram = torch.cat([torch.cat([cache["gram"], tf.T], 1), torch.cat([tf, tt], 1)], 0)
             dk, logv = _log_volume_gram_grad(gram, self._members(frozen + train, gram.device), eps)
             f = len(frozen)
-            g_tf = (dk[f:, :f] + dk[:f, f:].T).to(xt.dtype)  # [T, F]: K_TF appears twice (K symmetric)
+            g_tf = dk[f:, :f] + dk[:f, f:].T  # [T, F]: K_TF appears twice (K symmetric)
+            g_tr = (g_tf[:, :-1] - g_tf[:, -1:]).to(xt.dtype)  # on the F - 1 rows kept
             g_tt = (dk[f:, f:] + dk[f:, f:].T).to(xt.dtype)
             for t, w in enumerate(ws):  # w.grad += -lam (g_TF X_F + (g_TT + g_TT^T) X_T), two passes
                 if w.grad is None:
                     w.grad = torch.zeros_like(w)
-                w.grad.addmv_(cache["x_low"].T, g_tf[t], alpha=-lam)
+                if xr.shape[0]:
+                    w.grad.addmv_(xr.T, g_tr[t], alpha=-lam)
                 for u, x in enumerate(xs):
                     w.grad.addcmul_(x, g_tt[t, u], value=-lam)  # (a 0-dim factor: no host synchronisation)
         return logv

@@ -73,6 +73,10 @@ class Projection(nn.Module):
         sum into it."""
         return origin + self(z)
 
+    def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
+        """theta_0 + P z for one z [d] written into ``out`` [D] (no graph)."""
+        out.copy_(self.affine(origin, z))
+
     def transpose(self, g: Tensor) -> Tensor:
         """P^T g: [B, D] -> [B, d] (the backward of P z, by default through autograd)."""
         with torch.enable_grad():
@@ -199,6 +203,10 @@ class SparseProjection(Projection):
             object.__setattr__(self, "_csr", cache)
         return cache[1]
 
+    def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
+        out.copy_(origin)
+        out.index_add_(0, self.rows_by_row[0], z.index_select(0, self.cols_by_row) * self.values_by_row)
+
     def transpose(self, g: Tensor) -> Tensor:
         csr = self.csr_transpose()
         if csr is not None:
@@ -253,6 +261,10 @@ class HashedProjection(Projection):
         counts = torch.bincount(bucket, minlength=d).double()
         self.register_buffer("signed_bucket", bucket + d * (signs < 0).long())  # [0, d): +, [d, 2d): -
         self.register_buffer("scale", (1.0 / counts.sqrt()).to(dtype))  # [d]: unit columns
+
+    def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
+        zs = z * self.scale
+        torch.add(origin, torch.cat([zs, -zs]).index_select(0, self.signed_bucket), out=out)
 
     def transpose(self, g: Tensor) -> Tensor:
         sums = g.new_zeros(g.shape[0], 2 * self.d).index_add_(1, self.signed_bucket, g)
@@ -413,7 +425,7 @@ class AffineSubspace(Family):
 
     def write_flat(self, z: Tensor, out: Tensor) -> None:
         """theta_0 + P z written into ``out`` [D] (no graph: the training fast path, `modescape.train.FlatStep`)."""
-        out.copy_(self.projection.affine(self.origin_flat, z.detach().to(self.origin_flat.dtype)))
+        self.projection.affine_into(self.origin_flat, z.detach().to(self.origin_flat.dtype), out)
 
     def pull_flat(self, z: Tensor, grad: Tensor) -> None:
         """z's gradient P^T grad from the gradient ``grad`` [D] with respect to the point (added to ``z.grad``)."""
