@@ -232,7 +232,7 @@ def train_curve(
             return family.write_flat(torch.rand((), generator=gen, dtype=torch.float64), out)
 
         def pull(self, coefs: list[float], grad: Tensor) -> None:
-            family.pull_flat(coefs, grad)
+            family.pull_flat(coefs, grad, steal=True)  # sgd_epoch zeroes grad only after the step
 
     iters = math.ceil(xtr.shape[0] / batch_size)
     stop = epochs if stop_after is None else max(start, min(epochs, int(stop_after)))

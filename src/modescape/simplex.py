@@ -203,7 +203,8 @@ def _simplex_epoch(
             out = binding(xb)
             loss_s = ev.loss_fn(out, yb).mean()
             loss_s.backward()
-            family.pull_flat([c / samples for c in coefs], binding.grads)  # the mean over the samples
+            # the mean over the samples (one sample: its gradient vector becomes the vertex's, no copy)
+            family.pull_flat([c / samples for c in coefs], binding.grads, steal=samples == 1)
             with torch.no_grad():
                 data_loss += loss_s.detach()
                 correct += (out.argmax(-1) == yb).sum()

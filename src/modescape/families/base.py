@@ -256,15 +256,20 @@ class LinearFamily(Family):
             out.add_(w, alpha=coef)
         return [a[j] for j in cache["train"]]
 
-    def pull_flat(self, coefs: list[float], grad: Tensor) -> None:
+    def pull_flat(self, coefs: list[float], grad: Tensor, steal: bool = False) -> None:
         """The trainable anchors' gradients from the gradient ``grad`` [D] with respect to the point written
-        by `write_flat`: anchor j gets coefficient_j * grad (added to its ``.grad`` when it has one)."""
-        for j, coef in zip(self.frozen_stack()["train"], coefs, strict=True):
+        by `write_flat`: anchor j gets coefficient_j * grad (added to its ``.grad`` when it has one).
+        ``steal``: ``grad`` is not read again before the optimiser step (one point per step), so the last
+        anchor without a gradient takes ``grad`` itself, scaled in place (no new [D] vector)."""
+        train = self.frozen_stack()["train"]
+        for n, (j, coef) in enumerate(zip(train, coefs, strict=True)):
             anchor = self.anchor(j)
-            if anchor.grad is None:
-                anchor.grad = grad * coef
-            else:
+            if anchor.grad is not None:
                 anchor.grad.add_(grad, alpha=coef)
+            elif steal and n == len(train) - 1:
+                anchor.grad = grad.mul_(coef)
+            else:
+                anchor.grad = grad * coef
 
     def forward(self, coords: Coords) -> sp.Point:
         return self.layout.unflatten(self.flat(coords))
