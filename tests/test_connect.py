@@ -19,7 +19,8 @@ from modescape.errors import UserError
 from modescape.evaluate import Evaluator
 from modescape.families.curves import Bezier, PolyChain
 from modescape.paths import evaluate_path
-from modescape.train import TrainConfig, epoch_order, train
+from modescape.point_sgd import epoch_order
+from modescape.train import TrainConfig, train
 from modescape.zoo import build_model
 
 
@@ -446,7 +447,7 @@ def test_curve_steps_through_the_flat_binding_equal_the_functional_steps(digits,
     flat vector, the L2 penalty's gradient added by hand) and its functional path (w(t) through autograd,
     `functional_call`, the penalty in the loss) give the same bends and losses after an epoch, on a
     BatchNorm MLP (batch statistics) with weight decay."""
-    from modescape.train import sgd_epoch
+    from modescape.point_sgd import sgd_epoch
 
     model = _mlp(digits, 0, width=16, norm="bn")
     a, b = sp.WeightSpace(model).point(model), sp.WeightSpace(model).point(_mlp(digits, 1, width=16, norm="bn"))

@@ -130,7 +130,7 @@ def test_errors():
 def test_flat_matches_one_product_and_its_gradient(cls, n):
     """The split product (cached endpoints + inner bends) gives coefficients @ W, for K points and for
     one, with the gradient of the plain product; the training penalty's gradient is wd * w."""
-    from modescape.train import half_squared_norm
+    from modescape.point_sgd import half_squared_norm
 
     curve = cls(_points(n, seed=3))
     ts = torch.tensor([0.0, 0.17, 0.5, 0.93, 1.0], dtype=torch.float64)

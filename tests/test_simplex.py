@@ -17,8 +17,9 @@ from modescape.errors import UserError
 from modescape.evaluate import Evaluator
 from modescape.families import Simplex
 from modescape.families.simplex import cayley_menger_determinant, log_volume, squared_distances, volume_squared
+from modescape.point_sgd import epoch_order
 from modescape.simplex import espro, evaluate_simplex, load_simplex, save_simplex, train_simplex
-from modescape.train import TrainConfig, epoch_order, train
+from modescape.train import TrainConfig, train
 from modescape.zoo import build_model
 
 

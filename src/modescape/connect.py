@@ -41,8 +41,8 @@ from . import space as sp
 from .errors import UserError
 from .evaluate import Evaluator
 from .families.curves import Curve, curve_class
+from .point_sgd import sgd_epoch
 from .progress import bar
-from .train import sgd_epoch
 from .zoo import train_test
 
 CURVE_FORMAT = "modescape-curve/1"

@@ -35,8 +35,8 @@ from . import io, provenance
 from . import space as sp
 from .errors import UserError
 from .evaluate import Evaluator
+from .point_sgd import sgd_epoch
 from .progress import bar
-from .train import sgd_epoch
 from .zoo import train_test
 
 

@@ -47,8 +47,8 @@ from .ensembles import ensemble_metrics, predict_proba
 from .errors import UserError
 from .evaluate import Evaluator, Metrics
 from .families.simplex import Simplex
+from .point_sgd import epoch_order
 from .progress import bar
-from .train import epoch_order
 from .zoo import train_test
 
 SIMPLEX_FORMAT = "modescape-simplex/1"

@@ -3,7 +3,7 @@
 **Random subspaces** (Li et al. 2018, "Measuring the intrinsic dimension of objective landscapes"): train only
 z in theta = theta_0 + P z, with theta_0 the initialisation and P a fixed random D x d projection
 (`modescape.families.subspace`: dense Gaussian with unit columns, sparse, or Fastfood; chosen by size).
-`train_subspace` runs `modescape.train.sgd_epoch` on the point theta_0 + P z with z the only parameter, so
+`train_subspace` runs `modescape.point_sgd.sgd_epoch` on the point theta_0 + P z with z the only parameter, so
 the gradient with respect to z is P^T grad by the chain rule; with P = I it is plain training.
 `intrinsic_dimension` trains at several d and reports d_int90: the smallest d whose test accuracy reaches
 90% of full training's (Li et al.'s definition; full training with the same settings unless given).
@@ -48,8 +48,9 @@ from .evaluate import Evaluator, default_bn
 from .families.curves import PolyChain
 from .families.lines import Line, PlaneThrough
 from .families.subspace import AffineSubspace, make_projection
+from .point_sgd import sgd_epoch
 from .progress import bar
-from .train import TrainConfig, learning_rate, sgd_epoch
+from .train import TrainConfig, learning_rate
 from .zoo import train_test
 
 SUBSPACE_FORMAT = "modescape-subspace/1"
@@ -162,8 +163,8 @@ def train_subspace(
     initialisation), ``dim`` = d, ``projection`` in `PROJECTIONS` (``identity`` needs d = D: plain
     training), seeded by ``projection_seed`` (default ``seed``).
 
-    One epoch is `modescape.train.sgd_epoch` on the point theta_0 + P z: the data order of
-    `modescape.train.epoch_order`, the loss plus 0.5 wd |theta|^2, ``optimizer`` ``"sgd"`` (with
+    One epoch is `modescape.point_sgd.sgd_epoch` on the point theta_0 + P z: the data order of
+    `modescape.point_sgd.epoch_order`, the loss plus 0.5 wd |theta|^2, ``optimizer`` ``"sgd"`` (with
     ``momentum``) or ``"adam"`` on z, learning rate by `modescape.train.learning_rate` (``schedule``
     ``constant`` | ``step`` | ``cosine``). ``checkpoint``: a .safetensors path written after every epoch (z and
     the optimiser state; the projection is rebuilt from its seed); a rerun resumes after the last epoch with

@@ -243,7 +243,7 @@ class LinearFamily(Family):
 
     def write_flat(self, coords: Coords, out: Tensor) -> list[float]:
         """Write the flat point at one coordinate into ``out`` [D] in place (no graph: the training fast path,
-        `modescape.train.FlatStep`); returns the trainable anchors' coefficients, for `pull_flat`."""
+        `modescape.point_sgd.FlatStep`); returns the trainable anchors' coefficients, for `pull_flat`."""
         c, single = self.as_coords(coords)
         if c.shape[0] != 1:
             raise UserError(f"write_flat takes one coordinate; got {c.shape[0]}")

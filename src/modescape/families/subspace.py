@@ -424,7 +424,7 @@ class AffineSubspace(Family):
         return self.projection.affine(self.origin_flat, z.to(self.origin_flat.dtype))
 
     def write_flat(self, z: Tensor, out: Tensor) -> None:
-        """theta_0 + P z written into ``out`` [D] (no graph: the training fast path, `modescape.train.FlatStep`)."""
+        """theta_0 + P z written into ``out`` [D] (no graph: the training fast path, `modescape.point_sgd.FlatStep`)."""
         self.projection.affine_into(self.origin_flat, z.detach().to(self.origin_flat.dtype), out)
 
     def pull_flat(self, z: Tensor, grad: Tensor) -> None:
