@@ -347,21 +347,8 @@ def test_complex_joins_modes_through_shared_vertices_with_buffers(digits, tmp_pa
 
 
 def test_espro_ensembles_every_simplex_and_records_its_budget(digits, modes, tmp_path):
-    res = espro(
-        modes[0],
-        modes,
-        digits,
-        vertices=1,
-        members=3,
-        epochs=1,
-        mode_epochs=3,
-        lr=0.05,
-        lam=0.01,
-        samples=1,
-        batch_size=64,
-        checkpoint_dir=tmp_path,
-        progress=False,
-    )
+    settings = dict(vertices=1, members=3, epochs=1, mode_epochs=3, lr=0.05, lam=0.01, samples=1, batch_size=64)
+    res = espro(modes[0], modes, digits, checkpoint_dir=tmp_path, progress=False, **settings)
     assert res.budget["epochs"] == 2 * 3 + 2 * 1 and res.budget["members"] == 6
     assert [c["simplices"] for c in res.curve] == [1, 2] and res.ensemble == res.curve[-1]
     assert (tmp_path / "simplex-00.safetensors").exists() and (tmp_path / "simplex-01.safetensors").exists()
@@ -373,21 +360,7 @@ def test_espro_ensembles_every_simplex_and_records_its_budget(digits, modes, tmp
             probs.append(predict_proba(ev, run.family(c), "test"))
     assert ensemble_metrics(probs, digits.test[1])["nll"] == pytest.approx(res.ensemble["nll"], rel=1e-6)
     # a rerun finds the finished simplices and trains nothing
-    again = espro(
-        modes[0],
-        modes,
-        digits,
-        vertices=1,
-        members=3,
-        epochs=1,
-        mode_epochs=3,
-        lr=0.05,
-        lam=0.01,
-        samples=1,
-        batch_size=64,
-        checkpoint_dir=tmp_path,
-        progress=False,
-    )
+    again = espro(modes[0], modes, digits, checkpoint_dir=tmp_path, progress=False, **settings)
     assert again.ensemble["nll"] == pytest.approx(res.ensemble["nll"], rel=1e-9)
 
 

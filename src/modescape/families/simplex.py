@@ -157,6 +157,13 @@ def _adjugate(g: Tensor) -> Tensor:
     return (q * others) @ q.T
 
 
+def _edge_gram_of(gram: Tensor, i0: int, rest: Tensor) -> Tensor:
+    """The edge Gram matrix G_ab = K_ab - K_a0 - K_0b + K_00 of the simplex with first vertex ``i0`` and
+    the others ``rest``, read from the vertex Gram matrix K."""
+    rows = gram.index_select(0, rest)
+    return rows.index_select(1, rest) - rows[:, i0 : i0 + 1] - gram[i0 : i0 + 1].index_select(1, rest) + gram[i0, i0]
+
+
 def _log_volume_gram_grad(gram: Tensor, members: list, eps: float) -> tuple[Tensor, Tensor]:
     """(d f / dK, f) for f = log sum_s sqrt(max(V_s^2, 0) + eps), V_s^2 = det(G_s) / (k_s!)^2 with G_s the edge
     Gram matrix of simplex s read from the vertex Gram matrix K (``members``: `Simplex._members`): the
@@ -168,8 +175,7 @@ def _log_volume_gram_grad(gram: Tensor, members: list, eps: float) -> tuple[Tens
             parts.append((None, torch.ones((), dtype=gram.dtype, device=gram.device)))
             continue
         i0, rest = m
-        rows = gram.index_select(0, rest)
-        g = rows.index_select(1, rest) - rows[:, i0 : i0 + 1] - gram[i0 : i0 + 1].index_select(1, rest) + gram[i0, i0]
+        g = _edge_gram_of(gram, i0, rest)
         parts.append(((i0, rest, g), gram_volume_squared(g)))
     roots = [torch.sqrt(v2.clamp_min(0.0) + eps) for _, v2 in parts]
     total = torch.stack(roots).sum()
@@ -381,15 +387,7 @@ class Simplex(LinearFamily):
             if m is None:
                 out.append(one)
                 continue
-            i0, rest = m
-            rows = gram.index_select(0, rest)  # G_ij = K_ij - K_i0 - K_0j + K_00
-            g = (
-                rows.index_select(1, rest)
-                - rows[:, i0 : i0 + 1]
-                - gram[i0 : i0 + 1].index_select(1, rest)
-                + gram[i0, i0]
-            )
-            out.append(gram_volume_squared(g))
+            out.append(gram_volume_squared(_edge_gram_of(gram, *m)))
         return torch.stack(out)
 
     def volumes(self) -> Tensor:

@@ -140,9 +140,8 @@ class _Sparse(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, origin: Tensor, z: Tensor, proj: SparseProjection) -> Tensor:
         ctx.proj = proj
-        contrib = z.index_select(-1, proj.cols_by_row) * proj.values_by_row  # [B, nnz]
         base = origin.expand(z.shape[0], proj.D)
-        return base.index_add(1, proj.rows_by_row[0], contrib)  # (faster than scatter_add)
+        return base.index_add(-1, proj.rows_by_row[0], proj.contributions(z))  # (faster than scatter_add)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:
@@ -203,9 +202,13 @@ class SparseProjection(Projection):
             object.__setattr__(self, "_csr", cache)
         return cache[1]
 
+    def contributions(self, z: Tensor) -> Tensor:
+        """The nnz products P_ij z_j [..., nnz], in row order (for one scatter into theta)."""
+        return z.index_select(-1, self.cols_by_row) * self.values_by_row
+
     def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
         out.copy_(origin)
-        out.index_add_(0, self.rows_by_row[0], z.index_select(0, self.cols_by_row) * self.values_by_row)
+        out.index_add_(0, self.rows_by_row[0], self.contributions(z))
 
     def transpose(self, g: Tensor) -> Tensor:
         csr = self.csr_transpose()
@@ -231,8 +234,7 @@ class _Hashed(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, origin: Tensor, z: Tensor, proj: HashedProjection) -> Tensor:
         ctx.proj = proj
-        zs = z * proj.scale
-        return origin + torch.cat([zs, -zs], -1).index_select(-1, proj.signed_bucket)
+        return origin + proj.lookup(z)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:
@@ -262,9 +264,13 @@ class HashedProjection(Projection):
         self.register_buffer("signed_bucket", bucket + d * (signs < 0).long())  # [0, d): +, [d, 2d): -
         self.register_buffer("scale", (1.0 / counts.sqrt()).to(dtype))  # [d]: unit columns
 
-    def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
+    def lookup(self, z: Tensor) -> Tensor:
+        """P z for z [..., d]: entry i of [s z, -s z] at its signed bucket (one gather)."""
         zs = z * self.scale
-        torch.add(origin, torch.cat([zs, -zs]).index_select(0, self.signed_bucket), out=out)
+        return torch.cat([zs, -zs], -1).index_select(-1, self.signed_bucket)
+
+    def affine_into(self, origin: Tensor, z: Tensor, out: Tensor) -> None:
+        torch.add(origin, self.lookup(z), out=out)
 
     def transpose(self, g: Tensor) -> Tensor:
         sums = g.new_zeros(g.shape[0], 2 * self.d).index_add_(1, self.signed_bucket, g)
