@@ -52,8 +52,8 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy (the default loss): [N].
 
     For [N, C] logits and class-index targets it is ``F.cross_entropy(..., reduction="none")`` (torch 2.13:
-    2-4x faster on the CPU than ``logsumexp(outputs) - outputs[target]``, forward and backward, which an
-    earlier torch favoured; measured at N = 128-10,000, C = 2-100). For sequence outputs [N, T, V] with
+    faster on the CPU than ``logsumexp(outputs) - outputs[target]``, which an earlier torch favoured;
+    ``bench/steps.py`` times both). For sequence outputs [N, T, V] with
     targets [N, T] (a language model predicting every position) it is the per-token cross-entropy
     averaged over the T positions of each sample, so the mean over samples is the mean per token.
     Other shapes use ``F.cross_entropy``.
